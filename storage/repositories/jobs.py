@@ -1,0 +1,132 @@
+"""Fine-tune jobs and their events (the rows; the queue logic is ``finetune``'s)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from storage.clock import utc_now
+from storage.errors import NotFound
+from storage.ids import new_id
+from storage.tables import AdapterKind, FineTuneJob, JobEvent, JobState
+
+
+def specialist_target(user_id: str, base_model_id: str) -> str:
+    return f"specialist:{user_id}:{base_model_id}"
+
+
+def generalist_target(base_model_id: str) -> str:
+    return f"generalist:{base_model_id}"
+
+
+class JobRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def create(
+        self,
+        *,
+        kind: AdapterKind,
+        base_model_id: str,
+        user_id: str | None,
+        hyperparameters: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        trigger: str = "api",
+        max_attempts: int = 3,
+    ) -> tuple[FineTuneJob, bool]:
+        """Queue a job; returns it and whether it is new.
+
+        With an ``idempotency_key``, a retried request returns the job the
+        first request created instead of queueing another.
+        """
+        if (kind is AdapterKind.SPECIALIST) != (user_id is not None):
+            raise ValueError("a specialist job belongs to one user; a generalist job to none")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if idempotency_key is not None:
+            existing = self._by_idempotency_key(user_id=user_id, key=idempotency_key)
+            if existing is not None:
+                return existing, False
+        target = (
+            specialist_target(user_id, base_model_id)
+            if user_id is not None
+            else generalist_target(base_model_id)
+        )
+        now = utc_now()
+        job = FineTuneJob(
+            id=new_id("ftjob"),
+            user_id=user_id,
+            kind=kind,
+            base_model_id=base_model_id,
+            target_key=target,
+            state=JobState.QUEUED,
+            trigger=trigger,
+            idempotency_key=idempotency_key,
+            hyperparameters=hyperparameters or {},
+            attempt=0,
+            max_attempts=max_attempts,
+            run_after=now,
+            cancel_requested=False,
+            created_at=now,
+        )
+        try:
+            with self.session.begin_nested():
+                self.session.add(job)
+        except IntegrityError:
+            # Lost a race with the same key: the winner's job is the answer.
+            assert idempotency_key is not None
+            winner = self._by_idempotency_key(user_id=user_id, key=idempotency_key)
+            if winner is None:
+                raise
+            return winner, False
+        return job, True
+
+    def _by_idempotency_key(self, *, user_id: str | None, key: str) -> FineTuneJob | None:
+        query = select(FineTuneJob).where(
+            FineTuneJob.user_id == user_id, FineTuneJob.idempotency_key == key
+        )
+        return self.session.scalar(query)
+
+    def get(self, *, job_id: str) -> FineTuneJob:
+        job = self.session.get(FineTuneJob, job_id)
+        if job is None:
+            raise NotFound(f"fine-tune job {job_id} not found")
+        return job
+
+    def get_for_user(self, *, job_id: str, user_id: str) -> FineTuneJob:
+        job = self.session.get(FineTuneJob, job_id)
+        if job is None or job.user_id != user_id:
+            raise NotFound(f"fine-tune job {job_id} not found")
+        return job
+
+    def list_page(
+        self, *, user_id: str | None = None, state: JobState | None = None, limit: int = 100
+    ) -> list[FineTuneJob]:
+        query = select(FineTuneJob).order_by(FineTuneJob.created_at.desc(), FineTuneJob.id.desc())
+        if user_id is not None:
+            query = query.where(FineTuneJob.user_id == user_id)
+        if state is not None:
+            query = query.where(FineTuneJob.state == state)
+        return list(self.session.scalars(query.limit(limit)))
+
+    def add_event(
+        self, *, job_id: str, attempt: int, kind: str, payload: dict[str, Any]
+    ) -> JobEvent:
+        event = JobEvent(
+            job_id=job_id, attempt=attempt, kind=kind, payload=payload, created_at=utc_now()
+        )
+        self.session.add(event)
+        self.session.flush()
+        return event
+
+    def list_events(self, *, job_id: str, after_id: int = 0, limit: int = 1000) -> list[JobEvent]:
+        query = (
+            select(JobEvent)
+            .where(JobEvent.job_id == job_id, JobEvent.id > after_id)
+            .order_by(JobEvent.id)
+            .limit(limit)
+        )
+        return list(self.session.scalars(query))

@@ -1,0 +1,104 @@
+"""Tailor's one settings object, read from ``TAILOR_*`` environment variables.
+
+Built once at start-up by ``load_settings()`` (never at import) and passed
+down explicitly; nothing else in Tailor reads the environment for its own
+configuration.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from storage.errors import ConfigurationError
+
+ENV_PREFIX = "TAILOR_"
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; see the table in the README."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    data_dir: Path = Field(
+        default=Path("var"),
+        description="Model store, adapter blobs and the default SQLite file.",
+    )
+    model_store: Path | None = Field(
+        default=None,
+        description="Directory of prepared base models; unset means <data dir>/models.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; unset means a SQLite file in the data dir.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL; unset means an in-process cache.",
+    )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="Bootstrap admin key (a Bearer token with admin scope); "
+        "unset closes the admin API.",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    cache_prefix: str = Field(
+        default="tailor:",
+        description="Prefix of every cache key and channel, "
+        "so that one Redis can hold several installs.",
+    )
+    migrate_on_start: bool = Field(
+        default=True,
+        description="Bring the database schema to the newest revision when the service starts.",
+    )
+    cost_per_billion_parameters: float = Field(
+        default=1.0,
+        gt=0,
+        description="Relative price per 1M tokens of a base model with 1B parameters; "
+        "a model's default price is proportional to its parameter count.",
+    )
+    model_costs: dict[str, float] = Field(
+        default_factory=dict,
+        description='Per-model price overrides per 1M tokens, JSON: {"gemma-3-270m": 0.5}.',
+    )
+    default_model: str | None = Field(
+        default=None,
+        description="Base model that answers `auto` until the router decides; unset: the cheapest.",
+    )
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'tailor.db').resolve()}"
+
+    @property
+    def model_store_dir(self) -> Path:
+        return self.model_store if self.model_store is not None else self.data_dir / "models"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings from the environment, with ``overrides`` on top.
+
+    A malformed value raises ``ConfigurationError`` naming the variable, so
+    that the command line can print one line instead of a traceback.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "settings"
+        raise ConfigurationError(f"{ENV_PREFIX}{field.upper()}", first["msg"]) from None
+    except SettingsError as exc:
+        # Raised when a complex value (JSON) cannot even be parsed.
+        match = re.search(r'field "(\w+)"', str(exc))
+        field = match.group(1) if match else "settings"
+        raise ConfigurationError(f"{ENV_PREFIX}{field.upper()}", "not valid JSON") from None

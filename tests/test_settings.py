@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from storage.errors import ConfigurationError
+from storage.settings import load_settings
+
+
+def test_defaults_follow_the_api_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DATA_DIR", "DATABASE_URL", "REDIS_URL", "ADMIN_KEY", "HOST", "PORT"):
+        monkeypatch.delenv(f"TAILOR_{name}", raising=False)
+    settings = load_settings()
+    assert settings.data_dir == Path("var")
+    assert settings.resolved_database_url == f"sqlite:///{Path('var/tailor.db').resolve()}"
+    assert settings.redis_url is None
+    assert settings.admin_key is None
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.model_store_dir == Path("var/models")
+
+
+def test_environment_is_read_with_the_tailor_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TAILOR_DATA_DIR", "/srv/tailor")
+    monkeypatch.setenv("TAILOR_PORT", "9001")
+    monkeypatch.setenv("TAILOR_ADMIN_KEY", "s3cret")
+    monkeypatch.setenv("TAILOR_MODEL_COSTS", '{"gemma-3-270m": 0.5}')
+    settings = load_settings()
+    assert settings.data_dir == Path("/srv/tailor")
+    assert settings.port == 9001
+    assert settings.admin_key is not None
+    assert settings.admin_key.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(settings)
+    assert settings.model_costs == {"gemma-3-270m": 0.5}
+    assert settings.blob_dir == Path("/srv/tailor/blobs")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("TAILOR_PORT", "eighty"), ("TAILOR_PORT", "70000"), ("TAILOR_MODEL_COSTS", "{not json")],
+)
+def test_a_malformed_value_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings()
+    assert caught.value.setting == variable
+    assert str(caught.value).startswith(f"{variable}: ")
