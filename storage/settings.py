@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from storage.errors import ConfigurationError
@@ -65,10 +65,14 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='Per-model price overrides per 1M tokens, JSON: {"gemma-3-270m": 0.5}.',
     )
-    default_model: str | None = Field(
-        default=None,
-        description="Base model that answers `auto` until the router decides; unset: the cheapest.",
-    )
+
+    @field_validator("model_costs")
+    @classmethod
+    def _costs_are_not_negative(cls, costs: dict[str, float]) -> dict[str, float]:
+        negative = sorted(name for name, cost in costs.items() if cost < 0)
+        if negative:
+            raise ValueError(f"negative price for {', '.join(negative)}")
+        return costs
 
     @property
     def resolved_database_url(self) -> str:

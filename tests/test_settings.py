@@ -37,7 +37,13 @@ def test_environment_is_read_with_the_tailor_prefix(monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("TAILOR_PORT", "eighty"), ("TAILOR_PORT", "70000"), ("TAILOR_MODEL_COSTS", "{not json")],
+    [
+        ("TAILOR_PORT", "eighty"),
+        ("TAILOR_PORT", "70000"),
+        ("TAILOR_MODEL_COSTS", "{not json"),
+        ("TAILOR_MODEL_COSTS", '{"gemma-3-270m": -1}'),
+        ("TAILOR_COST_PER_BILLION_PARAMETERS", "0"),
+    ],
 )
 def test_a_malformed_value_names_its_variable(
     monkeypatch: pytest.MonkeyPatch, variable: str, value: str

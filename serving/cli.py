@@ -1,0 +1,197 @@
+"""The ``tailor`` command line.
+
+Every command reads the settings once, and turns configuration and
+connection problems into one line naming the setting to fix (exit code 2)
+instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+
+from storage.errors import StorageError
+
+app = typer.Typer(help="Tailor: personalised LLM serving.", no_args_is_help=True)
+models_app = typer.Typer(help="The model store of base models.", no_args_is_help=True)
+db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
+admin_app = typer.Typer(help="Users and API keys, without the HTTP API.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(db_app, name="db")
+app.add_typer(admin_app, name="admin")
+
+
+@app.callback()
+def _main() -> None:
+    # Tailor never fetches weights at run time; fail fast rather than hang
+    # on a hub that this machine cannot reach.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    try:
+        yield
+    except StorageError as exc:
+        typer.echo(f"tailor: error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Overrides TAILOR_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Overrides TAILOR_PORT.")] = None,
+) -> None:
+    """Run the service (embedded mode: everything in this process)."""
+    import uvicorn
+    from storage.model_store import load_prepared
+
+    from serving.app import create_app
+    from serving.services import Services
+    from storage.model_catalog import register_prepared_models
+    from storage.settings import load_settings
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    started = time.perf_counter()
+    with _one_line_errors():
+        overrides: dict[str, object] = {}
+        if host is not None:
+            overrides["host"] = host
+        if port is not None:
+            overrides["port"] = port
+        settings = load_settings(**overrides)
+        services = Services.open(settings)
+        prepared = load_prepared(settings.model_store_dir)
+        with services.database.session() as session:
+            register_prepared_models(session, prepared, settings=settings)
+    if not prepared:
+        typer.echo(
+            "tailor: warning: the model store is empty; run `tailor models prepare`", err=True
+        )
+    if settings.admin_key is None:
+        typer.echo("tailor: note: TAILOR_ADMIN_KEY is unset, so the admin API is closed", err=True)
+    typer.echo(
+        f"tailor: {len(prepared)} base model(s), database {services.database.safe_url}, "
+        f"cache {'redis' if settings.redis_url else 'in-process'}; "
+        f"ready in {time.perf_counter() - started:.2f} s, "
+        f"listening on http://{settings.host}:{settings.port}"
+    )
+    uvicorn.run(create_app(services), host=settings.host, port=settings.port, log_level="info")
+
+
+@models_app.command("prepare")
+def models_prepare(
+    force: Annotated[bool, typer.Option(help="Convert again even if already prepared.")] = False,
+) -> None:
+    """Fill the model store from the packaged GGUF models (once) and register them."""
+    from storage.model_store import prepare_models
+
+    from storage.database import Database
+    from storage.migrate import upgrade
+    from storage.model_catalog import register_prepared_models
+    from storage.settings import load_settings
+
+    with _one_line_errors():
+        settings = load_settings()
+        started = time.perf_counter()
+        prepared = prepare_models(settings.model_store_dir, force=force, progress=typer.echo)
+        database = Database(settings.resolved_database_url)
+        upgrade(database)
+        with database.session() as session:
+            register_prepared_models(session, prepared, settings=settings)
+        database.dispose()
+    total = sum(model.size_bytes for model in prepared)
+    typer.echo(
+        f"model store {settings.model_store_dir}: {len(prepared)} model(s), "
+        f"{total / 1e6:.0f} MB, {time.perf_counter() - started:.1f} s"
+    )
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List the base models in the model store."""
+    from storage.model_store import load_prepared
+
+    from storage.model_catalog import price_per_million_tokens
+    from storage.settings import load_settings
+
+    with _one_line_errors():
+        settings = load_settings()
+        prepared = load_prepared(settings.model_store_dir)
+    for model in prepared:
+        price = price_per_million_tokens(model.id, model.parameter_count, settings)
+        typer.echo(
+            f"{model.id}\t{model.architecture}\t{model.parameter_count / 1e6:.0f}M params\t"
+            f"ctx {model.context_length}\t{'chat' if model.chat_template else 'base'}\t"
+            f"{price:.4f}/1M tokens\t{model.size_bytes / 1e6:.0f} MB"
+        )
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the database schema to the newest revision (keeps all data)."""
+    from storage.database import Database
+    from storage.migrate import current_revision, upgrade
+    from storage.settings import load_settings
+
+    with _one_line_errors():
+        database = Database(load_settings().resolved_database_url)
+        upgrade(database)
+        typer.echo(f"{database.safe_url}: schema at revision {current_revision(database)}")
+        database.dispose()
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the schema revision of the database."""
+    from storage.database import Database
+    from storage.migrate import current_revision, head_revision
+    from storage.settings import load_settings
+
+    with _one_line_errors():
+        database = Database(load_settings().resolved_database_url)
+        database.ping()
+        current = current_revision(database)
+        database.dispose()
+    typer.echo(f"current: {current or 'none (empty database)'}; newest: {head_revision()}")
+
+
+@admin_app.command("create-user")
+def admin_create_user(
+    name: str,
+    admin: Annotated[bool, typer.Option(help="Give the key admin scope as well.")] = False,
+) -> None:
+    """Create a user and print their first API key (shown this once)."""
+    from storage.database import Database
+    from storage.migrate import upgrade
+    from storage.repositories import ApiKeyRepository, UserRepository
+    from storage.settings import load_settings
+    from storage.tables import Scope
+
+    with _one_line_errors():
+        database = Database(load_settings().resolved_database_url)
+        upgrade(database)
+        with database.session() as session:
+            user = UserRepository(session).create(name=name)
+            scopes = [Scope.USER, Scope.ADMIN] if admin else [Scope.USER]
+            _key, secret = ApiKeyRepository(session).create(user_id=user.id, scopes=scopes)
+        database.dispose()
+    typer.echo(f"user {user.id} ({user.name})")
+    typer.echo(f"api key (shown once): {secret}")
+
+
+def main() -> None:
+    app(prog_name="tailor")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Every FastAPI dependency, aliased once, so routes read as plain signatures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.orm import Session
+
+from serving.auth import Principal, authenticate, bearer_token
+from serving.errors import ApiError
+from serving.services import Services
+from storage.settings import Settings
+from storage.tables import Scope
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_settings(services: ServicesDep) -> Settings:
+    return services.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_session(services: ServicesDep) -> Iterator[Session]:
+    # Routes that write commit before they return, so that nothing is
+    # acknowledged before it is durable; whatever is left is rolled back here.
+    with services.database.new_session() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_principal(
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> Principal:
+    token = bearer_token(authorization)
+    return authenticate(token, database=services.database, settings=services.settings)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require_user(principal: PrincipalDep) -> Principal:
+    if principal.user_id is None or Scope.USER not in principal.scopes:
+        raise ApiError(403, "this endpoint needs a user's API key", code="user_key_required")
+    return principal
+
+
+UserDep = Annotated[Principal, Depends(require_user)]
+
+
+def require_admin(principal: PrincipalDep) -> Principal:
+    if not principal.is_admin:
+        raise ApiError(403, "this endpoint needs an admin key", code="admin_key_required")
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(require_admin)]

@@ -1,0 +1,53 @@
+"""What must hold before the service takes traffic.
+
+Each check names what it looked at and returns "ok" or a reason, so that an
+operator reading ``/readyz`` sees what to fix.
+"""
+
+from __future__ import annotations
+
+from serving.schemas import ReadinessPublic
+from serving.services import Services
+from storage.errors import StorageError
+from storage.repositories import BaseModelRepository
+
+
+def _check_database(services: Services) -> str:
+    try:
+        services.database.ping()
+    except StorageError as exc:
+        return str(exc)
+    return "ok"
+
+
+def _check_cache(services: Services) -> str:
+    try:
+        services.cache.ping()
+    except StorageError as exc:
+        return str(exc)
+    return "ok"
+
+
+def _check_models(services: Services) -> str:
+    try:
+        with services.database.session() as session:
+            models = BaseModelRepository(session).list_all()
+    except StorageError as exc:
+        return str(exc)
+    if not models:
+        return "no base model is registered; run `tailor models prepare`"
+    store = services.settings.model_store_dir
+    missing = [m.id for m in models if not (store / m.path).is_dir()]
+    if missing:
+        return f"missing from the model store: {', '.join(missing)}"
+    return "ok"
+
+
+def check_readiness(services: Services) -> ReadinessPublic:
+    checks = {
+        "database": _check_database(services),
+        "cache": _check_cache(services),
+        "models": _check_models(services),
+    }
+    ready = all(result == "ok" for result in checks.values())
+    return ReadinessPublic(status="ready" if ready else "not_ready", checks=checks)

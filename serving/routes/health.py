@@ -1,0 +1,25 @@
+"""Liveness and readiness probes (no key needed)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from serving.deps import ServicesDep
+from serving.readiness import check_readiness
+from serving.schemas import HealthPublic, ReadinessPublic
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> HealthPublic:
+    return HealthPublic(status="ok")
+
+
+@router.get("/readyz", response_model=ReadinessPublic)
+def readyz(services: ServicesDep) -> JSONResponse:
+    readiness = check_readiness(services)
+    return JSONResponse(
+        readiness.model_dump(), status_code=200 if readiness.status == "ready" else 503
+    )

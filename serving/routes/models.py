@@ -1,0 +1,32 @@
+"""``GET /v1/models``: the base models a request can name, plus ``auto``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from serving.deps import PrincipalDep, SessionDep
+from serving.schemas import AUTO_MODEL_ID, ListPublic, ModelPublic
+from storage.repositories import BaseModelRepository
+
+router = APIRouter(prefix="/v1", tags=["models"])
+
+
+@router.get("/models")
+def list_models(_principal: PrincipalDep, session: SessionDep) -> ListPublic[ModelPublic]:
+    models = BaseModelRepository(session).list_all()
+    entries = [
+        ModelPublic(
+            id=model.id,
+            created=int(model.created_at.timestamp()),
+            architecture=model.architecture,
+            parameters=model.parameter_count,
+            context_length=model.context_length,
+            chat=model.chat_template is not None,
+            cost_per_million_tokens=model.cost_per_million_tokens,
+        )
+        for model in models
+    ]
+    created = min((entry.created for entry in entries), default=0)
+    # "auto" lets the router pick among the models above for each request.
+    entries.append(ModelPublic(id=AUTO_MODEL_ID, created=created))
+    return ListPublic(data=entries)

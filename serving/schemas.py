@@ -1,0 +1,118 @@
+"""Request and response bodies of the API (``XCreate`` in, ``XPublic`` out).
+
+Kept apart from the ORM tables: what clients see is a contract (API.md),
+what the database holds may change underneath it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from storage.tables import Scope
+
+AUTO_MODEL_ID = "auto"
+
+
+T = TypeVar("T")
+
+
+class ListPublic(BaseModel, Generic[T]):
+    """An OpenAI-style list."""
+
+    object: Literal["list"] = "list"
+    data: list[T]
+    has_more: bool = False
+
+
+# Users and keys ------------------------------------------------------------
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    scopes: list[Scope] = Field(default_factory=lambda: [Scope.USER], min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be blank")
+        return value
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scopes: list[Scope] = Field(default_factory=lambda: [Scope.USER], min_length=1)
+
+
+class ApiKeyPublic(BaseModel):
+    """A key as it is shown after creation: never the secret, only its prefix."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    user_id: str
+    prefix: str
+    scopes: list[Scope]
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    revoked: bool
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    """A new key; ``api_key`` is shown this once and stored only as a hash."""
+
+    api_key: str
+
+
+class UserPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    created_at: datetime
+    keys: list[ApiKeyPublic] = Field(validation_alias="api_keys")
+
+
+class UserCreated(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+    key_id: str
+    api_key: str
+
+
+# Models ----------------------------------------------------------------------
+
+
+class ModelPublic(BaseModel):
+    """An entry of ``GET /v1/models``: the OpenAI fields plus Tailor's own."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "tailor"
+    architecture: str | None = None
+    parameters: int | None = None
+    context_length: int | None = None
+    chat: bool | None = None
+    cost_per_million_tokens: float | None = None
+
+
+# Health ----------------------------------------------------------------------
+
+
+class HealthPublic(BaseModel):
+    status: str
+
+
+class ReadinessPublic(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, str]

@@ -1,0 +1,52 @@
+"""The long-lived objects one server process holds, opened at start-up.
+
+Everything here is built by ``Services.open(settings)`` when the service
+starts, never at import, and closed when it stops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from storage import migrate
+from storage.blobs import DirectoryBlobStore
+from storage.cache import Cache, open_cache
+from storage.database import Database
+from storage.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    database: Database
+    cache: Cache
+    blobs: DirectoryBlobStore
+
+    @classmethod
+    def open(cls, settings: Settings, *, migrate_schema: bool | None = None) -> Services:
+        """Connect to the configured backends and check that they answer.
+
+        Raises ``ConfigurationError`` or ``BackendUnavailable`` (naming the
+        setting to fix) before anything is served.
+        """
+        database = Database(settings.resolved_database_url)
+        cache = open_cache(settings.redis_url, prefix=settings.cache_prefix)
+        try:
+            database.ping()
+            cache.ping()
+            if settings.migrate_on_start if migrate_schema is None else migrate_schema:
+                migrate.upgrade(database)
+        except BaseException:
+            database.dispose()
+            cache.close()
+            raise
+        return cls(
+            settings=settings,
+            database=database,
+            cache=cache,
+            blobs=DirectoryBlobStore(settings.blob_dir),
+        )
+
+    def close(self) -> None:
+        self.cache.close()
+        self.database.dispose()

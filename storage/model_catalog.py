@@ -1,0 +1,53 @@
+"""Registers the prepared models of the model store as base models in SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from storage.model_store import PreparedModel
+from storage.repositories import BaseModelRepository
+from storage.settings import Settings
+from storage.tables import BaseModel
+
+
+def price_per_million_tokens(model_id: str, parameter_count: int, settings: Settings) -> float:
+    """A configured price, else one proportional to the parameter count.
+
+    The proportional default reflects that decode cost scales with the
+    weights read per token; operators with real prices configure them.
+    """
+    if model_id in settings.model_costs:
+        return settings.model_costs[model_id]
+    return parameter_count / 1e9 * settings.cost_per_billion_parameters
+
+
+def register_prepared_models(
+    session: Session, prepared: Sequence[PreparedModel], *, settings: Settings
+) -> list[BaseModel]:
+    repository = BaseModelRepository(session)
+    store = settings.model_store_dir.resolve()
+    registered = []
+    for model in prepared:
+        path = Path(model.path).resolve()
+        registered.append(
+            repository.upsert(
+                model_id=model.id,
+                architecture=model.architecture,
+                path=str(path.relative_to(store)) if path.is_relative_to(store) else str(path),
+                sha256=model.sha256,
+                source=model.source,
+                source_sha256=model.source_sha256,
+                dtype=model.dtype,
+                size_bytes=model.size_bytes,
+                parameter_count=model.parameter_count,
+                context_length=model.context_length,
+                chat_template=model.chat_template,
+                cost_per_million_tokens=price_per_million_tokens(
+                    model.id, model.parameter_count, settings
+                ),
+            )
+        )
+    return registered

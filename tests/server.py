@@ -1,0 +1,91 @@
+"""Runs the real ``tailor`` command in a subprocess, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TAILOR = str(Path(sys.executable).parent / "tailor")
+
+
+def prepared_model_store() -> Path:
+    """The model store that `make test` prepared (``tailor models prepare``)."""
+    store = Path(os.environ.get("TAILOR_TEST_MODEL_STORE", REPO_ROOT / "var" / "models"))
+    if not any(store.glob("*/tailor-model.json")):
+        raise RuntimeError(f"no prepared model store at {store}: run `make models` first")
+    return store
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def tailor_env(extra: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
+    env.update(extra)
+    return env
+
+
+def run_tailor(
+    args: list[str], env: Mapping[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TAILOR, *args], env=tailor_env(env), capture_output=True, text=True, timeout=timeout
+    )
+
+
+@dataclass
+class RunningServer:
+    url: str
+    process: subprocess.Popen[str]
+    startup_seconds: float
+
+
+@contextmanager
+def running_server(env: Mapping[str, str], *, timeout: float = 60) -> Iterator[RunningServer]:
+    """``tailor serve`` on a free port, until the block ends."""
+    port = free_port()
+    full_env = {**env, "TAILOR_HOST": "127.0.0.1", "TAILOR_PORT": str(port)}
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [TAILOR, "serve"],
+        env=tailor_env(full_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if process.poll() is not None:
+                output = process.stdout.read() if process.stdout else ""
+                raise RuntimeError(f"tailor serve exited with {process.returncode}:\n{output}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.perf_counter() - started > timeout:
+                raise RuntimeError("tailor serve did not become ready in time")
+            time.sleep(0.1)
+        yield RunningServer(url, process, time.perf_counter() - started)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,216 @@
+"""The admin user/key API and authentication, served in process.
+
+Runs on both deployments: SQLite + in-process cache, and PostgreSQL + Redis.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.app import create_app
+from serving.services import Services
+from storage.repositories import BaseModelRepository
+from storage.settings import load_settings
+from tests.backends import REDIS_URL, postgres_schema
+
+ADMIN_KEY = "admin-" + secrets.token_hex(8)
+
+
+@pytest.fixture(params=["sqlite+memory", "postgresql+redis"])
+def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
+    def serve(database_url: str, redis_url: str | None) -> Iterator[TestClient]:
+        settings = load_settings(
+            data_dir=tmp_path,
+            database_url=database_url,
+            redis_url=redis_url,
+            admin_key=ADMIN_KEY,
+            cache_prefix=f"tailor-test-{secrets.token_hex(4)}:",
+        )
+        services = Services.open(settings)
+        with services.database.session() as session:
+            BaseModelRepository(session).upsert(
+                model_id="tiny-1m",
+                architecture="llama",
+                path="tiny-1m",
+                sha256="0" * 64,
+                source="test",
+                source_sha256="0" * 64,
+                dtype="float16",
+                size_bytes=2_000_000,
+                parameter_count=1_000_000,
+                context_length=2048,
+                chat_template="{{ messages }}",
+                cost_per_million_tokens=0.001,
+            )
+        with TestClient(create_app(services), raise_server_exceptions=False) as test_client:
+            yield test_client
+
+    if request.param == "sqlite+memory":
+        yield from serve(f"sqlite:///{tmp_path / 'tailor.db'}", None)
+    else:
+        with postgres_schema() as url:
+            yield from serve(url, REDIS_URL)
+
+
+def admin(key: str = ADMIN_KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def assert_error(response_json: dict[str, object], error_type: str) -> None:
+    error = response_json["error"]
+    assert isinstance(error, dict)
+    assert error["type"] == error_type
+    assert isinstance(error["message"], str) and error["message"]
+
+
+def test_health_needs_no_key(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_readiness_reports_each_check(client: TestClient) -> None:
+    response = client.get("/readyz")
+    body = response.json()
+    assert body["checks"]["database"] == "ok"
+    assert body["checks"]["cache"] == "ok"
+    # The test model is registered but not in this empty model store.
+    assert response.status_code == 503
+    assert "tiny-1m" in body["checks"]["models"]
+
+
+def test_admin_creates_a_user_whose_key_works_once_shown(client: TestClient) -> None:
+    created = client.post("/admin/users", json={"name": "ada"}, headers=admin())
+    assert created.status_code == 201
+    body = created.json()
+    assert body["name"] == "ada" and body["id"].startswith("usr_")
+    user_key = body["api_key"]
+
+    models = client.get("/v1/models", headers=admin(user_key))
+    assert models.status_code == 200
+    ids = [m["id"] for m in models.json()["data"]]
+    assert ids == ["tiny-1m", "auto"]
+
+    listed = client.get("/admin/users", headers=admin()).json()
+    assert listed["object"] == "list"
+    (user,) = listed["data"]
+    assert user["id"] == body["id"]
+    (key,) = user["keys"]
+    assert key["id"] == body["key_id"] and key["revoked"] is False
+    # The secret is never shown again, in any field.
+    assert user_key not in str(listed)
+    assert user_key.startswith(key["prefix"])
+
+
+def test_a_revoked_key_is_refused_at_once(client: TestClient) -> None:
+    user = client.post("/admin/users", json={"name": "bob"}, headers=admin()).json()
+    second = client.post(f"/admin/users/{user['id']}/keys", headers=admin())
+    assert second.status_code == 201
+    second_key = second.json()["api_key"]
+    assert second_key != user["api_key"]
+
+    assert client.get("/v1/models", headers=admin(user["api_key"])).status_code == 200
+    revoked = client.delete(f"/admin/keys/{user['key_id']}", headers=admin())
+    assert revoked.status_code == 200 and revoked.json()["revoked"] is True
+
+    refused = client.get("/v1/models", headers=admin(user["api_key"]))
+    assert refused.status_code == 401
+    assert_error(refused.json(), "authentication_error")
+    # The user's other key still works.
+    assert client.get("/v1/models", headers=admin(second_key)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer"}, {"Authorization": "Basic abc"}, admin("tlr_wrong")],
+)
+def test_missing_or_wrong_keys_get_401(client: TestClient, headers: dict[str, str]) -> None:
+    for method, path in (("GET", "/v1/models"), ("GET", "/admin/users")):
+        response = client.request(method, path, headers=headers)
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert_error(response.json(), "authentication_error")
+
+
+def test_a_user_key_on_admin_routes_gets_403(client: TestClient) -> None:
+    user_key = client.post("/admin/users", json={"name": "eve"}, headers=admin()).json()["api_key"]
+    for method, path in (
+        ("GET", "/admin/users"),
+        ("POST", "/admin/users"),
+        ("DELETE", "/admin/keys/key_anything"),
+    ):
+        response = client.request(method, path, headers=admin(user_key), json={"name": "x"})
+        assert response.status_code == 403
+        assert_error(response.json(), "permission_error")
+
+
+def test_a_key_with_admin_scope_can_administer(client: TestClient) -> None:
+    root = client.post(
+        "/admin/users", json={"name": "root", "scopes": ["user", "admin"]}, headers=admin()
+    ).json()
+    assert client.get("/admin/users", headers=admin(root["api_key"])).status_code == 200
+    assert client.get("/v1/models", headers=admin(root["api_key"])).status_code == 200
+
+
+def test_bad_bodies_get_422_and_change_nothing(client: TestClient) -> None:
+    for body in ({}, {"name": ""}, {"name": "   "}, {"name": "x", "scopes": ["root"]}, {"nom": 1}):
+        response = client.post("/admin/users", json=body, headers=admin())
+        assert response.status_code == 422, body
+        assert_error(response.json(), "invalid_request_error")
+    assert client.get("/admin/users", headers=admin()).json()["data"] == []
+
+
+def test_duplicates_and_unknown_ids(client: TestClient) -> None:
+    assert client.post("/admin/users", json={"name": "ada"}, headers=admin()).status_code == 201
+    duplicate = client.post("/admin/users", json={"name": "ada"}, headers=admin())
+    assert duplicate.status_code == 409
+    assert_error(duplicate.json(), "conflict_error")
+    for method, path in (
+        ("POST", "/admin/users/usr_missing/keys"),
+        ("DELETE", "/admin/keys/key_missing"),
+        ("GET", "/admin/users/usr_missing"),
+        ("GET", "/no/such/route"),
+    ):
+        response = client.request(method, path, headers=admin())
+        assert response.status_code == 404, path
+        assert_error(response.json(), "not_found_error")
+
+
+def test_users_are_paged(client: TestClient) -> None:
+    for i in range(5):
+        client.post("/admin/users", json={"name": f"user-{i}"}, headers=admin())
+    first = client.get("/admin/users?limit=3", headers=admin()).json()
+    assert len(first["data"]) == 3 and first["has_more"] is True
+    after = first["data"][-1]["id"]
+    rest = client.get(f"/admin/users?limit=3&after={after}", headers=admin()).json()
+    assert [u["name"] for u in rest["data"]] == ["user-3", "user-4"]
+    assert rest["has_more"] is False
+
+
+def test_without_an_admin_key_setting_the_admin_api_is_closed(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path, admin_key=None, redis_url=None, database_url=None)
+    services = Services.open(settings)
+    with TestClient(create_app(services)) as test_client:
+        response = test_client.get("/admin/users", headers=admin(""))
+        assert response.status_code == 401
+        response = test_client.get("/admin/users", headers=admin("anything"))
+        assert response.status_code == 401
+
+
+def test_an_internal_error_never_leaks_details(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storage.repositories import UserRepository
+
+    def explode(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("secret internal detail at /srv/tailor/db")
+
+    monkeypatch.setattr(UserRepository, "list_page", explode)
+    response = client.get("/admin/users", headers=admin())
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {"message": "internal server error", "type": "server_error", "code": None}
+    }
