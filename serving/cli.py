@@ -51,11 +51,11 @@ def serve(
 ) -> None:
     """Run the service (embedded mode: everything in this process)."""
     import uvicorn
-    from storage.model_store import load_prepared
 
     from serving.app import create_app
     from serving.services import Services
     from storage.model_catalog import register_prepared_models
+    from storage.model_store import load_prepared
     from storage.settings import load_settings
 
     logging.basicConfig(
@@ -93,11 +93,10 @@ def models_prepare(
     force: Annotated[bool, typer.Option(help="Convert again even if already prepared.")] = False,
 ) -> None:
     """Fill the model store from the packaged GGUF models (once) and register them."""
-    from storage.model_store import prepare_models
-
     from storage.database import Database
     from storage.migrate import upgrade
     from storage.model_catalog import register_prepared_models
+    from storage.model_store import prepare_models
     from storage.settings import load_settings
 
     with _one_line_errors():
@@ -119,9 +118,8 @@ def models_prepare(
 @models_app.command("list")
 def models_list() -> None:
     """List the base models in the model store."""
-    from storage.model_store import load_prepared
-
     from storage.model_catalog import price_per_million_tokens
+    from storage.model_store import load_prepared
     from storage.settings import load_settings
 
     with _one_line_errors():
