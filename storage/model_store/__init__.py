@@ -7,14 +7,24 @@ and ``AutoTokenizer.from_pretrained(path)``.
 """
 
 from storage.errors import ModelStoreError
+from storage.model_store.embedder import (
+    EMBEDDING_DIMENSIONS,
+    EMBEDDING_MODEL_ID,
+    embedding_model_dir,
+    load_sentence_embedder,
+)
 from storage.model_store.packaged import PACKAGED_MODELS, PackagedModel
 from storage.model_store.prepare import PreparedModel, load_prepared, prepare_models
 
 __all__ = [
+    "EMBEDDING_DIMENSIONS",
+    "EMBEDDING_MODEL_ID",
     "PACKAGED_MODELS",
     "ModelStoreError",
     "PackagedModel",
     "PreparedModel",
+    "embedding_model_dir",
     "load_prepared",
+    "load_sentence_embedder",
     "prepare_models",
 ]
