@@ -247,6 +247,12 @@ class AdapterVersion(Base):
     parent_version_id: Mapped[str | None] = mapped_column(
         ForeignKey("adapter_versions.id", ondelete="SET NULL"), default=None
     )
+    # The active version this one replaced when it was promoted: what a
+    # rollback returns to. Kept apart from lineage, which says what a version
+    # was trained from.
+    replaced_version_id: Mapped[str | None] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="SET NULL"), default=None
+    )
     job_id: Mapped[str | None] = mapped_column(String(32), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
     promoted_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -1,16 +1,17 @@
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from storage import migrate
 from storage.database import Database, parse_database_url
 from storage.errors import BackendUnavailable, ConfigurationError
-from storage.repositories import UserRepository
+from storage.repositories import AdapterRepository, UserRepository
 from storage.tables import Base
 
 
@@ -82,3 +83,48 @@ def test_a_failed_unit_of_work_is_rolled_back(database: Database) -> None:
         raise RuntimeError("boom")
     with database.session() as session:
         assert UserRepository(session).count() == 0
+
+
+def test_each_migration_keeps_rows_written_under_the_previous_schema(
+    database_url: str,
+) -> None:
+    database = Database(database_url)
+    migrate.upgrade(database, "0001")
+    with database.engine.begin() as connection:
+        connection.execute(
+            text("INSERT INTO users (id, name, created_at) VALUES ('usr_old', 'old', :now)"),
+            {"now": datetime(2026, 1, 1)},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO base_models (id, architecture, path, sha256, source, source_sha256,"
+                " dtype, size_bytes, parameter_count, context_length, cost_per_million_tokens,"
+                " enabled, created_at, updated_at) VALUES ('m', 'llama', 'm', :sha, 's', :sha,"
+                " 'float32', 1, 1, 1, 0.1, true, :now, :now)"
+            ),
+            {"sha": "0" * 64, "now": datetime(2026, 1, 1)},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO adapters (id, kind, user_id, owner_key, base_model_id, name,"
+                " created_at) VALUES ('adp_old', 'specialist', 'usr_old', 'usr_old', 'm',"
+                " 'default', :now)"
+            ),
+            {"now": datetime(2026, 1, 1)},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO adapter_versions (id, adapter_id, version, state, sha256, rank,"
+                " alpha, target_modules, eval_metrics, created_at) VALUES ('adv_old', 'adp_old',"
+                " 1, 'active', :sha, 8, 16, '[\"q_proj\"]', '{}', :now)"
+            ),
+            {"sha": "0" * 64, "now": datetime(2026, 1, 1)},
+        )
+    migrate.upgrade(database)
+    with database.session() as session:
+        assert UserRepository(session).get(user_id="usr_old").name == "old"
+        version = AdapterRepository(session).active_version(adapter_id="adp_old")
+        assert version is not None and version.id == "adv_old"
+        assert version.replaced_version_id is None
+        assert version.target_modules == ["q_proj"]
+    database.dispose()

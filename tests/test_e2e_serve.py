@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from storage.migrate import head_revision
 from tests.backends import REDIS_URL, postgres_schema
 from tests.server import prepared_model_store, run_tailor, running_server
 
@@ -122,7 +123,7 @@ def test_db_upgrade_keeps_existing_data(tmp_path: Path) -> None:
     assert "api key (shown once): tlr_" in created.stdout
     upgraded = run_tailor(["db", "upgrade"], env)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "schema at revision 0001" in upgraded.stdout
+    assert f"schema at revision {head_revision()}" in upgraded.stdout
     duplicate = run_tailor(["admin", "create-user", "ada"], env)
     assert duplicate.returncode == 2
     assert "already exists" in duplicate.stderr
