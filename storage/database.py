@@ -69,7 +69,12 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        # IMMEDIATE takes the write lock up front. With a deferred BEGIN, two
+        # transactions that read and then write deadlock, and SQLite fails one
+        # at once ("database is locked") instead of letting it wait. The cost
+        # is that transactions run one at a time: fine for the embedded
+        # single-machine mode; PostgreSQL is the choice for concurrency.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Database:
