@@ -27,3 +27,7 @@ class AdapterNotFound(AdapterError):
 
 class InvalidTransition(AdapterError):
     """E.g. promoting a version that is not a candidate, or a lost promotion race."""
+
+
+class SlotsExhausted(AdapterError):
+    """Every adapter slot of a replica is in use by running requests (API: 503)."""

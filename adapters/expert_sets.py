@@ -8,6 +8,9 @@ a resolved set can be cached until an invalidation event says otherwise.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -102,3 +105,43 @@ def resolve_expert_set(
     return ExpertSet(
         base_model_id=base_model_id, generalists=tuple(generalists), specialist=specialist
     )
+
+
+class CachedExpertSets:
+    """A replica's memory of resolved expert sets, so a request costs no SQL read.
+
+    Entries live ``ttl_seconds`` at most (bounding staleness should an
+    invalidation event be missed) and are all dropped on any invalidation.
+    """
+
+    def __init__(
+        self,
+        resolve: Callable[[str, str | None, bool], ExpertSet],
+        *,
+        ttl_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._resolve = resolve
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._entries: dict[tuple[str, str | None, bool], tuple[float, ExpertSet]] = {}
+        self._lock = threading.Lock()
+
+    def get(
+        self, *, base_model_id: str, user_id: str | None, personalize: bool = True
+    ) -> ExpertSet:
+        key = (base_model_id, user_id, personalize)
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] > now:
+                return entry[1]
+        resolved = self._resolve(base_model_id, user_id, personalize)
+        with self._lock:
+            self._entries[key] = (now + self._ttl, resolved)
+        return resolved
+
+    def clear(self, _event: object = None) -> None:
+        """Forget every resolved set (usable directly as an invalidation handler)."""
+        with self._lock:
+            self._entries.clear()
