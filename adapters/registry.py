@@ -307,6 +307,47 @@ class AdapterRegistry:
         self._adapter_for(session, adapter_id=version.adapter_id, user_id=user_id)
         return version
 
+    def find_version(
+        self, *, target_id: str, user_id: str | None = None, prefer: AdapterState
+    ) -> AdapterVersion:
+        """A version named by its own id (``adv_``) or by its expert's (``adp_``).
+
+        For an expert id, the version in state ``prefer`` (the newest one, for
+        candidates) is meant: "promote this adapter" promotes its newest
+        candidate, "download this adapter" gives its active version.
+        """
+        with self.database.session() as session:
+            if session.get(AdapterVersion, target_id) is not None:
+                return self._version_for(session, version_id=target_id, user_id=user_id)
+            adapter = self._adapter_for(session, adapter_id=target_id, user_id=user_id)
+            matching = [
+                v
+                for v in AdapterRepository(session).list_versions(adapter_id=adapter.id)
+                if v.state is prefer
+            ]
+            if not matching:
+                raise InvalidTransition(f"{target_id} has no {prefer.value} version")
+            return matching[-1]
+
+    def adapter_of(self, *, target_id: str, user_id: str | None = None) -> Adapter:
+        """The expert named by its id, or by one of its versions' ids."""
+        with self.database.session() as session:
+            version = session.get(AdapterVersion, target_id)
+            adapter_id = version.adapter_id if version is not None else target_id
+            return self._adapter_for(session, adapter_id=adapter_id, user_id=user_id)
+
+    def retire_expert(self, *, adapter_id: str, user_id: str | None = None) -> list[AdapterVersion]:
+        """Retire every version of an expert that is still in use or in waiting."""
+        with self.database.session() as session:
+            self._adapter_for(session, adapter_id=adapter_id, user_id=user_id)
+            versions = AdapterRepository(session).list_versions(adapter_id=adapter_id)
+        retired = [
+            self.retire(version_id=v.id, user_id=user_id)
+            for v in versions
+            if v.state in (AdapterState.CANDIDATE, AdapterState.ACTIVE)
+        ]
+        return retired
+
     def _publish(self, event: InvalidationEvent) -> None:
         self.cache.publish(INVALIDATION_CHANNEL, event.to_bytes())
 

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from serving.errors import install_error_handlers
-from serving.routes import admin_users, health, models
+from serving.routes import adapters, admin_adapters, admin_users, health, models
 from serving.services import Services
 
 
@@ -29,5 +29,7 @@ def create_app(services: Services, *, close_services_on_shutdown: bool = True) -
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(adapters.router)
     app.include_router(admin_users.router)
+    app.include_router(admin_adapters.router)
     return app

@@ -15,6 +15,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from adapters.errors import (
+    AdapterError,
+    AdapterNotFound,
+    InvalidAdapter,
+    InvalidTransition,
+    SlotsExhausted,
+)
 from storage.errors import BackendUnavailable, Conflict, NotFound
 
 logger = logging.getLogger(__name__)
@@ -87,6 +94,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Conflict)
     async def _conflict(_request: Request, exc: Conflict) -> JSONResponse:
         return error_response(409, str(exc), code="conflict")
+
+    @app.exception_handler(AdapterError)
+    async def _adapter_error(_request: Request, exc: AdapterError) -> JSONResponse:
+        if isinstance(exc, InvalidAdapter):
+            return error_response(422, str(exc), code="invalid_adapter")
+        if isinstance(exc, AdapterNotFound):
+            return error_response(404, str(exc), code="not_found")
+        if isinstance(exc, InvalidTransition):
+            return error_response(409, str(exc), code="invalid_transition")
+        if isinstance(exc, SlotsExhausted):
+            return error_response(503, str(exc), code="overloaded", headers={"Retry-After": "1"})
+        return error_response(400, str(exc))
 
     @app.exception_handler(BackendUnavailable)
     async def _unavailable(_request: Request, exc: BackendUnavailable) -> JSONResponse:

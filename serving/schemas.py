@@ -7,11 +7,11 @@ what the database holds may change underneath it.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from storage.tables import Scope
+from storage.tables import Adapter, AdapterKind, AdapterState, Scope
 
 AUTO_MODEL_ID = "auto"
 
@@ -104,6 +104,67 @@ class ModelPublic(BaseModel):
     context_length: int | None = None
     chat: bool | None = None
     cost_per_million_tokens: float | None = None
+
+
+# Adapters --------------------------------------------------------------------
+
+
+class AdapterVersionPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    adapter_id: str
+    version: int
+    state: AdapterState
+    sha256: str | None
+    size_bytes: int | None
+    rank: int
+    alpha: float
+    target_modules: list[str]
+    eval_metrics: dict[str, Any]
+    parent_version_id: str | None
+    replaced_version_id: str | None
+    job_id: str | None
+    created_at: datetime
+    promoted_at: datetime | None
+    retired_at: datetime | None
+
+
+class AdapterPublic(BaseModel):
+    """An expert; ``version``/``state``/``eval_metrics`` are those of its current
+    version (the active one, else the newest)."""
+
+    id: str
+    object: Literal["adapter"] = "adapter"
+    kind: AdapterKind
+    user_id: str | None
+    base_model: str
+    name: str
+    created_at: datetime
+    version: int | None
+    state: AdapterState | None
+    eval_metrics: dict[str, Any]
+    active_version_id: str | None
+    versions: list[AdapterVersionPublic]
+
+    @classmethod
+    def from_expert(cls, adapter: Adapter) -> AdapterPublic:
+        versions = [AdapterVersionPublic.model_validate(v) for v in adapter.versions]
+        active = next((v for v in versions if v.state is AdapterState.ACTIVE), None)
+        current = active or (versions[-1] if versions else None)
+        return cls(
+            id=adapter.id,
+            kind=adapter.kind,
+            user_id=adapter.user_id,
+            base_model=adapter.base_model_id,
+            name=adapter.name,
+            created_at=adapter.created_at,
+            version=current.version if current else None,
+            state=current.state if current else None,
+            eval_metrics=current.eval_metrics if current else {},
+            active_version_id=active.id if active else None,
+            versions=versions,
+        )
 
 
 # Health ----------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from adapters.registry import AdapterRegistry
 from storage import migrate
 from storage.blobs import DirectoryBlobStore
 from storage.cache import Cache, open_cache
@@ -21,6 +22,7 @@ class Services:
     database: Database
     cache: Cache
     blobs: DirectoryBlobStore
+    adapters: AdapterRegistry
 
     @classmethod
     def open(cls, settings: Settings, *, migrate_schema: bool | None = None) -> Services:
@@ -40,11 +42,18 @@ class Services:
             database.dispose()
             cache.close()
             raise
+        blobs = DirectoryBlobStore(settings.blob_dir)
         return cls(
             settings=settings,
             database=database,
             cache=cache,
-            blobs=DirectoryBlobStore(settings.blob_dir),
+            blobs=blobs,
+            adapters=AdapterRegistry(
+                database=database,
+                blobs=blobs,
+                cache=cache,
+                model_store_dir=settings.model_store_dir,
+            ),
         )
 
     def close(self) -> None:

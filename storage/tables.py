@@ -209,7 +209,7 @@ class Adapter(Base):
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
 
     versions: Mapped[list[AdapterVersion]] = relationship(
-        back_populates="adapter", order_by="AdapterVersion.version"
+        back_populates="adapter", order_by="AdapterVersion.version", lazy="selectin"
     )
 
 

@@ -5,7 +5,6 @@ Runs on both deployments: SQLite + in-process cache, and PostgreSQL + Redis.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,23 +15,13 @@ from serving.app import create_app
 from serving.services import Services
 from storage.repositories import BaseModelRepository
 from storage.settings import load_settings
-from tests.backends import REDIS_URL, postgres_schema
-
-ADMIN_KEY = "admin-" + secrets.token_hex(8)
+from tests.app_client import ADMIN_KEY, DEPLOYMENTS, app_client
 
 
-@pytest.fixture(params=["sqlite+memory", "postgresql+redis"])
+@pytest.fixture(params=DEPLOYMENTS)
 def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
-    def serve(database_url: str, redis_url: str | None) -> Iterator[TestClient]:
-        settings = load_settings(
-            data_dir=tmp_path,
-            database_url=database_url,
-            redis_url=redis_url,
-            admin_key=ADMIN_KEY,
-            cache_prefix=f"tailor-test-{secrets.token_hex(4)}:",
-        )
-        services = Services.open(settings)
-        with services.database.session() as session:
+    with app_client(request.param, tmp_path, real_models=False) as test_client:
+        with test_client.app.state.services.database.session() as session:  # type: ignore[attr-defined]
             BaseModelRepository(session).upsert(
                 model_id="tiny-1m",
                 architecture="llama",
@@ -47,14 +36,7 @@ def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClien
                 chat_template="{{ messages }}",
                 cost_per_million_tokens=0.001,
             )
-        with TestClient(create_app(services), raise_server_exceptions=False) as test_client:
-            yield test_client
-
-    if request.param == "sqlite+memory":
-        yield from serve(f"sqlite:///{tmp_path / 'tailor.db'}", None)
-    else:
-        with postgres_schema() as url:
-            yield from serve(url, REDIS_URL)
+        yield test_client
 
 
 def admin(key: str = ADMIN_KEY) -> dict[str, str]:
