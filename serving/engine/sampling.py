@@ -1,0 +1,66 @@
+"""Per-request sampling: greedy, temperature, nucleus (top-p), seeded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+MAX_STOP_SEQUENCES = 4
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request picks its tokens; validated on construction."""
+
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ValueError("temperature must be between 0 and 2")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError("top_p must be in (0, 1]")
+        if len(self.stop) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+        if any(not s for s in self.stop):
+            raise ValueError("stop sequences must not be empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def new_generator(params: SamplingParams) -> torch.Generator | None:
+    """A CPU generator for a seeded request, so its output does not depend on its batch."""
+    if params.greedy:
+        return None
+    generator = torch.Generator()
+    generator.manual_seed(params.seed if params.seed is not None else torch.seed())
+    return generator
+
+
+def sample_token(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> int:
+    """The next token of one row from its last-position logits ``[vocab]``."""
+    if params.greedy:
+        return int(torch.argmax(logits))
+    scaled = logits.float().cpu() / params.temperature
+    probabilities = torch.softmax(scaled, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, sorted_ids = torch.sort(probabilities, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (always the first token).
+        outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= params.top_p
+        probabilities = probabilities.clone()
+        probabilities[sorted_ids[outside]] = 0.0
+    # Draw over the vocabulary in token-id order, not in sorted order: near-equal
+    # probabilities swap places in a sort under tiny numeric noise (a batch
+    # computes logits a few ulps differently), which would change a seeded
+    # request's tokens depending on who else is in its batch.
+    return int(torch.multinomial(probabilities, 1, generator=generator))
