@@ -8,14 +8,30 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from serving.errors import install_error_handlers
-from serving.routes import adapters, admin_adapters, admin_users, health, models
+from serving.routes import adapters, admin_adapters, admin_users, completions, health, models
+from serving.runtime import ModelRuntime
 from serving.services import Services
 
 
-def create_app(services: Services, *, close_services_on_shutdown: bool = True) -> FastAPI:
+def create_app(
+    services: Services,
+    *,
+    runtime: ModelRuntime | None = None,
+    close_services_on_shutdown: bool = True,
+) -> FastAPI:
+    """The app over opened services; with a ``runtime`` it also serves completions.
+
+    Without one (admin-only processes, API tests) the completion endpoints
+    answer 503.
+    """
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if runtime is not None:
+            runtime.start()
         yield
+        if runtime is not None:
+            runtime.stop()
         if close_services_on_shutdown:
             services.close()
 
@@ -26,9 +42,11 @@ def create_app(services: Services, *, close_services_on_shutdown: bool = True) -
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.runtime = runtime
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)
+    app.include_router(completions.router)
     app.include_router(adapters.router)
     app.include_router(admin_users.router)
     app.include_router(admin_adapters.router)

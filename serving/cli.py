@@ -85,7 +85,10 @@ def serve(
         f"ready in {time.perf_counter() - started:.2f} s, "
         f"listening on http://{settings.host}:{settings.port}"
     )
-    uvicorn.run(create_app(services), host=settings.host, port=settings.port, log_level="info")
+    from serving.runtime import ModelRuntime
+
+    app = create_app(services, runtime=ModelRuntime(services))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
 
 
 @models_app.command("prepare")

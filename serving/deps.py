@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -10,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from serving.auth import Principal, authenticate, bearer_token
 from serving.errors import ApiError
+from serving.runtime import ModelRuntime
 from serving.services import Services
 from storage.settings import Settings
 from storage.tables import Scope
@@ -67,3 +69,36 @@ def require_admin(principal: PrincipalDep) -> Principal:
 
 
 AdminDep = Annotated[Principal, Depends(require_admin)]
+
+
+def get_runtime(request: Request) -> ModelRuntime:
+    runtime: ModelRuntime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        raise ApiError(503, "this server hosts no models", code="not_ready")
+    return runtime
+
+
+RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
+
+
+def rate_limited_user(user: UserDep, services: ServicesDep) -> Principal:
+    """The user, if their token bucket (in the shared cache) has a request left."""
+    settings = services.settings
+    assert user.user_id is not None
+    bucket = services.cache.take_tokens(
+        f"ratelimit:{user.user_id}",
+        capacity=settings.rate_limit_burst,
+        refill_per_second=settings.rate_limit_requests_per_minute / 60.0,
+    )
+    if not bucket.allowed:
+        retry_after = max(1, math.ceil(bucket.retry_after_seconds))
+        raise ApiError(
+            429,
+            f"rate limit reached; retry in {retry_after} s",
+            code="rate_limited",
+            headers={"Retry-After": str(retry_after)},
+        )
+    return user
+
+
+RateLimitedUserDep = Annotated[Principal, Depends(rate_limited_user)]

@@ -6,6 +6,7 @@ operator reading ``/readyz`` sees what to fix.
 
 from __future__ import annotations
 
+from serving.runtime import ModelRuntime
 from serving.schemas import ReadinessPublic
 from serving.services import Services
 from storage.errors import StorageError
@@ -43,11 +44,21 @@ def _check_models(services: Services) -> str:
     return "ok"
 
 
-def check_readiness(services: Services) -> ReadinessPublic:
+def _check_engines(runtime: ModelRuntime) -> str:
+    if runtime.load_error is not None:
+        return runtime.load_error
+    if not runtime.loaded.is_set():
+        return "loading the base models"
+    return "ok"
+
+
+def check_readiness(services: Services, runtime: ModelRuntime | None) -> ReadinessPublic:
     checks = {
         "database": _check_database(services),
         "cache": _check_cache(services),
         "models": _check_models(services),
     }
+    if runtime is not None:
+        checks["engines"] = _check_engines(runtime)
     ready = all(result == "ok" for result in checks.values())
     return ReadinessPublic(status="ready" if ready else "not_ready", checks=checks)

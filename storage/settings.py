@@ -66,6 +66,31 @@ class Settings(BaseSettings):
         description='Per-model price overrides per 1M tokens, JSON: {"gemma-3-270m": 0.5}.',
     )
 
+    default_model: str | None = Field(
+        default=None,
+        description="Base model that answers `auto` until the learning router decides; "
+        "unset: the cheapest that can serve the request.",
+    )
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="Where models run: auto (CUDA when present), cpu, cuda, cuda:N.",
+    )
+    max_batch: int = Field(default=32, ge=1, description="Rows decoded together per model.")
+    max_queue: int = Field(default=256, ge=1, description="Requests waiting per model.")
+    max_context_tokens: int = Field(
+        default=4096, ge=64, description="Cap on prompt plus output tokens per request."
+    )
+    request_timeout_seconds: float = Field(default=300.0, gt=0)
+    adapter_slots: int = Field(
+        default=32, ge=2, description="Adapter slots per model replica (slot 0 stays empty)."
+    )
+    max_adapter_rank: int = Field(default=64, ge=1, le=512)
+    rate_limit_requests_per_minute: float = Field(
+        default=600.0, gt=0, description="Per user, refilled continuously."
+    )
+    rate_limit_burst: float = Field(default=60.0, ge=1, description="Per user, at once.")
+
     @field_validator("model_costs")
     @classmethod
     def _costs_are_not_negative(cls, costs: dict[str, float]) -> dict[str, float]:

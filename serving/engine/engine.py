@@ -48,9 +48,6 @@ class EngineStopped(Exception):
 class RoutedModel(Protocol):
     """The multi-LoRA wrapper's routing, as the engine uses it."""
 
-    @property
-    def max_experts(self) -> int: ...
-
     def routing(self, expert_slots: Any, gate_slots: Any = None, *, check: bool = True) -> Any: ...
 
 
@@ -289,10 +286,17 @@ class Engine:
         self.stats.running = len(self._rows)
 
     def _routing(self, leases: list[SlotLease | None]) -> Any:
-        if self.lora is None:
+        # Every expert position costs a rank's worth of compute in every
+        # wrapped layer, so pass only as many as the widest row uses, and no
+        # routing at all (the plain base forward) when no row has experts.
+        width = max(
+            (sum(1 for s in lease.expert_slots if s) for lease in leases if lease), default=0
+        )
+        if self.lora is None or width == 0:
             return _NoRouting()
-        width = self.lora.max_experts
-        expert_slots = [list(lease.expert_slots) if lease else [0] * width for lease in leases]
+        expert_slots = [
+            list(lease.expert_slots[:width]) if lease else [0] * width for lease in leases
+        ]
         gate_slots = [lease.gate_slot if lease else 0 for lease in leases]
         return self.lora.routing(expert_slots, gate_slots, check=False)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from serving.deps import ServicesDep
@@ -18,8 +18,8 @@ def healthz() -> HealthPublic:
 
 
 @router.get("/readyz", response_model=ReadinessPublic)
-def readyz(services: ServicesDep) -> JSONResponse:
-    readiness = check_readiness(services)
+def readyz(request: Request, services: ServicesDep) -> JSONResponse:
+    readiness = check_readiness(services, request.app.state.runtime)
     return JSONResponse(
         readiness.model_dump(), status_code=200 if readiness.status == "ready" else 503
     )

@@ -1,0 +1,15 @@
+"""The exceptions of the router package.
+
+RouterError
+└── NoRoute     no candidate model can serve the request (API: 400)
+"""
+
+from __future__ import annotations
+
+
+class RouterError(Exception):
+    """Base class of every error raised on purpose by ``router``."""
+
+
+class NoRoute(RouterError):
+    """No candidate base model can serve the request (unknown model, limits)."""

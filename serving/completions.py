@@ -1,0 +1,325 @@
+"""From an OpenAI-style request to engine work and back to OpenAI-style answers.
+
+Shared by ``/v1/chat/completions`` and ``/v1/completions``: route the request
+to a base model, resolve the caller's experts, tokenize, submit, and log the
+response with its routing decision and experts so feedback can refer to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from adapters.expert_sets import ExpertSet
+from router import NoRoute, RouteRequest, RoutingDecision
+from serving.engine.engine import EngineOverloaded, EngineStopped
+from serving.engine.requests import Failed, Finished, GenerationRequest, RequestHandle, TextDelta
+from serving.engine.sampling import SamplingParams
+from serving.errors import ApiError, error_body
+from serving.model_host import HostedModel
+from serving.openai_schemas import ChatCompletionCreate, CompletionCreate, SamplingFields
+from serving.runtime import ModelRuntime
+from storage.ids import new_id
+from storage.repositories import ResponseRepository
+
+Endpoint = Literal["chat.completions", "completions"]
+DEFAULT_MAX_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class PreparedCompletion:
+    endpoint: Endpoint
+    response_id: str
+    created: int
+    user_id: str
+    hosted: HostedModel
+    decision: RoutingDecision
+    experts: ExpertSet
+    request: GenerationRequest
+    logged_request: dict[str, Any]
+
+
+def _chat_prompt(hosted: HostedModel, body: ChatCompletionCreate) -> list[int]:
+    messages = [
+        {"role": m.role if m.role != "developer" else "system", "content": m.text}
+        for m in body.messages
+    ]
+    if hosted.has_chat_template:
+        encoded = hosted.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        ids: list[int] = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
+        return ids
+    # A base model has no chat turns: a plain transcript it can continue.
+    transcript = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages)
+    return list(hosted.tokenizer(transcript + "Assistant:")["input_ids"])
+
+
+def prepare(
+    runtime: ModelRuntime,
+    *,
+    user_id: str,
+    body: ChatCompletionCreate | CompletionCreate,
+) -> PreparedCompletion:
+    if runtime.load_error is not None:
+        raise ApiError(503, "the models failed to load; see the server log", code="not_ready")
+    if not runtime.loaded.is_set():
+        raise ApiError(
+            503, "the models are still loading", code="not_ready", headers={"Retry-After": "5"}
+        )
+    if body.n != 1:
+        raise ApiError(
+            400, "n must be 1: Tailor returns one choice per request", code="unsupported"
+        )
+    requested = None if body.model == "auto" else body.model
+    if requested is not None and requested not in runtime.models:
+        raise ApiError(404, f"the model {body.model!r} does not exist", code="model_not_found")
+    if isinstance(body, ChatCompletionCreate):
+        endpoint: Endpoint = "chat.completions"
+        routing_text = "\n".join(m.text for m in body.messages)
+        logged: dict[str, Any] = {"messages": [m.model_dump() for m in body.messages]}
+    else:
+        endpoint = "completions"
+        try:
+            routing_text = body.prompt_text
+        except ValueError as exc:
+            raise ApiError(400, str(exc), code="invalid_prompt") from None
+        logged = {"prompt": routing_text}
+    try:
+        decision = runtime.router.route(
+            RouteRequest(
+                user_id=user_id,
+                prompt_text=routing_text,
+                prompt_tokens=len(routing_text) // 4,
+                max_tokens=body.requested_max_tokens or DEFAULT_MAX_TOKENS,
+                requested_model=requested,
+                max_price_per_million=body.max_price,
+                requires_chat=False,
+            ),
+            runtime.candidates,
+        )
+    except NoRoute as exc:
+        raise ApiError(400, str(exc), code="no_route") from None
+    hosted = runtime.models[decision.model]
+    if isinstance(body, ChatCompletionCreate):
+        prompt_ids = _chat_prompt(hosted, body)
+    else:
+        prompt_ids = list(hosted.tokenizer(routing_text)["input_ids"])
+    if not prompt_ids:
+        raise ApiError(400, "the prompt is empty", code="invalid_prompt")
+    room = hosted.context_length - len(prompt_ids)
+    max_tokens = body.requested_max_tokens or min(DEFAULT_MAX_TOKENS, room)
+    if room < 1 or max_tokens > room:
+        raise ApiError(
+            400,
+            f"the prompt has {len(prompt_ids)} tokens and max_tokens is {max_tokens}, "
+            f"but {hosted.model_id} takes {hosted.context_length} in all",
+            code="context_length_exceeded",
+        )
+    try:
+        params = _sampling(body, max_tokens)
+    except ValueError as exc:
+        raise ApiError(400, str(exc), code="invalid_sampling") from None
+    experts = runtime.expert_sets.get(
+        base_model_id=hosted.model_id, user_id=user_id, personalize=body.personalize
+    )
+    response_id = new_id("chatcmpl" if endpoint == "chat.completions" else "cmpl")
+    timeout = runtime.services.settings.request_timeout_seconds
+    logged.update(_logged_params(body, max_tokens))
+    return PreparedCompletion(
+        endpoint=endpoint,
+        response_id=response_id,
+        created=int(time.time()),
+        user_id=user_id,
+        hosted=hosted,
+        decision=decision,
+        experts=experts,
+        request=GenerationRequest(
+            request_id=response_id,
+            prompt_ids=tuple(prompt_ids),
+            params=params,
+            experts=None if experts.is_empty else experts,
+            deadline=time.monotonic() + timeout,
+        ),
+        logged_request=logged,
+    )
+
+
+def _sampling(body: SamplingFields, max_tokens: int) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop_sequences,
+        seed=body.seed,
+    )
+
+
+def _logged_params(body: SamplingFields, max_tokens: int) -> dict[str, Any]:
+    return {
+        "model": body.model,
+        "max_tokens": max_tokens,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "stop": list(body.stop_sequences),
+        "seed": body.seed,
+        "personalize": body.personalize,
+    }
+
+
+def submit(prepared: PreparedCompletion) -> RequestHandle:
+    try:
+        return prepared.hosted.engine.submit(prepared.request, loop=asyncio.get_running_loop())
+    except EngineOverloaded as exc:
+        raise ApiError(503, str(exc), code="overloaded", headers={"Retry-After": "1"}) from None
+    except EngineStopped as exc:
+        raise ApiError(503, str(exc), code="not_ready") from None
+
+
+def record(
+    runtime: ModelRuntime, prepared: PreparedCompletion, finished: Finished, latency_ms: float
+) -> None:
+    with runtime.services.database.session() as session:
+        ResponseRepository(session).record(
+            response_id=prepared.response_id,
+            user_id=prepared.user_id,
+            base_model_id=prepared.hosted.model_id,
+            endpoint=prepared.endpoint,
+            request=prepared.logged_request,
+            output_text=finished.text,
+            finish_reason=finish_reason(finished),
+            routing_decision=prepared.decision.public(),
+            adapters_used=prepared.experts.describe(),
+            prompt_tokens=finished.prompt_tokens,
+            completion_tokens=finished.completion_tokens,
+            latency_ms=latency_ms,
+        )
+
+
+def finish_reason(finished: Finished) -> str:
+    # OpenAI clients know "stop" and "length"; a timeout or cancellation cut
+    # the answer short, which is what "length" means to them.
+    return "stop" if finished.reason == "stop" else "length"
+
+
+def tailor_extra(prepared: PreparedCompletion, finished: Finished | None = None) -> dict[str, Any]:
+    extra: dict[str, Any] = {
+        "route": prepared.decision.public(),
+        "adapters": prepared.experts.describe(),
+    }
+    if finished is not None and finished.reason not in ("stop", "length"):
+        extra["ended_by"] = finished.reason
+    return extra
+
+
+async def run_to_completion(runtime: ModelRuntime, prepared: PreparedCompletion) -> dict[str, Any]:
+    started = time.perf_counter()
+    handle = submit(prepared)
+    finished: Finished | None = None
+    try:
+        async for event in handle.events():
+            if isinstance(event, Finished):
+                finished = event
+            elif isinstance(event, Failed):
+                raise event.error
+    finally:
+        handle.cancel()  # a no-op when done; stops the work if the client left
+    assert finished is not None
+    await asyncio.to_thread(
+        record, runtime, prepared, finished, (time.perf_counter() - started) * 1000
+    )
+    return _final_body(prepared, finished)
+
+
+def _final_body(prepared: PreparedCompletion, finished: Finished) -> dict[str, Any]:
+    usage = {
+        "prompt_tokens": finished.prompt_tokens,
+        "completion_tokens": finished.completion_tokens,
+        "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+    }
+    if prepared.endpoint == "chat.completions":
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": finished.text},
+            "finish_reason": finish_reason(finished),
+            "logprobs": None,
+        }
+        kind = "chat.completion"
+    else:
+        choice = {
+            "index": 0,
+            "text": finished.text,
+            "finish_reason": finish_reason(finished),
+            "logprobs": None,
+        }
+        kind = "text_completion"
+    return {
+        "id": prepared.response_id,
+        "object": kind,
+        "created": prepared.created,
+        "model": prepared.hosted.model_id,
+        "choices": [choice],
+        "usage": usage,
+        "tailor": tailor_extra(prepared, finished),
+    }
+
+
+def _sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data)}\n\n"
+
+
+async def stream(
+    runtime: ModelRuntime, prepared: PreparedCompletion, handle: RequestHandle
+) -> AsyncIterator[str]:
+    """Server-sent events: one chunk per text delta, a last one with the finish reason, [DONE]."""
+    started = time.perf_counter()
+    chat = prepared.endpoint == "chat.completions"
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(delta: str | None, reason: str | None, role: bool = False) -> dict[str, Any]:
+        if chat:
+            body: dict[str, Any] = {"role": "assistant"} if role else {}
+            if delta is not None:
+                body["content"] = delta
+            choice: dict[str, Any] = {
+                "index": 0,
+                "delta": body,
+                "finish_reason": reason,
+                "logprobs": None,
+            }
+        else:
+            choice = {"index": 0, "text": delta or "", "finish_reason": reason, "logprobs": None}
+        return {
+            "id": prepared.response_id,
+            "object": kind,
+            "created": prepared.created,
+            "model": prepared.hosted.model_id,
+            "choices": [choice],
+        }
+
+    try:
+        if chat:
+            yield _sse(chunk("", None, role=True))
+        async for event in handle.events():
+            if isinstance(event, TextDelta):
+                yield _sse(chunk(event.text, None))
+            elif isinstance(event, Finished):
+                await asyncio.to_thread(
+                    record, runtime, prepared, event, (time.perf_counter() - started) * 1000
+                )
+                last = chunk(None, finish_reason(event))
+                last["usage"] = {
+                    "prompt_tokens": event.prompt_tokens,
+                    "completion_tokens": event.completion_tokens,
+                    "total_tokens": event.prompt_tokens + event.completion_tokens,
+                }
+                last["tailor"] = tailor_extra(prepared, event)
+                yield _sse(last)
+            else:
+                yield _sse(error_body(500, "generation failed"))
+        yield "data: [DONE]\n\n"
+    finally:
+        # Runs when the client disconnects too: the engine drops the row.
+        handle.cancel()
