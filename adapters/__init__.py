@@ -10,7 +10,10 @@
   what one model replica keeps loaded, and how it learns of promotions.
 - ``adapters.errors``: the one exception tree of this package.
 
-Nothing here loads a model or opens a connection at import.
+Nothing here loads a model or opens a connection at import. The package
+root exports only what needs no database driver, so that the serving math
+(``adapters.multi_lora``) imports on a bare GPU host; the SQL-backed pieces
+are imported from their modules (``from adapters.registry import AdapterRegistry``).
 """
 
 from adapters.errors import (
@@ -20,27 +23,17 @@ from adapters.errors import (
     InvalidTransition,
     SlotsExhausted,
 )
-from adapters.expert_sets import CachedExpertSets, ExpertRef, ExpertSet
 from adapters.lora_weights import TARGET_MODULES, LoraWeights
-from adapters.registry import AdapterRegistry, InvalidationEvent
-from adapters.slot_cache import AdapterSlotCache, SlotLease
 from adapters.validation import BaseModelSpec, ValidationLimits
 
 __all__ = [
     "TARGET_MODULES",
     "AdapterError",
     "AdapterNotFound",
-    "AdapterRegistry",
-    "AdapterSlotCache",
     "BaseModelSpec",
-    "CachedExpertSets",
-    "ExpertRef",
-    "ExpertSet",
     "InvalidAdapter",
     "InvalidTransition",
-    "InvalidationEvent",
     "LoraWeights",
-    "SlotLease",
     "SlotsExhausted",
     "ValidationLimits",
 ]

@@ -1,0 +1,372 @@
+"""Forward throughput with many LoRA adapters in one batch: base vs ours vs peft.
+
+    python -m benchmarks.multi_lora [--model smollm2-135m-instruct] [--random-weights]
+        [--device cpu|cuda] [--dtype float32|bfloat16] [--rank 16] [--batch 64]
+        [--prefill-len 64] [--decode-prefix 64] [--adapters 1,8,64] [--repeats 5]
+        [--peft-max-adapters N] [--kernel-time] [--threads N] [--json OUT]
+
+The same inputs for every system, each on its own copy of the same model:
+
+- base: the model alone;
+- ours: ``MultiLoraModel`` with 1, 8, 64 distinct adapters, row i using
+  adapter i mod n; plus every row mixing a shared generalist with its own
+  gated specialist (CoMiGS, top-2 of 2);
+- peft: the same adapters through peft's mixed batch (``adapter_names``).
+
+Two shapes: prefill (batch x prefill-len tokens; only the last position's
+logits, as serving needs) and one decode step of one new token per row
+against a KV cache of decode-prefix tokens. Every round runs each case once,
+in turn, so that a neighbour's load slows all cases alike rather than
+whichever ran at the time; each figure is the median over ``--repeats``
+rounds after ``--warmup`` rounds. ``--random-weights`` builds the
+architecture from its config.json alone, for hosts the weights cannot reach
+(speed does not depend on the values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from adapters.lora_weights import TARGET_MODULES, LoraWeights
+from adapters.multi_lora import MultiLoraModel
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Case:
+    """One timed configuration: a forward of one shape through one system."""
+
+    shape: str  # "prefill" or "decode"
+    system: str  # "base", "peft", "ours" or "ours-mixture"
+    adapters: int
+    tokens: int  # tokens one forward processes
+    run: Callable[[], object]
+    # Untimed, before every run: a fresh KV cache for a decode step.
+    prepare: Callable[[], object] = lambda: None
+    # Entered around every run, untimed: our routing.
+    routing: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
+    times_s: list[float] = field(default_factory=list)
+    # With --kernel-time on CUDA: the GPU time of one run's kernels, free of
+    # launch overhead (about what a CUDA-graph replay of it would take).
+    kernel_s: float | None = None
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.median_s
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "shape": self.shape,
+            "system": self.system,
+            "adapters": self.adapters,
+            "tokens": self.tokens,
+            "median_s": self.median_s,
+            "tokens_per_s": self.tokens_per_s,
+            "times_s": self.times_s,
+            "kernel_s": self.kernel_s,
+        }
+
+
+@dataclass(frozen=True)
+class Inputs:
+    prefill_ids: torch.Tensor  # [batch, prefill_len]
+    next_ids: torch.Tensor  # [batch, 1]
+    prefix_cache: Any  # the model's KV cache after decode-prefix tokens
+
+
+class Runner:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def seconds(self, case: Case) -> float:
+        case.prepare()
+        with case.routing():
+            self.sync()
+            started = time.perf_counter()
+            case.run()
+            self.sync()
+            return time.perf_counter() - started
+
+    def kernel_seconds(self, case: Case) -> float:
+        """The summed GPU time of the kernels of one run of ``case``."""
+        case.prepare()
+        with case.routing():
+            self.sync()
+            with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+                case.run()
+                self.sync()
+        microseconds = sum(event.self_device_time_total for event in profiler.key_averages())
+        return float(microseconds) / 1e6
+
+
+def shape_cases(
+    model: nn.Module,
+    inputs: Inputs,
+    system: str,
+    adapters: int,
+    routing: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+    **forward_kwargs: Any,
+) -> list[Case]:
+    """The prefill and the decode case of one system."""
+    batch, prefill_len = inputs.prefill_ids.shape
+    # Each decode step appends to the cache, so every run gets a fresh copy.
+    cache: list[Any] = [None]
+
+    def fresh_cache() -> None:
+        cache[0] = copy.deepcopy(inputs.prefix_cache)
+
+    def prefill() -> object:
+        return model(inputs.prefill_ids, logits_to_keep=1, **forward_kwargs)
+
+    def decode() -> object:
+        return model(inputs.next_ids, past_key_values=cache[0], **forward_kwargs)
+
+    return [
+        Case("prefill", system, adapters, batch * prefill_len, prefill, routing=routing),
+        Case("decode", system, adapters, batch, decode, fresh_cache, routing),
+    ]
+
+
+def load_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    path = Path(args.model_store) / args.model
+    model: nn.Module
+    if args.random_weights:
+        config = AutoConfig.from_pretrained(path)
+        torch.manual_seed(0)
+        # Built on the device directly: no host copy of random weights.
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+        model.to(dtype=dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device)
+    return model.train(False)
+
+
+def make_inputs(model: nn.Module, args: argparse.Namespace, device: torch.device) -> Inputs:
+    generator = torch.Generator().manual_seed(0)
+    # Ordinary token ids; the values do not matter for speed.
+    high = 1000
+    prefill_ids = torch.randint(0, high, (args.batch, args.prefill_len), generator=generator)
+    prefix_ids = torch.randint(0, high, (args.batch, args.decode_prefix), generator=generator)
+    next_ids = torch.randint(0, high, (args.batch, 1), generator=generator)
+    with torch.no_grad():
+        prefix = model(prefix_ids.to(device), use_cache=True, logits_to_keep=1)
+    return Inputs(prefill_ids.to(device), next_ids.to(device), prefix.past_key_values)
+
+
+def add_peft_adapters(model: nn.Module, count: int, rank: int) -> PeftModel:
+    """``count`` rank-``rank`` adapters on every target module, named a0, a1, ..."""
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(TARGET_MODULES))
+    peft_model = get_peft_model(model, config, adapter_name="a0")
+    for index in range(1, count):
+        peft_model.add_adapter(f"a{index}", config)
+    # peft starts lora_B at zero; make the adapters do something.
+    with torch.no_grad():
+        for module in peft_model.modules():
+            if isinstance(module, LoraLayer):
+                for linear in module.lora_B.values():
+                    assert isinstance(linear, nn.Linear)
+                    linear.weight.normal_(0.0, 0.02)
+    peft_model.train(False)
+    return peft_model
+
+
+def peft_to_weights(peft_model: PeftModel, count: int, rank: int) -> list[LoraWeights]:
+    weights = []
+    for index in range(count):
+        state = get_peft_model_state_dict(peft_model, adapter_name=f"a{index}")
+        tensors = {name: tensor.detach() for name, tensor in state.items()}
+        weights.append(LoraWeights("bench", rank, 2 * rank, TARGET_MODULES, tensors))
+    return weights
+
+
+def with_gate(weights: LoraWeights, generator: torch.Generator) -> LoraWeights:
+    """The same expert as a specialist whose gate mixes one generalist and itself."""
+    gates = {}
+    for name, tensor in weights.tensors.items():
+        if name.endswith(".lora_A.weight"):
+            gate_name = name.replace(".lora_A.weight", ".tailor_gate.weight")
+            in_features = tensor.shape[1]
+            gates[gate_name] = torch.randn(2, in_features, generator=generator) / in_features**0.5
+    return LoraWeights(
+        weights.base_model_id,
+        weights.rank,
+        weights.alpha,
+        weights.target_modules,
+        {**weights.tensors, **gates},
+        gate_experts=("generalist",),
+    )
+
+
+def build_cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
+    counts = sorted(args.adapters)
+    most = counts[-1]
+    batch = args.batch
+
+    base = load_model(args, device, DTYPES[args.dtype])
+    inputs = make_inputs(base, args, device)
+    cases = shape_cases(base, inputs, "base", 0)
+
+    peft_model = add_peft_adapters(copy.deepcopy(base), most, args.rank)
+    for count in counts:
+        if args.peft_max_adapters is None or count <= args.peft_max_adapters:
+            names = [f"a{row % count}" for row in range(batch)]
+            cases += shape_cases(peft_model, inputs, "peft", count, adapter_names=names)
+
+    ours = copy.deepcopy(base)
+    generalist_slot = most + 1
+    handle = MultiLoraModel.wrap(ours, num_slots=most + 2, max_rank=args.rank, max_experts=2)
+    generator = torch.Generator().manual_seed(1)
+    weights = peft_to_weights(peft_model, most, args.rank)
+    for slot, expert in enumerate(weights, start=1):
+        handle.load(slot, with_gate(expert, generator))
+    handle.load(generalist_slot, weights[0])
+
+    def routing(*indices: list[Any]) -> Callable[[], AbstractContextManager[object]]:
+        return lambda: handle.routing(*indices)
+
+    for count in counts:
+        # One expert a row: a routing one position wide, no gate.
+        slots = [1 + row % count for row in range(batch)]
+        cases += shape_cases(ours, inputs, "ours", count, routing(slots))
+    # Every row: the shared generalist and its own specialist, mixed per token.
+    specialists = [1 + row % most for row in range(batch)]
+    mixtures = [[generalist_slot, slot] for slot in specialists]
+    cases += shape_cases(
+        ours, inputs, "ours-mixture", min(most, batch), routing(mixtures, specialists)
+    )
+    return cases
+
+
+def run(args: argparse.Namespace) -> list[Case]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    runner = Runner(device)
+    cases = build_cases(args, device)
+    with torch.no_grad():
+        for round_ in range(args.warmup + args.repeats):
+            started = time.perf_counter()
+            for case in cases:
+                seconds = runner.seconds(case)
+                if round_ >= args.warmup:
+                    case.times_s.append(seconds)
+            kind = "warm-up" if round_ < args.warmup else "timed"
+            print(
+                f"round {round_ + 1}/{args.warmup + args.repeats} ({kind}): "
+                f"{time.perf_counter() - started:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+        if args.kernel_time and device.type == "cuda":
+            for case in cases:
+                case.kernel_s = runner.kernel_seconds(case)
+    return cases
+
+
+def table(cases: list[Case]) -> str:
+    shapes = ["prefill", "decode"]
+    cases = sorted(cases, key=lambda c: shapes.index(c.shape))
+    base = {c.shape: c.tokens_per_s for c in cases if c.system == "base"}
+    peft = {(c.shape, c.adapters): c.tokens_per_s for c in cases if c.system == "peft"}
+    kernels = any(c.kernel_s is not None for c in cases)
+    lines = [
+        f"{'shape':8} {'system':13} {'adapters':>8} {'median s':>9} {'tokens/s':>10} "
+        f"{'vs base':>8} {'ours/peft':>9}" + (f" {'kernel ms':>9}" if kernels else ""),
+    ]
+    for c in cases:
+        versus_peft = ""
+        if c.system == "ours" and (c.shape, c.adapters) in peft:
+            versus_peft = f"{c.tokens_per_s / peft[(c.shape, c.adapters)]:8.1f}x"
+        kernel = "" if c.kernel_s is None else f" {c.kernel_s * 1e3:9.2f}"
+        lines.append(
+            f"{c.shape:8} {c.system:13} {c.adapters:>8} {c.median_s:9.4f} {c.tokens_per_s:10.1f} "
+            f"{c.tokens_per_s / base[c.shape]:8.2f}x {versus_peft:>9}{kernel}"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--model-store", default="var/models")
+    parser.add_argument("--random-weights", action="store_true")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--prefill-len", type=int, default=64)
+    parser.add_argument("--decode-prefix", type=int, default=64)
+    parser.add_argument(
+        "--adapters",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 8, 64],
+        help="comma-separated adapter counts",
+    )
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--peft-max-adapters",
+        type=int,
+        default=None,
+        help="skip peft for larger counts (its per-adapter loop is slow)",
+    )
+    parser.add_argument(
+        "--kernel-time",
+        action="store_true",
+        help="on CUDA, also profile one run of each case and report its summed kernel time",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    # transformers' deprecation notices (past_key_values is renamed in newer
+    # releases, but the GPU hosts run older ones) would bury the figures.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    cases = run(args)
+    print(
+        f"{args.model} ({'random' if args.random_weights else 'real'} weights) on {args.device} "
+        f"{args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
+        f"rank {args.rank}, batch {args.batch}, prefill {args.prefill_len} tokens, "
+        f"decode 1 token after {args.decode_prefix}; median of {args.repeats} rounds"
+    )
+    print(table(cases))
+    if args.json is not None:
+        settings = {**vars(args), "json": str(args.json)}
+        figures = [case.figures() for case in cases]
+        args.json.write_text(json.dumps({"args": settings, "results": figures}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
