@@ -8,7 +8,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from serving.errors import install_error_handlers
-from serving.routes import adapters, admin_adapters, admin_users, completions, health, models
+from serving.routes import (
+    adapters,
+    admin_adapters,
+    admin_users,
+    completions,
+    examples,
+    feedback,
+    fine_tunes,
+    health,
+    models,
+)
 from serving.runtime import ModelRuntime
 from serving.services import Services
 
@@ -47,6 +57,9 @@ def create_app(
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(completions.router)
+    app.include_router(feedback.router)
+    app.include_router(examples.router)
+    app.include_router(fine_tunes.router)
     app.include_router(adapters.router)
     app.include_router(admin_users.router)
     app.include_router(admin_adapters.router)

@@ -23,7 +23,7 @@ DEPLOYMENTS = ["sqlite+memory", "postgresql+redis"]
 
 @contextmanager
 def app_client(
-    deployment: str, tmp_path: Path, *, real_models: bool = True
+    deployment: str, tmp_path: Path, *, real_models: bool = True, **settings_overrides: object
 ) -> Iterator[TestClient]:
     """A client of a fresh app; the real model store is registered when asked."""
 
@@ -44,6 +44,7 @@ def app_client(
             redis_url=REDIS_URL if deployment == "postgresql+redis" else None,
             admin_key=ADMIN_KEY,
             cache_prefix=f"tailor-test-{secrets.token_hex(4)}:",
+            **settings_overrides,
         )
         services = Services.open(settings)
         if real_models:

@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.clock import utc_now
-from storage.errors import NotFound
+from storage.errors import Conflict, NotFound
 from storage.ids import new_id
 from storage.tables import AdapterKind, FineTuneJob, JobEvent, JobState
 
@@ -111,6 +111,24 @@ class JobRepository:
         if state is not None:
             query = query.where(FineTuneJob.state == state)
         return list(self.session.scalars(query.limit(limit)))
+
+    def request_cancel(self, *, job_id: str, user_id: str | None = None) -> FineTuneJob:
+        """Cancel a queued job at once; ask a running one to stop (its worker
+        sees ``cancel_requested`` at its next heartbeat)."""
+        job = (
+            self.get(job_id=job_id)
+            if user_id is None
+            else self.get_for_user(job_id=job_id, user_id=user_id)
+        )
+        if job.state is JobState.QUEUED:
+            job.state = JobState.CANCELLED
+            job.finished_at = utc_now()
+        elif job.state is JobState.RUNNING:
+            job.cancel_requested = True
+        else:
+            raise Conflict(f"fine-tune job {job_id} already ended ({job.state.value})")
+        self.session.flush()
+        return job
 
     def add_event(
         self, *, job_id: str, attempt: int, kind: str, payload: dict[str, Any]

@@ -1,0 +1,118 @@
+"""``/v1/fine-tunes``: queue, list, follow and cancel the caller's fine-tune jobs.
+
+The jobs are rows; the worker that runs them is ``finetune``'s (issue #6).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from serving.deps import SessionDep, SettingsDep, UserDep
+from serving.errors import ApiError
+from serving.schemas import ListPublic
+from serving.user_schemas import FineTuneCreate, FineTunePublic, JobEventPublic
+from storage.repositories import BaseModelRepository, JobRepository
+from storage.tables import AdapterKind, FineTuneJob
+
+router = APIRouter(prefix="/v1/fine-tunes", tags=["fine-tunes"])
+
+
+def job_public(job: FineTuneJob) -> FineTunePublic:
+    return FineTunePublic(
+        id=job.id,
+        status=job.state,
+        model=job.base_model_id,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        adapter_id=job.adapter_id,
+        result_version_id=job.result_version_id,
+        hyperparameters=job.hyperparameters,
+        attempt=job.attempt,
+        error=job.error,
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_fine_tune(
+    body: FineTuneCreate,
+    user: UserDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> FineTunePublic:
+    assert user.user_id is not None
+    models = BaseModelRepository(session).list_all()
+    if body.model == "auto":
+        # The model `auto` would answer with: the configured default, else the cheapest.
+        preferred = settings.default_model
+        chosen = next((m for m in models if m.id == preferred), None) or (
+            models[0] if models else None
+        )
+        if chosen is None:
+            raise ApiError(400, "no base model is registered", code="no_route")
+        model_id = chosen.id
+    elif body.model in {m.id for m in models}:
+        model_id = body.model
+    else:
+        raise ApiError(404, f"the model {body.model!r} does not exist", code="model_not_found")
+    rank = body.hyperparameters.rank
+    if rank is not None and rank > settings.max_adapter_rank:
+        raise ApiError(
+            400, f"rank must be at most {settings.max_adapter_rank}", code="invalid_hyperparameters"
+        )
+    job, created = JobRepository(session).create(
+        kind=AdapterKind.SPECIALIST,
+        base_model_id=model_id,
+        user_id=user.user_id,
+        hyperparameters=body.hyperparameters.model_dump(exclude_none=True),
+        idempotency_key=idempotency_key,
+    )
+    session.commit()
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return job_public(job)
+
+
+@router.get("")
+def list_fine_tunes(
+    user: UserDep, session: SessionDep, limit: Annotated[int, Query(ge=1, le=100)] = 20
+) -> ListPublic[FineTunePublic]:
+    assert user.user_id is not None
+    jobs = JobRepository(session).list_page(user_id=user.user_id, limit=limit)
+    return ListPublic(data=[job_public(j) for j in jobs])
+
+
+@router.get("/{job_id}")
+def get_fine_tune(job_id: str, user: UserDep, session: SessionDep) -> FineTunePublic:
+    assert user.user_id is not None
+    return job_public(JobRepository(session).get_for_user(job_id=job_id, user_id=user.user_id))
+
+
+@router.get("/{job_id}/events")
+def fine_tune_events(
+    job_id: str,
+    user: UserDep,
+    session: SessionDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+) -> ListPublic[JobEventPublic]:
+    assert user.user_id is not None
+    jobs = JobRepository(session)
+    jobs.get_for_user(job_id=job_id, user_id=user.user_id)
+    events = jobs.list_events(job_id=job_id, after_id=after, limit=limit + 1)
+    return ListPublic(
+        data=[JobEventPublic.model_validate(e) for e in events[:limit]],
+        has_more=len(events) > limit,
+    )
+
+
+@router.post("/{job_id}/cancel")
+def cancel_fine_tune(job_id: str, user: UserDep, session: SessionDep) -> FineTunePublic:
+    assert user.user_id is not None
+    job = JobRepository(session).request_cancel(job_id=job_id, user_id=user.user_id)
+    session.commit()
+    return job_public(job)

@@ -1,0 +1,122 @@
+"""Bodies of the user endpoints beyond completions: feedback, examples, fine-tunes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from storage.tables import JobState
+
+MAX_EXAMPLES_PER_REQUEST = 10_000
+
+
+class FeedbackCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    response_id: str = Field(min_length=1, max_length=64)
+    rating: Literal[-1, 0, 1] | None = None
+    preferred_over: str | None = Field(default=None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> FeedbackCreate:
+        if (self.rating is None) == (self.preferred_over is None):
+            raise ValueError("give either rating or preferred_over")
+        if self.preferred_over == self.response_id:
+            raise ValueError("a response cannot be preferred over itself")
+        return self
+
+
+class FeedbackPublic(BaseModel):
+    id: int
+    object: Literal["feedback"] = "feedback"
+    response_id: str
+    rating: int | None
+    preferred_over: str | None
+    duplicate: bool
+    created_at: datetime
+
+
+class ExampleMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(min_length=1)
+
+
+class Example(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[ExampleMessage] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _has_an_answer(self) -> Example:
+        # Training learns the assistant's turns; an example without one
+        # teaches nothing.
+        if not any(m.role == "assistant" for m in self.messages):
+            raise ValueError("an example needs at least one assistant message")
+        return self
+
+
+class ExamplesCreated(BaseModel):
+    object: Literal["examples.created"] = "examples.created"
+    stored: int
+    total: int
+
+
+class ExamplePublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    messages: list[dict[str, Any]]
+    source: str
+    created_at: datetime
+
+
+class ExamplesPage(BaseModel):
+    object: Literal["list"] = "list"
+    total: int
+    data: list[ExamplePublic]
+    has_more: bool
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int | None = Field(default=None, ge=1, le=20)
+    learning_rate: float | None = Field(default=None, gt=0.0, le=0.01)
+    rank: int | None = Field(default=None, ge=1, le=256)
+
+
+class FineTuneCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "auto"
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+
+class FineTunePublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    status: JobState
+    model: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    adapter_id: str | None
+    result_version_id: str | None
+    hyperparameters: dict[str, Any]
+    attempt: int
+    error: str | None
+
+
+class JobEventPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    attempt: int
+    kind: str
+    payload: dict[str, Any]
+    created_at: datetime
