@@ -1,0 +1,206 @@
+"""End to end over HTTP: the real server, the real models, the official OpenAI client."""
+
+from __future__ import annotations
+
+import io
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
+
+from adapters.base_shapes import BaseModelShapes
+from adapters.peft_interop import ADAPTER_CONFIG, ADAPTER_WEIGHTS, export_peft_dir
+from tests.adapter_factory import random_lora
+from tests.server import RunningServer, prepared_model_store, running_server
+
+ADMIN_KEY = "admin-" + secrets.token_hex(8)
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+SMOL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    env = {
+        "TAILOR_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "TAILOR_MODEL_STORE": str(prepared_model_store()),
+        "TAILOR_ADMIN_KEY": ADMIN_KEY,
+        "TAILOR_ADAPTER_SLOTS": "4",
+        "TAILOR_MAX_ADAPTER_RANK": "8",
+    }
+    with running_server(env, timeout=120) as running:
+        yield running
+
+
+def new_user(server: RunningServer, name: str) -> tuple[str, str]:
+    body = httpx.post(f"{server.url}/admin/users", json={"name": name}, headers=ADMIN).json()
+    return body["id"], body["api_key"]
+
+
+def test_the_openai_client_chats_plain_and_streamed(server: RunningServer) -> None:
+    _, key = new_user(server, "openai-client")
+    client = OpenAI(base_url=f"{server.url}/v1", api_key=key)
+    assert {m.id for m in client.models.list()} == {SMOL, "gemma-3-270m", "auto"}
+
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "What is the capital of France?"}
+    ]
+    answer = client.chat.completions.create(
+        model="auto",
+        messages=messages,
+        temperature=0,
+        max_tokens=20,
+    )
+    assert answer.model == SMOL
+    text = answer.choices[0].message.content
+    assert text is not None and "Paris" in text
+    assert answer.usage is not None and answer.usage.completion_tokens > 0
+
+    stream = client.chat.completions.create(
+        model=SMOL,
+        messages=messages,
+        temperature=0,
+        max_tokens=20,
+        stream=True,
+    )
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(pieces) == text
+
+    completion = client.completions.create(
+        model="gemma-3-270m",
+        prompt="The Eiffel Tower is in the city of",
+        max_tokens=8,
+        temperature=0,
+    )
+    assert completion.model == "gemma-3-270m" and completion.choices[0].text
+
+
+def test_responses_are_logged_for_feedback(server: RunningServer) -> None:
+    _, key = new_user(server, "feedback")
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": SMOL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5}
+    answer = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=headers).json()
+    assert answer["tailor"]["route"]["reason"] == "forced"
+    rated = httpx.post(
+        f"{server.url}/v1/feedback",
+        json={"response_id": answer["id"], "rating": 1},
+        headers=headers,
+    )
+    assert rated.status_code == 201
+
+
+def test_the_users_active_adapter_shapes_the_answer(server: RunningServer, tmp_path: Path) -> None:
+    user_id, key = new_user(server, "personal")
+    headers = {"Authorization": f"Bearer {key}"}
+    shapes = BaseModelShapes.from_model_dir(prepared_model_store() / SMOL)
+    lora = random_lora(shapes, base_model_id=SMOL, rank=8, scale=0.08, seed=5)
+    export_peft_dir(lora, tmp_path / "peft")
+    files = [
+        ("file", (name, io.BytesIO((tmp_path / "peft" / name).read_bytes())))
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
+    ]
+    uploaded = httpx.post(
+        f"{server.url}/admin/adapters",
+        data={"user_id": user_id, "base_model": SMOL},
+        files=files,
+        headers=ADMIN,
+    ).json()
+    promoted = httpx.post(f"{server.url}/admin/adapters/{uploaded['id']}/promote", headers=ADMIN)
+    assert promoted.status_code == 200
+
+    body = {
+        "model": SMOL,
+        "messages": [{"role": "user", "content": "Name a colour."}],
+        "max_tokens": 16,
+        "temperature": 0,
+    }
+    personal = httpx.post(
+        f"{server.url}/v1/chat/completions", json=body, headers=headers, timeout=60
+    ).json()
+    plain = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={**body, "personalize": False},
+        headers=headers,
+        timeout=60,
+    ).json()
+    assert [a["id"] for a in personal["tailor"]["adapters"]] == [uploaded["adapter_id"]]
+    assert plain["tailor"]["adapters"] == []
+    assert personal["choices"][0]["message"]["content"] != plain["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (
+            {"model": SMOL, "messages": [{"role": "user", "content": "x"}], "n": 2},
+            400,
+            "unsupported",
+        ),
+        (
+            {"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]},
+            404,
+            "model_not_found",
+        ),
+        ({"model": SMOL, "messages": []}, 422, "invalid_body"),
+        (
+            {"model": SMOL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
+            422,
+            "invalid_body",
+        ),
+        (
+            {"model": SMOL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**6},
+            400,
+            "context_length_exceeded",
+        ),
+        (
+            {"model": SMOL, "messages": [{"role": "user", "content": "word " * 5000}]},
+            400,
+            "context_length_exceeded",
+        ),
+        (
+            {"model": SMOL, "messages": [{"role": "user", "content": "x"}], "temperature": 9},
+            422,
+            "invalid_body",
+        ),
+    ],
+)
+def test_bad_requests_get_their_status(
+    server: RunningServer, body: dict[str, object], status: int, code: str
+) -> None:
+    _, key = new_user(server, f"bad-{secrets.token_hex(3)}")
+    response = httpx.post(
+        f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+    )
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+
+
+def test_malformed_json_and_a_dropped_stream_leave_the_server_healthy(
+    server: RunningServer,
+) -> None:
+    _, key = new_user(server, "dropper")
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    broken = httpx.post(f"{server.url}/v1/chat/completions", content=b"{not json", headers=headers)
+    assert broken.status_code == 422
+    body = {
+        "model": SMOL,
+        "messages": [{"role": "user", "content": "Tell me a very long story."}],
+        "max_tokens": 400,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST", f"{server.url}/v1/chat/completions", json=body, headers=headers
+    ) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: ") and '"content"' in line:
+                break  # leave after the first token
+    again = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={**body, "stream": False, "max_tokens": 3},
+        headers=headers,
+        timeout=60,
+    )
+    assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] == 3
