@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving.errors import install_error_handlers
+from serving.metrics import Metrics
 from serving.routes import (
     adapters,
     admin_adapters,
@@ -53,6 +56,25 @@ def create_app(
     )
     app.state.services = services
     app.state.runtime = runtime
+    metrics = Metrics(services, runtime)
+    app.state.metrics = metrics
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        # The route's template (/v1/fine-tunes/{job_id}), never the raw path:
+        # ids in labels would grow the series without bound.
+        template = getattr(route, "path", "unmatched")
+        metrics.requests.labels(request.method, template, str(response.status_code)).inc()
+        metrics.request_seconds.labels(template).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)

@@ -20,6 +20,7 @@ from serving.engine.engine import EngineOverloaded, EngineStopped
 from serving.engine.requests import Failed, Finished, GenerationRequest, RequestHandle, TextDelta
 from serving.engine.sampling import SamplingParams
 from serving.errors import ApiError, error_body
+from serving.metrics import Metrics
 from serving.model_host import HostedModel
 from serving.openai_schemas import ChatCompletionCreate, CompletionCreate, SamplingFields
 from serving.runtime import ModelRuntime
@@ -198,6 +199,28 @@ def record(
         )
 
 
+def observe(
+    runtime: ModelRuntime,
+    metrics: Metrics,
+    prepared: PreparedCompletion,
+    finished: Finished,
+    *,
+    first_token_seconds: float | None,
+    total_seconds: float,
+) -> None:
+    model = prepared.hosted.model_id
+    metrics.tokens.labels(model, "prompt").inc(finished.prompt_tokens)
+    metrics.tokens.labels(model, "completion").inc(finished.completion_tokens)
+    metrics.routing_decisions.labels(model, prepared.decision.reason).inc()
+    metrics.completion_seconds.labels(model).observe(total_seconds)
+    if first_token_seconds is not None:
+        metrics.first_token_seconds.labels(model).observe(first_token_seconds)
+    price = next((c.cost_per_million_tokens for c in runtime.candidates if c.model == model), 0.0)
+    metrics.cost.labels(model).inc(
+        (finished.prompt_tokens + finished.completion_tokens) / 1e6 * price
+    )
+
+
 def finish_reason(finished: Finished) -> str:
     # OpenAI clients know "stop" and "length"; a timeout or cancellation cut
     # the answer short, which is what "length" means to them.
@@ -214,21 +237,28 @@ def tailor_extra(prepared: PreparedCompletion, finished: Finished | None = None)
     return extra
 
 
-async def run_to_completion(runtime: ModelRuntime, prepared: PreparedCompletion) -> dict[str, Any]:
+async def run_to_completion(
+    runtime: ModelRuntime, metrics: Metrics, prepared: PreparedCompletion
+) -> dict[str, Any]:
     started = time.perf_counter()
+    first_token: float | None = None
     handle = submit(prepared)
     finished: Finished | None = None
     try:
         async for event in handle.events():
-            if isinstance(event, Finished):
+            if isinstance(event, TextDelta) and first_token is None:
+                first_token = time.perf_counter() - started
+            elif isinstance(event, Finished):
                 finished = event
             elif isinstance(event, Failed):
                 raise event.error
     finally:
         handle.cancel()  # a no-op when done; stops the work if the client left
     assert finished is not None
-    await asyncio.to_thread(
-        record, runtime, prepared, finished, (time.perf_counter() - started) * 1000
+    total = time.perf_counter() - started
+    await asyncio.to_thread(record, runtime, prepared, finished, total * 1000)
+    observe(
+        runtime, metrics, prepared, finished, first_token_seconds=first_token, total_seconds=total
     )
     return _final_body(prepared, finished)
 
@@ -271,7 +301,7 @@ def _sse(data: dict[str, Any]) -> str:
 
 
 async def stream(
-    runtime: ModelRuntime, prepared: PreparedCompletion, handle: RequestHandle
+    runtime: ModelRuntime, metrics: Metrics, prepared: PreparedCompletion, handle: RequestHandle
 ) -> AsyncIterator[str]:
     """Server-sent events: one chunk per text delta, a last one with the finish reason, [DONE]."""
     started = time.perf_counter()
@@ -299,15 +329,25 @@ async def stream(
             "choices": [choice],
         }
 
+    first_token: float | None = None
     try:
         if chat:
             yield _sse(chunk("", None, role=True))
         async for event in handle.events():
             if isinstance(event, TextDelta):
+                if first_token is None:
+                    first_token = time.perf_counter() - started
                 yield _sse(chunk(event.text, None))
             elif isinstance(event, Finished):
-                await asyncio.to_thread(
-                    record, runtime, prepared, event, (time.perf_counter() - started) * 1000
+                total = time.perf_counter() - started
+                await asyncio.to_thread(record, runtime, prepared, event, total * 1000)
+                observe(
+                    runtime,
+                    metrics,
+                    prepared,
+                    event,
+                    first_token_seconds=first_token,
+                    total_seconds=total,
                 )
                 last = chunk(None, finish_reason(event))
                 last["usage"] = {

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from serving.auth import Principal, authenticate, bearer_token
 from serving.errors import ApiError
+from serving.metrics import Metrics
 from serving.runtime import ModelRuntime
 from serving.services import Services
 from storage.settings import Settings
@@ -102,3 +103,11 @@ def rate_limited_user(user: UserDep, services: ServicesDep) -> Principal:
 
 
 RateLimitedUserDep = Annotated[Principal, Depends(rate_limited_user)]
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

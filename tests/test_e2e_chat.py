@@ -204,3 +204,25 @@ def test_malformed_json_and_a_dropped_stream_leave_the_server_healthy(
         timeout=60,
     )
     assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] == 3
+
+
+def test_metrics_count_what_was_served(server: RunningServer) -> None:
+    _, key = new_user(server, "metrics")
+    body = {"model": SMOL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    httpx.post(
+        f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+    )
+    text = httpx.get(f"{server.url}/metrics").text
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples[f'tailor_tokens_total{{kind="completion",model="{SMOL}"}}'] >= 4
+    assert samples[f'tailor_routing_decisions_total{{model="{SMOL}",reason="forced"}}'] >= 1
+    key_200 = 'tailor_http_requests_total{method="POST",route="/v1/chat/completions",status="200"}'
+    assert samples[key_200] >= 1
+    assert f'tailor_queue_depth{{model="{SMOL}"}}' in samples
+    assert 'tailor_finetune_jobs{state="queued"}' in samples
+    assert f'tailor_adapter_cache_total{{model="{SMOL}",tier="device_slot"}}' in samples
+    assert any(k.startswith("tailor_time_to_first_token_seconds_bucket") for k in samples)

@@ -9,22 +9,27 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from serving import completions
-from serving.deps import RateLimitedUserDep, RuntimeDep
+from serving.deps import MetricsDep, RateLimitedUserDep, RuntimeDep
+from serving.metrics import Metrics
 from serving.openai_schemas import ChatCompletionCreate, CompletionCreate
+from serving.runtime import ModelRuntime
 
 router = APIRouter(prefix="/v1", tags=["completions"])
 
 
 async def _answer(
-    runtime: Any, user_id: str, body: ChatCompletionCreate | CompletionCreate
+    runtime: ModelRuntime,
+    metrics: Metrics,
+    user_id: str,
+    body: ChatCompletionCreate | CompletionCreate,
 ) -> dict[str, Any] | StreamingResponse:
     # Tokenizing and routing take milliseconds of CPU: off the event loop.
     prepared = await run_in_threadpool(completions.prepare, runtime, user_id=user_id, body=body)
     if not body.stream:
-        return await completions.run_to_completion(runtime, prepared)
+        return await completions.run_to_completion(runtime, metrics, prepared)
     handle = completions.submit(prepared)
     return StreamingResponse(
-        completions.stream(runtime, prepared, handle),
+        completions.stream(runtime, metrics, prepared, handle),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -32,15 +37,15 @@ async def _answer(
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionCreate, user: RateLimitedUserDep, runtime: RuntimeDep
+    body: ChatCompletionCreate, user: RateLimitedUserDep, runtime: RuntimeDep, metrics: MetricsDep
 ) -> dict[str, Any] | StreamingResponse:
     assert user.user_id is not None
-    return await _answer(runtime, user.user_id, body)
+    return await _answer(runtime, metrics, user.user_id, body)
 
 
 @router.post("/completions", response_model=None)
 async def text_completions(
-    body: CompletionCreate, user: RateLimitedUserDep, runtime: RuntimeDep
+    body: CompletionCreate, user: RateLimitedUserDep, runtime: RuntimeDep, metrics: MetricsDep
 ) -> dict[str, Any] | StreamingResponse:
     assert user.user_id is not None
-    return await _answer(runtime, user.user_id, body)
+    return await _answer(runtime, metrics, user.user_id, body)
