@@ -228,3 +228,23 @@ def test_resolved_sets_expire() -> None:
     now[0] = 10.5
     expert_sets.get(base_model_id=MODEL, user_id=None)
     assert len(calls) == 2
+
+
+def test_routes_skip_modules_no_routed_expert_targets(lora_model: MultiLoraModel) -> None:
+    lora_model.load(1, random_lora(SHAPES, base_model_id=MODEL, target_modules=("q_proj",)))
+    lora_model.load(2, random_lora(SHAPES, base_model_id=MODEL, target_modules=("v_proj",)))
+    with lora_model.routing([[1], [2], [0]]) as route:
+        assert route.active_modules == frozenset(
+            (layer, module) for layer in range(SHAPES.num_layers) for module in ("q_proj", "v_proj")
+        )
+    with lora_model.routing([[0], [0]]) as route:
+        assert route.active_modules == frozenset()
+    # Skipping changes nothing: a row's output equals the unskipped computation.
+    ids = torch.arange(6).unsqueeze(0)
+    with torch.no_grad():
+        with lora_model.routing([[1]]):
+            skipped = lora_model.model(ids).logits
+        with lora_model.routing([[1]]) as route:
+            object.__setattr__(route, "active_modules", None)
+            full = lora_model.model(ids).logits
+    assert torch.equal(skipped, full)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from adapters.multi_lora.pool import ModulePool
+from adapters.multi_lora.pool import ModuleKey, ModulePool
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,10 @@ class Route:
     gate_slots: torch.Tensor | None
     batch: int = field(init=False)
     width: int = field(init=False)
+    # The wrapped modules that some routed expert has weights for; the
+    # others add exactly zero and are skipped. None: run every module (when
+    # the indices live on the device, reading them would cost a sync).
+    active_modules: frozenset[ModuleKey] | None = None
     # expert_slots flattened to [B*E], the order the gathers want.
     flat_slots: torch.Tensor = field(init=False)
 
@@ -73,10 +77,16 @@ class MultiLoraLinear(nn.Module):
     """
 
     def __init__(
-        self, base_layer: nn.Module, pool: ModulePool, routing: Routing, top_k: int
+        self,
+        base_layer: nn.Module,
+        pool: ModulePool,
+        routing: Routing,
+        top_k: int,
+        key: ModuleKey | None = None,
     ) -> None:
         super().__init__()
         self.base_layer = base_layer
+        self.key = key
         self.in_features = pool.in_features
         self.out_features = pool.out_features
         self.top_k = top_k
@@ -99,6 +109,8 @@ class MultiLoraLinear(nn.Module):
         y: torch.Tensor = self.base_layer(x)
         route = self.routing.current
         if route is None:
+            return y
+        if route.active_modules is not None and self.key not in route.active_modules:
             return y
         batch = x.shape[0]
         if route.batch != batch:

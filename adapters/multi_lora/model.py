@@ -132,7 +132,7 @@ class MultiLoraModel:
         for key, (path, linear) in targets.items():
             parent_path, _, attribute = path.rpartition(".")
             parent = model.get_submodule(parent_path)
-            wrapped = MultiLoraLinear(linear, pool.modules[key], routing, config.top_k)
+            wrapped = MultiLoraLinear(linear, pool.modules[key], routing, config.top_k, key)
             setattr(parent, attribute, wrapped)
         return cls(model, config, pool, routing)
 
@@ -249,7 +249,19 @@ class MultiLoraModel:
         return Route(
             expert_slots=slots.to(self.device).contiguous(),
             gate_slots=None if gates is None else gates.to(self.device),
+            active_modules=self._active_modules(slots),
         )
+
+    def _active_modules(self, slots: torch.Tensor) -> frozenset[ModuleKey] | None:
+        """The modules any routed expert targets, when the indices are on the host."""
+        if slots.device.type != "cpu":
+            return None
+        active: set[ModuleKey] = set()
+        for slot in set(slots.view(-1).tolist()) - {0}:
+            info = self.slot_info(slot)
+            if info is not None:
+                active |= info.modules
+        return frozenset(active)
 
     def _check_route(self, slots: torch.Tensor, gates: torch.Tensor | None) -> None:
         rows: list[list[int]] = slots.tolist()
