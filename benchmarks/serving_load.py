@@ -2,7 +2,8 @@
 the same requests one by one through HF ``generate`` (with peft), in one run.
 
     python -m benchmarks.serving_load [--users 32] [--requests 64] [--concurrency 16]
-        [--max-tokens 32] [--model smollm2-135m-instruct] [--rank 8] [--json OUT]
+        [--max-tokens 32] [--model smollm2-135m-instruct] [--rank 8]
+        [--targets q_proj,v_proj] [--json OUT]
 
 Each simulated user gets a random rank-r specialist, uploaded and promoted
 through the admin API; request i comes from a user drawn with Zipf
@@ -165,6 +166,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rank", type=int, default=8)
+    # peft's own default LoRA targets for llama-family models.
+    parser.add_argument("--targets", default="q_proj,v_proj")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -173,7 +176,14 @@ def main() -> None:
     store = args.model_store.resolve()
     shapes = BaseModelShapes.from_model_dir(store / args.model)
     adapters = [
-        random_lora(shapes, base_model_id=args.model, rank=args.rank, seed=i, scale=0.05)
+        random_lora(
+            shapes,
+            base_model_id=args.model,
+            rank=args.rank,
+            seed=i,
+            scale=0.05,
+            target_modules=tuple(args.targets.split(",")),
+        )
         for i in range(args.users)
     ]
     plan = [(u, rng.choice(PROMPTS)) for u in zipf_users(args.users, args.requests, rng)]

@@ -199,16 +199,20 @@ class Engine:
         self._fail_all(EngineStopped(f"the engine of {self.model_id} stopped"))
 
     def _admit(self) -> None:
-        budget = self.config.prefill_budget
-        while len(self._rows) < self.config.max_batch:
+        """Move waiting requests into the batch, prefilling them together."""
+        admitted: list[tuple[RequestHandle, SlotLease | None]] = []
+        longest = 0
+        while len(self._rows) + len(admitted) < self.config.max_batch:
             with self._wake:
                 if not self._waiting:
-                    return
+                    break
                 entry = self._waiting[0]
                 prompt_length = len(entry.handle.request.prompt_ids)
-                # Always admit one request even if it alone exceeds the budget.
-                if prompt_length > budget and budget < self.config.prefill_budget:
-                    return
+                # The prefill batch is padded to its longest prompt, so the
+                # budget bounds rows x longest; the first request always fits.
+                padded = (len(admitted) + 1) * max(longest, prompt_length)
+                if admitted and padded > self.config.prefill_budget:
+                    break
                 heapq.heappop(self._waiting)
                 self.stats.waiting = len(self._waiting)
             handle = entry.handle
@@ -224,39 +228,56 @@ class Engine:
                     with self._wake:
                         heapq.heappush(self._waiting, entry)
                         self.stats.waiting = len(self._waiting)
-                    return
+                    break
                 except Exception as exc:
                     handle.publish(Failed(exc))
                     continue
-            budget -= prompt_length
-            self._prefill(handle, lease)
+            admitted.append((handle, lease))
+            longest = max(longest, prompt_length)
+        if admitted:
+            self._prefill(admitted)
 
-    def _prefill(self, handle: RequestHandle, lease: SlotLease | None) -> None:
-        request = handle.request
-        ids = torch.tensor([request.prompt_ids], device=self._device)
+    def _prefill(self, admitted: list[tuple[RequestHandle, SlotLease | None]]) -> None:
+        """One forward over the new prompts, left-padded, then merge them in."""
+        lengths = [len(handle.request.prompt_ids) for handle, _ in admitted]
+        width = max(lengths)
+        ids = torch.zeros((len(admitted), width), dtype=torch.long)
+        mask = torch.zeros((len(admitted), width), dtype=torch.long)
+        for index, (handle, _) in enumerate(admitted):
+            ids[index, width - lengths[index] :] = torch.tensor(handle.request.prompt_ids)
+            mask[index, width - lengths[index] :] = 1
+        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
         cache = BatchKVCache(self._num_layers)
-        with self._routing([lease]):
+        with self._routing([lease for _, lease in admitted]):
             output = self.model(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                position_ids=torch.arange(ids.shape[1], device=self._device).unsqueeze(0),
+                input_ids=ids.to(self._device),
+                attention_mask=mask.to(self._device),
+                position_ids=positions.to(self._device),
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
-        self.stats.prefilled_tokens += ids.shape[1]
-        row = _Row(
-            handle=handle,
-            detokenizer=IncrementalDetokenizer(self.tokenizer, request.params.stop),
-            generator=new_generator(request.params),
-            lease=lease,
-            pending_token=-1,
-            kv_length=ids.shape[1],
-        )
-        if self._accept_token(row, output.logits[0, -1]):
+        self.stats.prefilled_tokens += sum(lengths)
+        logits = output.logits[:, -1]
+        keep: list[int] = []
+        for index, (handle, lease) in enumerate(admitted):
+            params = handle.request.params
+            row = _Row(
+                handle=handle,
+                detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop),
+                generator=new_generator(params),
+                lease=lease,
+                pending_token=-1,
+                kv_length=lengths[index],
+            )
+            if self._accept_token(row, logits[index]):
+                keep.append(index)
+                self._rows.append(row)
+        if keep:
+            if len(keep) < len(admitted):
+                cache.select_rows(torch.tensor(keep, dtype=torch.long, device=self._device))
             self._cache.append_rows(cache)
-            self._rows.append(row)
-            self.stats.running = len(self._rows)
+        self.stats.running = len(self._rows)
 
     def _decode_step(self) -> None:
         rows = self._rows
@@ -274,10 +295,12 @@ class Engine:
             )
         self.stats.steps += 1
         logits = output.logits[:, -1]
+        # One argmax for the batch instead of one per greedy row.
+        greedy: list[int] = logits.argmax(dim=-1).tolist()
         keep: list[int] = []
         for index, row in enumerate(rows):
             row.kv_length += 1
-            if self._accept_token(row, logits[index]):
+            if self._accept_token(row, logits[index], greedy[index]):
                 keep.append(index)
         if len(keep) < len(rows):
             self._rows = [rows[i] for i in keep]
@@ -300,10 +323,17 @@ class Engine:
         gate_slots = [lease.gate_slot if lease else 0 for lease in leases]
         return self.lora.routing(expert_slots, gate_slots, check=False)
 
-    def _accept_token(self, row: _Row, logits: torch.Tensor) -> bool:
-        """Sample, publish and check whether the row goes on; False: it finished."""
+    def _accept_token(self, row: _Row, logits: torch.Tensor, greedy: int | None = None) -> bool:
+        """Sample, publish and check whether the row goes on; False: it finished.
+
+        ``greedy`` is the row's argmax when the caller computed it for the
+        whole batch at once.
+        """
         request = row.handle.request
-        token = sample_token(logits, request.params, row.generator)
+        if greedy is not None and request.params.greedy:
+            token = greedy
+        else:
+            token = sample_token(logits, request.params, row.generator)
         row.generated += 1
         self.stats.generated_tokens += 1
         reason = None
