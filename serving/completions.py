@@ -263,37 +263,38 @@ async def run_to_completion(
     return _final_body(prepared, finished)
 
 
-def _final_body(prepared: PreparedCompletion, finished: Finished) -> dict[str, Any]:
-    usage = {
+def _usage(finished: Finished) -> dict[str, int]:
+    return {
         "prompt_tokens": finished.prompt_tokens,
         "completion_tokens": finished.completion_tokens,
         "total_tokens": finished.prompt_tokens + finished.completion_tokens,
     }
-    if prepared.endpoint == "chat.completions":
-        choice: dict[str, Any] = {
-            "index": 0,
-            "message": {"role": "assistant", "content": finished.text},
-            "finish_reason": finish_reason(finished),
-            "logprobs": None,
-        }
-        kind = "chat.completion"
-    else:
-        choice = {
-            "index": 0,
-            "text": finished.text,
-            "finish_reason": finish_reason(finished),
-            "logprobs": None,
-        }
-        kind = "text_completion"
+
+
+def _envelope(prepared: PreparedCompletion, kind: str, choice: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": prepared.response_id,
         "object": kind,
         "created": prepared.created,
         "model": prepared.hosted.model_id,
         "choices": [choice],
-        "usage": usage,
-        "tailor": tailor_extra(prepared, finished),
     }
+
+
+def _final_body(prepared: PreparedCompletion, finished: Finished) -> dict[str, Any]:
+    reason = finish_reason(finished)
+    if prepared.endpoint == "chat.completions":
+        message = {"role": "assistant", "content": finished.text}
+        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": reason}
+        kind = "chat.completion"
+    else:
+        choice = {"index": 0, "text": finished.text, "finish_reason": reason}
+        kind = "text_completion"
+    choice["logprobs"] = None
+    body = _envelope(prepared, kind, choice)
+    body["usage"] = _usage(finished)
+    body["tailor"] = tailor_extra(prepared, finished)
+    return body
 
 
 def _sse(data: dict[str, Any]) -> str:
@@ -313,21 +314,11 @@ async def stream(
             body: dict[str, Any] = {"role": "assistant"} if role else {}
             if delta is not None:
                 body["content"] = delta
-            choice: dict[str, Any] = {
-                "index": 0,
-                "delta": body,
-                "finish_reason": reason,
-                "logprobs": None,
-            }
+            choice: dict[str, Any] = {"index": 0, "delta": body}
         else:
-            choice = {"index": 0, "text": delta or "", "finish_reason": reason, "logprobs": None}
-        return {
-            "id": prepared.response_id,
-            "object": kind,
-            "created": prepared.created,
-            "model": prepared.hosted.model_id,
-            "choices": [choice],
-        }
+            choice = {"index": 0, "text": delta or ""}
+        choice.update(finish_reason=reason, logprobs=None)
+        return _envelope(prepared, kind, choice)
 
     first_token: float | None = None
     try:
@@ -350,11 +341,7 @@ async def stream(
                     total_seconds=total,
                 )
                 last = chunk(None, finish_reason(event))
-                last["usage"] = {
-                    "prompt_tokens": event.prompt_tokens,
-                    "completion_tokens": event.completion_tokens,
-                    "total_tokens": event.prompt_tokens + event.completion_tokens,
-                }
+                last["usage"] = _usage(event)
                 last["tailor"] = tailor_extra(prepared, event)
                 yield _sse(last)
             else:

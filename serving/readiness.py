@@ -6,6 +6,8 @@ operator reading ``/readyz`` sees what to fix.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from serving.runtime import ModelRuntime
 from serving.schemas import ReadinessPublic
 from serving.services import Services
@@ -13,17 +15,9 @@ from storage.errors import StorageError
 from storage.repositories import BaseModelRepository
 
 
-def _check_database(services: Services) -> str:
+def _check_reachable(ping: Callable[[], None]) -> str:
     try:
-        services.database.ping()
-    except StorageError as exc:
-        return str(exc)
-    return "ok"
-
-
-def _check_cache(services: Services) -> str:
-    try:
-        services.cache.ping()
+        ping()
     except StorageError as exc:
         return str(exc)
     return "ok"
@@ -54,8 +48,8 @@ def _check_engines(runtime: ModelRuntime) -> str:
 
 def check_readiness(services: Services, runtime: ModelRuntime | None) -> ReadinessPublic:
     checks = {
-        "database": _check_database(services),
-        "cache": _check_cache(services),
+        "database": _check_reachable(services.database.ping),
+        "cache": _check_reachable(services.cache.ping),
         "models": _check_models(services),
     }
     if runtime is not None:
