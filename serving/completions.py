@@ -16,14 +16,14 @@ from typing import Any, Literal
 
 from adapters.expert_sets import ExpertSet
 from router import NoRoute, RouteRequest, RoutingDecision
+from serving.backend import EventStream
 from serving.engine.engine import EngineOverloaded, EngineStopped
-from serving.engine.requests import Failed, Finished, GenerationRequest, RequestHandle, TextDelta
+from serving.engine.requests import Failed, Finished, GenerationRequest, TextDelta
 from serving.engine.sampling import SamplingParams
 from serving.errors import ApiError, error_body
 from serving.metrics import Metrics
-from serving.model_host import HostedModel
 from serving.openai_schemas import ChatCompletionCreate, CompletionCreate, SamplingFields
-from serving.runtime import ModelRuntime
+from serving.runtime import ModelRuntime, ServedModel
 from storage.ids import new_id
 from storage.repositories import ResponseRepository
 
@@ -37,25 +37,25 @@ class PreparedCompletion:
     response_id: str
     created: int
     user_id: str
-    hosted: HostedModel
+    model: ServedModel
     decision: RoutingDecision
     experts: ExpertSet
     request: GenerationRequest
     logged_request: dict[str, Any]
 
 
-def _chat_prompt(hosted: HostedModel, body: ChatCompletionCreate) -> list[int]:
+def _chat_prompt(served: ServedModel, body: ChatCompletionCreate) -> list[int]:
     messages = [
         {"role": m.role if m.role != "developer" else "system", "content": m.text}
         for m in body.messages
     ]
-    if hosted.has_chat_template:
-        encoded = hosted.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    if served.has_chat_template:
+        encoded = served.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         ids: list[int] = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
         return ids
     # A base model has no chat turns: a plain transcript it can continue.
     transcript = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages)
-    return list(hosted.tokenizer(transcript + "Assistant:")["input_ids"])
+    return list(served.tokenizer(transcript + "Assistant:")["input_ids"])
 
 
 def prepare(
@@ -103,20 +103,20 @@ def prepare(
         )
     except NoRoute as exc:
         raise ApiError(400, str(exc), code="no_route") from None
-    hosted = runtime.models[decision.model]
+    served = runtime.models[decision.model]
     if isinstance(body, ChatCompletionCreate):
-        prompt_ids = _chat_prompt(hosted, body)
+        prompt_ids = _chat_prompt(served, body)
     else:
-        prompt_ids = list(hosted.tokenizer(routing_text)["input_ids"])
+        prompt_ids = list(served.tokenizer(routing_text)["input_ids"])
     if not prompt_ids:
         raise ApiError(400, "the prompt is empty", code="invalid_prompt")
-    room = hosted.context_length - len(prompt_ids)
+    room = served.context_length - len(prompt_ids)
     max_tokens = body.requested_max_tokens or min(DEFAULT_MAX_TOKENS, room)
     if room < 1 or max_tokens > room:
         raise ApiError(
             400,
             f"the prompt has {len(prompt_ids)} tokens and max_tokens is {max_tokens}, "
-            f"but {hosted.model_id} takes {hosted.context_length} in all",
+            f"but {served.model_id} takes {served.context_length} in all",
             code="context_length_exceeded",
         )
     try:
@@ -124,7 +124,7 @@ def prepare(
     except ValueError as exc:
         raise ApiError(400, str(exc), code="invalid_sampling") from None
     experts = runtime.expert_sets.get(
-        base_model_id=hosted.model_id, user_id=user_id, personalize=body.personalize
+        base_model_id=served.model_id, user_id=user_id, personalize=body.personalize
     )
     response_id = new_id("chatcmpl" if endpoint == "chat.completions" else "cmpl")
     timeout = runtime.services.settings.request_timeout_seconds
@@ -134,7 +134,7 @@ def prepare(
         response_id=response_id,
         created=int(time.time()),
         user_id=user_id,
-        hosted=hosted,
+        model=served,
         decision=decision,
         experts=experts,
         request=GenerationRequest(
@@ -170,9 +170,9 @@ def _logged_params(body: SamplingFields, max_tokens: int) -> dict[str, Any]:
     }
 
 
-def submit(prepared: PreparedCompletion) -> RequestHandle:
+def submit(runtime: ModelRuntime, prepared: PreparedCompletion) -> EventStream:
     try:
-        return prepared.hosted.engine.submit(prepared.request, loop=asyncio.get_running_loop())
+        return runtime.backend.start(prepared.model.model_id, prepared.request)
     except EngineOverloaded as exc:
         raise ApiError(503, str(exc), code="overloaded", headers={"Retry-After": "1"}) from None
     except EngineStopped as exc:
@@ -186,7 +186,7 @@ def record(
         ResponseRepository(session).record(
             response_id=prepared.response_id,
             user_id=prepared.user_id,
-            base_model_id=prepared.hosted.model_id,
+            base_model_id=prepared.model.model_id,
             endpoint=prepared.endpoint,
             request=prepared.logged_request,
             output_text=finished.text,
@@ -208,7 +208,7 @@ def observe(
     first_token_seconds: float | None,
     total_seconds: float,
 ) -> None:
-    model = prepared.hosted.model_id
+    model = prepared.model.model_id
     metrics.tokens.labels(model, "prompt").inc(finished.prompt_tokens)
     metrics.tokens.labels(model, "completion").inc(finished.completion_tokens)
     metrics.routing_decisions.labels(model, prepared.decision.reason).inc()
@@ -242,10 +242,10 @@ async def run_to_completion(
 ) -> dict[str, Any]:
     started = time.perf_counter()
     first_token: float | None = None
-    handle = submit(prepared)
+    events = submit(runtime, prepared)
     finished: Finished | None = None
     try:
-        async for event in handle.events():
+        async for event in events:
             if isinstance(event, TextDelta) and first_token is None:
                 first_token = time.perf_counter() - started
             elif isinstance(event, Finished):
@@ -253,7 +253,7 @@ async def run_to_completion(
             elif isinstance(event, Failed):
                 raise event.error
     finally:
-        handle.cancel()  # a no-op when done; stops the work if the client left
+        events.cancel()  # a no-op when done; stops the work if the client left
     assert finished is not None
     total = time.perf_counter() - started
     await asyncio.to_thread(record, runtime, prepared, finished, total * 1000)
@@ -276,7 +276,7 @@ def _envelope(prepared: PreparedCompletion, kind: str, choice: dict[str, Any]) -
         "id": prepared.response_id,
         "object": kind,
         "created": prepared.created,
-        "model": prepared.hosted.model_id,
+        "model": prepared.model.model_id,
         "choices": [choice],
     }
 
@@ -302,7 +302,7 @@ def _sse(data: dict[str, Any]) -> str:
 
 
 async def stream(
-    runtime: ModelRuntime, metrics: Metrics, prepared: PreparedCompletion, handle: RequestHandle
+    runtime: ModelRuntime, metrics: Metrics, prepared: PreparedCompletion, events: EventStream
 ) -> AsyncIterator[str]:
     """Server-sent events: one chunk per text delta, a last one with the finish reason, [DONE]."""
     started = time.perf_counter()
@@ -324,7 +324,7 @@ async def stream(
     try:
         if chat:
             yield _sse(chunk("", None, role=True))
-        async for event in handle.events():
+        async for event in events:
             if isinstance(event, TextDelta):
                 if first_token is None:
                     first_token = time.perf_counter() - started
@@ -349,4 +349,4 @@ async def stream(
         yield "data: [DONE]\n\n"
     finally:
         # Runs when the client disconnects too: the engine drops the row.
-        handle.cancel()
+        events.cancel()

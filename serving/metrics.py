@@ -48,7 +48,8 @@ class _StateCollector(Collector):
             "Time spent loading adapters from the registry",
             labels=["model"],
         )
-        models = self._runtime.models if self._runtime is not None else {}
+        # Engines of this process only; Ray replicas report their own.
+        models = self._runtime.local if self._runtime is not None else {}
         for model_id, hosted in models.items():
             stats = hosted.engine.stats
             waiting.add_metric([model_id], stats.waiting)

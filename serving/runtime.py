@@ -1,15 +1,25 @@
 """The models this process serves, the router in front of them, and the caches
-that keep each replica's experts current."""
+that keep each replica's experts current.
+
+In the embedded mode the engines run here (``LocalBackend``). Behind Ray
+Serve, this process only routes and tokenizes; the engines are replicas
+reached through the backend given to it, and each replica keeps its own
+adapter slots current.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
+from typing import Any
 
 from adapters.expert_sets import CachedExpertSets, ExpertSet
 from adapters.invalidation import InvalidationListener
 from adapters.registry import InvalidationEvent
 from router import Candidate, DefaultModelRouter, Router
+from serving.backend import GenerationBackend, LocalBackend
+from serving.engine.engine import Engine
 from serving.model_host import HostedModel, load_hosted_model
 from serving.services import Services
 from storage.repositories import BaseModelRepository
@@ -17,11 +27,32 @@ from storage.repositories import BaseModelRepository
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """What the API needs of a base model to prepare requests for it."""
+
+    model_id: str
+    tokenizer: Any
+    context_length: int
+    has_chat_template: bool
+
+
 class ModelRuntime:
-    def __init__(self, services: Services, *, router: Router | None = None) -> None:
+    def __init__(
+        self,
+        services: Services,
+        *,
+        router: Router | None = None,
+        backend: GenerationBackend | None = None,
+    ) -> None:
         self.services = services
         self.router: Router = router or DefaultModelRouter(services.settings.default_model)
-        self.models: dict[str, HostedModel] = {}
+        self.models: dict[str, ServedModel] = {}
+        # Engines running in this process (none when a remote backend serves).
+        self.local: dict[str, HostedModel] = {}
+        self._remote = backend
+        self._engines: dict[str, Engine] = {}
+        self.backend: GenerationBackend = backend or LocalBackend(self._engines)
         self.candidates: list[Candidate] = []
         self.loaded = threading.Event()
         self.load_error: str | None = None
@@ -37,7 +68,7 @@ class ModelRuntime:
         )
 
     def _invalidate_slots(self, event: InvalidationEvent | None) -> None:
-        for hosted in list(self.models.values()):
+        for hosted in list(self.local.values()):
             hosted.slots.invalidate(event)
 
     def start(self) -> None:
@@ -51,13 +82,31 @@ class ModelRuntime:
         try:
             with self.services.database.session() as session:
                 records = BaseModelRepository(session).list_all()
+            if settings.models is not None:
+                records = [r for r in records if r.id in settings.models]
             for record in records:
-                self.models[record.id] = load_hosted_model(
+                path = settings.model_store_dir / record.path
+                if self._remote is None:
+                    hosted = load_hosted_model(
+                        model_id=record.id,
+                        path=path,
+                        context_length=record.context_length,
+                        registry=self.services.adapters,
+                        settings=settings,
+                    )
+                    self.local[record.id] = hosted
+                    self._engines[record.id] = hosted.engine
+                    tokenizer, context_length = hosted.tokenizer, hosted.context_length
+                else:
+                    from transformers import AutoTokenizer
+
+                    tokenizer = AutoTokenizer.from_pretrained(path)
+                    context_length = min(record.context_length, settings.max_context_tokens)
+                self.models[record.id] = ServedModel(
                     model_id=record.id,
-                    path=settings.model_store_dir / record.path,
-                    context_length=record.context_length,
-                    registry=self.services.adapters,
-                    settings=settings,
+                    tokenizer=tokenizer,
+                    context_length=context_length,
+                    has_chat_template=tokenizer.chat_template is not None,
                 )
                 self.candidates.append(
                     Candidate(
@@ -75,5 +124,5 @@ class ModelRuntime:
         self._listener.stop()
         if self._loader is not None:
             self._loader.join(timeout=60)
-        for hosted in self.models.values():
+        for hosted in self.local.values():
             hosted.engine.stop()

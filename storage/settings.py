@@ -71,6 +71,15 @@ class Settings(BaseSettings):
         description="Base model that answers `auto` until the learning router decides; "
         "unset: the cheapest that can serve the request.",
     )
+    models: list[str] | None = Field(
+        default=None,
+        description='Serve only these base models, JSON (["smollm2-135m-instruct"]); '
+        "unset: every registered one.",
+    )
+    ray_max_replicas: int = Field(
+        default=4, ge=1, description="Autoscaling ceiling of each model's Ray Serve deployment."
+    )
+    ray_num_cpus_per_replica: float = Field(default=1.0, ge=0.0)
     device: str = Field(
         default="auto",
         pattern=r"^(auto|cpu|cuda(:\d+)?)$",
