@@ -7,16 +7,20 @@ instead of a traceback.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from storage.errors import StorageError
+
+if TYPE_CHECKING:
+    from storage.settings import Settings
 
 app = typer.Typer(help="Tailor: personalised LLM serving.", no_args_is_help=True)
 models_app = typer.Typer(help="The model store of base models.", no_args_is_help=True)
@@ -48,10 +52,14 @@ def _one_line_errors() -> Iterator[None]:
 def serve(
     host: Annotated[str | None, typer.Option(help="Overrides TAILOR_HOST.")] = None,
     port: Annotated[int | None, typer.Option(help="Overrides TAILOR_PORT.")] = None,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Run on Ray Serve: an ingress and a deployment per model.")
+    ] = False,
+    print_config: Annotated[
+        bool, typer.Option("--print-config", help="Print the Ray Serve config (YAML) and exit.")
+    ] = False,
 ) -> None:
     """Run the service (embedded mode: everything in this process)."""
-    import uvicorn
-
     from serving.app import create_app
     from serving.services import Services
     from storage.model_catalog import register_prepared_models
@@ -73,6 +81,18 @@ def serve(
         prepared = load_prepared(settings.model_store_dir)
         with services.database.session() as session:
             register_prepared_models(session, prepared, settings=settings)
+    if print_config or ray:
+        from serving import ray_serve
+
+        model_ids = ray_serve.served_model_ids(settings)
+        services.close()
+        if print_config:
+            import yaml
+
+            typer.echo(yaml.safe_dump(ray_serve.serve_config(settings, model_ids), sort_keys=False))
+            return
+        _serve_on_ray(settings, model_ids)
+        return
     if not prepared:
         typer.echo(
             "tailor: warning: the model store is empty; run `tailor models prepare`", err=True
@@ -85,10 +105,47 @@ def serve(
         f"ready in {time.perf_counter() - started:.2f} s, "
         f"listening on http://{settings.host}:{settings.port}"
     )
+    import uvicorn
+
     from serving.runtime import ModelRuntime
 
-    app = create_app(services, runtime=ModelRuntime(services))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    app_ = create_app(services, runtime=ModelRuntime(services))
+    uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info")
+
+
+def _serve_on_ray(settings: Settings, model_ids: list[str]) -> None:
+    """Start (or join, with RAY_ADDRESS) a Ray cluster and run the application on it."""
+    import signal
+
+    import ray
+    from ray import serve as ray_serve_api
+
+    from serving import ray_serve
+
+    env = ray_serve.tailor_environment(settings, include_secrets=True)
+    env["TAILOR_MODELS"] = json.dumps(model_ids)
+    ray.init(runtime_env={"env_vars": env}, include_dashboard=False)
+    # SIGTERM ends the process through the finally below, so Ray goes down too.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        ray_serve_api.start(http_options={"host": settings.host, "port": settings.port})
+        ray_serve_api.run(
+            ray_serve.build_app(), name=ray_serve.APP_NAME, route_prefix="/", blocking=False
+        )
+        typer.echo(
+            f"tailor: on Ray Serve with {len(model_ids)} model deployment(s), "
+            f"listening on http://{settings.host}:{settings.port}"
+        )
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ray_serve_api.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
+
+
+def _raise_keyboard_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @models_app.command("prepare")

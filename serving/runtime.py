@@ -72,7 +72,12 @@ class ModelRuntime:
             hosted.slots.invalidate(event)
 
     def start(self) -> None:
-        """Subscribe to invalidations, then load every model in the background."""
+        """Subscribe to invalidations, then load every model in the background.
+
+        Idempotent: hosts that do not run the ASGI lifespan call it themselves.
+        """
+        if self._loader is not None:
+            return
         self._listener.start()
         self._loader = threading.Thread(target=self._load_all, name="model-loader", daemon=True)
         self._loader.start()

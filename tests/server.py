@@ -55,13 +55,15 @@ class RunningServer:
 
 
 @contextmanager
-def running_server(env: Mapping[str, str], *, timeout: float = 60) -> Iterator[RunningServer]:
-    """``tailor serve`` on a free port, until the block ends."""
+def running_server(
+    env: Mapping[str, str], *, timeout: float = 60, args: tuple[str, ...] = ("serve",)
+) -> Iterator[RunningServer]:
+    """``tailor serve`` (or ``args``) on a free port, until the block ends."""
     port = free_port()
     full_env = {**env, "TAILOR_HOST": "127.0.0.1", "TAILOR_PORT": str(port)}
     started = time.perf_counter()
     process = subprocess.Popen(
-        [TAILOR, "serve"],
+        [TAILOR, *args],
         env=tailor_env(full_env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -85,7 +87,7 @@ def running_server(env: Mapping[str, str], *, timeout: float = 60) -> Iterator[R
     finally:
         process.terminate()
         try:
-            process.wait(timeout=15)
+            process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

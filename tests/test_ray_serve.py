@@ -1,0 +1,139 @@
+"""Tailor on Ray Serve (a local Ray on this CPU): the config and a real deployment."""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from openai import OpenAI
+from ray.serve.schema import ServeDeploySchema
+
+from adapters.base_shapes import BaseModelShapes
+from adapters.peft_interop import ADAPTER_CONFIG, ADAPTER_WEIGHTS, export_peft_dir
+from tests.adapter_factory import random_lora
+from tests.server import RunningServer, prepared_model_store, run_tailor, running_server
+
+ADMIN_KEY = "admin-" + secrets.token_hex(8)
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+SMOL = "smollm2-135m-instruct"
+
+
+def test_the_serve_config_is_valid_for_ray_and_holds_no_secrets(tmp_path: Path) -> None:
+    env = {
+        "TAILOR_DATA_DIR": str(tmp_path),
+        "TAILOR_MODEL_STORE": str(prepared_model_store()),
+        "TAILOR_ADMIN_KEY": ADMIN_KEY,
+        "TAILOR_DEVICE": "cuda",
+        "TAILOR_MAX_BATCH": "48",
+    }
+    result = run_tailor(["serve", "--print-config"], env)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    ServeDeploySchema.model_validate(config)  # Ray's own schema
+
+    (application,) = config["applications"]
+    assert application["import_path"] == "serving.ray_serve:build_app"
+    deployments = {d["name"]: d for d in application["deployments"]}
+    assert set(deployments) == {"TailorIngress", f"model-{SMOL}", "model-gemma-3-270m"}
+    model = deployments[f"model-{SMOL}"]
+    assert model["ray_actor_options"]["num_gpus"] == 1
+    assert model["max_ongoing_requests"] == 48 and model["max_queued_requests"] == 256
+    assert (
+        model["autoscaling_config"]["max_replicas"] >= model["autoscaling_config"]["min_replicas"]
+    )
+    assert ADMIN_KEY not in result.stdout
+    env_vars = application["runtime_env"]["env_vars"]
+    assert "TAILOR_ADMIN_KEY" not in env_vars and "TAILOR_DATABASE_URL" not in env_vars
+    assert json.loads(env_vars["TAILOR_MODELS"]) == [SMOL, "gemma-3-270m"]
+
+
+@pytest.fixture(scope="module")
+def ray_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    env = {
+        "TAILOR_DATA_DIR": str(tmp_path_factory.mktemp("ray-data")),
+        "TAILOR_MODEL_STORE": str(prepared_model_store()),
+        "TAILOR_ADMIN_KEY": ADMIN_KEY,
+        "TAILOR_MODELS": json.dumps([SMOL]),
+        "TAILOR_ADAPTER_SLOTS": "4",
+        "TAILOR_MAX_ADAPTER_RANK": "8",
+    }
+    try:
+        with running_server(env, timeout=240, args=("serve", "--ray")) as server:
+            yield server
+    finally:
+        # The server stops Ray on SIGTERM; this only sweeps up after a crash.
+        ray_cli = str(Path(sys.executable).parent / "ray")
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, check=False)
+
+
+def test_chat_through_ray_serve_with_the_users_adapter(
+    ray_server: RunningServer, tmp_path: Path
+) -> None:
+    created = httpx.post(f"{ray_server.url}/admin/users", json={"name": "ada"}, headers=ADMIN)
+    user: dict[str, Any] = created.json()
+    client = OpenAI(base_url=f"{ray_server.url}/v1", api_key=user["api_key"])
+    answer = client.chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        temperature=0,
+        max_tokens=20,
+    )
+    assert answer.model == SMOL
+    assert answer.choices[0].message.content and "Paris" in answer.choices[0].message.content
+    stream = client.chat.completions.create(
+        model=SMOL,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        temperature=0,
+        max_tokens=20,
+        stream=True,
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == (
+        answer.choices[0].message.content
+    )
+
+    # The user's adapter reaches the replica (the request is multiplexed by its expert set).
+    shapes = BaseModelShapes.from_model_dir(prepared_model_store() / SMOL)
+    export_peft_dir(random_lora(shapes, base_model_id=SMOL, rank=8, scale=0.08, seed=5), tmp_path)
+    files = [
+        ("file", (name, io.BytesIO((tmp_path / name).read_bytes())))
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
+    ]
+    version = httpx.post(
+        f"{ray_server.url}/admin/adapters",
+        data={"user_id": user["id"], "base_model": SMOL},
+        files=files,
+        headers=ADMIN,
+    ).json()
+    assert (
+        httpx.post(
+            f"{ray_server.url}/admin/adapters/{version['id']}/promote", headers=ADMIN
+        ).status_code
+        == 200
+    )
+    body = {
+        "model": SMOL,
+        "messages": [{"role": "user", "content": "Name a colour."}],
+        "max_tokens": 16,
+        "temperature": 0,
+    }
+    headers = {"Authorization": f"Bearer {user['api_key']}"}
+    personal = httpx.post(
+        f"{ray_server.url}/v1/chat/completions", json=body, headers=headers, timeout=60
+    ).json()
+    plain = httpx.post(
+        f"{ray_server.url}/v1/chat/completions",
+        json={**body, "personalize": False},
+        headers=headers,
+        timeout=60,
+    ).json()
+    assert [a["version_id"] for a in personal["tailor"]["adapters"]] == [version["id"]]
+    assert personal["choices"][0]["message"]["content"] != plain["choices"][0]["message"]["content"]
