@@ -1,0 +1,230 @@
+"""Engine throughput: many concurrent requests through the continuous-batching
+engine, against the same requests one by one through HF ``generate``, in one run.
+
+    python -m benchmarks.engine_throughput [--model-dir var/models/smollm2-135m-instruct]
+        [--random-weights] [--device cpu|cuda] [--dtype float32|bfloat16]
+        [--requests 64] [--prompt-len 64] [--max-tokens 128] [--adapters 0,64]
+        [--rank 16] [--sequential 8] [--json OUT]
+
+No HTTP: this measures the engine alone. Every request generates exactly
+``--max-tokens`` tokens (end-of-sequence is ignored), from random prompt
+tokens, greedy. With ``--adapters N`` the requests use N distinct random
+rank-r LoRA adapters (all 7 modules) through the multi-LoRA slot pool; the
+sequential baseline then runs peft with each request's adapter. The
+sequential figure is measured on the first ``--sequential`` requests and is
+per token, so it compares with the engine's per token figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adapters.base_shapes import BaseModelShapes
+from adapters.expert_sets import ExpertRef, ExpertSet
+from adapters.lora_weights import TARGET_MODULES, LoraWeights
+from adapters.multi_lora import MultiLoraModel
+from adapters.slot_cache import AdapterSlotCache
+from serving.engine.engine import Engine, EngineConfig
+from serving.engine.requests import GenerationRequest
+from serving.engine.sampling import SamplingParams
+from storage.tables import AdapterKind
+from tests.adapter_factory import random_lora
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def load_model(model_dir: Path, *, random_weights: bool, device: str, dtype: torch.dtype) -> Any:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if random_weights:
+        config = AutoConfig.from_pretrained(model_dir)
+        torch.manual_seed(0)
+        model: Any = AutoModelForCausalLM.from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    model = model.to(device)
+    model.train(False)
+    return model
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_engine(
+    model: Any, tokenizer: Any, prompts: list[list[int]], args: argparse.Namespace, adapters: int
+) -> float:
+    """Output tokens per second of the engine serving every prompt at once."""
+    lora = slots = None
+    loras: dict[str, LoraWeights] = {}
+    if adapters:
+        shapes = BaseModelShapes.from_config(model.config.to_dict())
+        loras = {
+            f"adp_{i}": random_lora(
+                shapes, base_model_id="bench", rank=args.rank, seed=i, target_modules=TARGET_MODULES
+            )
+            for i in range(adapters)
+        }
+        lora = MultiLoraModel.wrap(model, num_slots=adapters + 1, max_rank=args.rank)
+        slots = AdapterSlotCache(lora, fetch=lambda ref: loras[ref.adapter_id])
+    engine = Engine(
+        model_id="bench",
+        model=model,
+        tokenizer=tokenizer,
+        eos_token_ids=set(),
+        config=EngineConfig(
+            max_batch=len(prompts),
+            max_queue=len(prompts),
+            prefill_budget=len(prompts) * args.prompt_len,
+            context_length=args.prompt_len + args.max_tokens + 1,
+        ),
+        lora=lora,
+        slots=slots,
+    )
+    engine.start()
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=0)
+
+    def experts(index: int) -> ExpertSet | None:
+        if not adapters:
+            return None
+        name = f"adp_{index % adapters}"
+        ref = ExpertRef(name, f"{name}-v1", 1, AdapterKind.SPECIALIST, "0" * 64, "bench")
+        return ExpertSet("bench", specialist=ref)
+
+    try:
+        # Warm up kernels and, with adapters, fill the slots.
+        warm = [
+            engine.submit(
+                GenerationRequest(
+                    f"w{i}", tuple(p), SamplingParams(max_tokens=4, temperature=0), experts(i)
+                )
+            )
+            for i, p in enumerate(prompts)
+        ]
+        for handle in warm:
+            handle.wait(600)
+        synchronize(args.device)
+        started = time.perf_counter()
+        handles = [
+            engine.submit(GenerationRequest(f"r{i}", tuple(p), params, experts(i)))
+            for i, p in enumerate(prompts)
+        ]
+        tokens = sum(h.wait(600).completion_tokens for h in handles)
+        synchronize(args.device)
+        return tokens / (time.perf_counter() - started)
+    finally:
+        engine.stop()
+
+
+def run_sequential(
+    model: Any, prompts: list[list[int]], args: argparse.Namespace, adapters: int, scratch: Path
+) -> float:
+    """Output tokens per second of HF generate, one request at a time."""
+    target = model
+    if adapters:
+        from peft import PeftModel
+
+        from adapters.peft_interop import export_peft_dir
+
+        shapes = BaseModelShapes.from_config(model.config.to_dict())
+        for i in range(min(adapters, len(prompts))):
+            lora = random_lora(
+                shapes, base_model_id="bench", rank=args.rank, seed=i, target_modules=TARGET_MODULES
+            )
+            export_peft_dir(lora, scratch / f"a{i}")
+            if i == 0:
+                target = PeftModel.from_pretrained(model, scratch / "a0", adapter_name="a0")
+            else:
+                target.load_adapter(scratch / f"a{i}", adapter_name=f"a{i}")
+    timings = []
+    with torch.inference_mode():
+        for i, prompt in enumerate(prompts):
+            if adapters:
+                target.set_adapter(f"a{i % adapters}")
+            ids = torch.tensor([prompt], device=args.device)
+            synchronize(args.device)
+            started = time.perf_counter()
+            target.generate(
+                ids,
+                max_new_tokens=args.max_tokens,
+                min_new_tokens=args.max_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
+            synchronize(args.device)
+            timings.append(time.perf_counter() - started)
+    per_request: float = statistics.median(timings)
+    return float(args.max_tokens) / per_request
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-dir", type=Path, default=Path("var/models/smollm2-135m-instruct"))
+    parser.add_argument("--random-weights", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--prompt-len", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--adapters", default="0,64")
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--sequential", type=int, default=8)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    generator = torch.Generator().manual_seed(0)
+    prompts = [
+        torch.randint(100, 40000, (args.prompt_len,), generator=generator).tolist()
+        for _ in range(args.requests)
+    ]
+    figures: list[dict[str, Any]] = []
+    import tempfile
+
+    for adapters in (int(a) for a in args.adapters.split(",")):
+        model = load_model(
+            args.model_dir,
+            random_weights=args.random_weights,
+            device=args.device,
+            dtype=DTYPES[args.dtype],
+        )
+        with tempfile.TemporaryDirectory() as scratch:
+            sequential = run_sequential(
+                model, prompts[: args.sequential], args, adapters, Path(scratch)
+            )
+        model = load_model(
+            args.model_dir,
+            random_weights=args.random_weights,
+            device=args.device,
+            dtype=DTYPES[args.dtype],
+        )
+        engine = run_engine(model, tokenizer, prompts, args, adapters)
+        row = {
+            "adapters": adapters,
+            "requests": args.requests,
+            "engine_tokens_per_s": engine,
+            "sequential_generate_tokens_per_s": sequential,
+            "speedup": engine / sequential,
+        }
+        figures.append(row)
+        print(
+            f"adapters {adapters:3d}: engine {engine:9.1f} tok/s, HF generate one by one "
+            f"{sequential:7.1f} tok/s, {engine / sequential:5.1f}x ({args.requests} requests, "
+            f"{args.prompt_len} prompt + {args.max_tokens} new tokens, {args.device} {args.dtype})",
+            flush=True,
+        )
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
