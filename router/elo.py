@@ -1,0 +1,178 @@
+"""Eagle's ratings (arXiv 2409.15518): a global ELO over the candidate models, a
+local ELO replayed from the nearest past queries, and their blend.
+
+Pure logic: no I/O, no clock. Written from the paper's description.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
+
+import numpy.typing as npt
+
+from router.embeddings import QueryIndex
+
+DEFAULT_K = 32.0
+DEFAULT_INITIAL = 1000.0
+DEFAULT_NEIGHBOURS = 20
+DEFAULT_GLOBAL_WEIGHT = 0.5  # the paper's P
+
+
+class Outcome(NamedTuple):
+    """One pairwise comparison; on a draw the order of the two models means nothing."""
+
+    winner: str
+    loser: str
+    draw: bool = False
+
+
+def pairwise_outcomes(scores: Mapping[str, float], *, draws: bool) -> list[Outcome]:
+    """Every pair of models on one query: a higher score wins; equal scores are a draw
+    when ``draws`` is set, else the pair says nothing and is skipped.
+
+    Skipping is the default used by the evaluation: on dcrouter a tie is usually
+    "both wrong" (or "both right"), which says nothing about which model is better,
+    and counting it as a draw pulls every rating towards the mean. The validation
+    split of train decides; offline_eval prints both.
+    """
+    names = sorted(scores)
+    result: list[Outcome] = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            if scores[a] > scores[b]:
+                result.append(Outcome(a, b))
+            elif scores[b] > scores[a]:
+                result.append(Outcome(b, a))
+            elif draws:
+                result.append(Outcome(a, b, draw=True))
+    return result
+
+
+class EloRatings:
+    """ELO ratings over a fixed set of models; each update is O(1)."""
+
+    def __init__(
+        self, models: Iterable[str], *, k: float = DEFAULT_K, initial: float = DEFAULT_INITIAL
+    ) -> None:
+        self.k = k
+        self.initial = initial
+        self.ratings: dict[str, float] = dict.fromkeys(models, initial)
+
+    def __getitem__(self, model: str) -> float:
+        return self.ratings[model]
+
+    def expected(self, a: str, b: str) -> float:
+        """Probability that ``a`` beats ``b`` (a draw counting one half)."""
+        gap = (self.ratings[b] - self.ratings[a]) / 400.0
+        return 1.0 / (1.0 + float(10.0**gap))
+
+    def update(self, winner: str, loser: str, *, draw: bool = False) -> None:
+        actual = 0.5 if draw else 1.0
+        # Zero-sum: what the winner gains the loser loses, so the mean stays `initial`.
+        delta = self.k * (actual - self.expected(winner, loser))
+        self.ratings[winner] += delta
+        self.ratings[loser] -= delta
+
+    def apply(self, outcomes: Iterable[Outcome]) -> None:
+        # The same arithmetic as update(), inlined: local replay runs ~1,000 of these
+        # per routing decision, and the method calls were most of its time.
+        ratings, k = self.ratings, self.k
+        for winner, loser, draw in outcomes:
+            gap = (ratings[loser] - ratings[winner]) / 400.0
+            delta = k * ((0.5 if draw else 1.0) - 1.0 / (1.0 + float(10.0**gap)))
+            ratings[winner] += delta
+            ratings[loser] -= delta
+
+
+class LocalElo:
+    """Past queries (embeddings and their outcomes); ratings for a new query are
+    replayed from scratch over its N nearest past queries."""
+
+    def __init__(
+        self,
+        models: Sequence[str],
+        dimensions: int,
+        *,
+        neighbours: int = DEFAULT_NEIGHBOURS,
+        k: float = DEFAULT_K,
+        initial: float = DEFAULT_INITIAL,
+    ) -> None:
+        self.models = list(models)
+        self.neighbours = neighbours
+        self.k = k
+        self.initial = initial
+        self.index = QueryIndex(dimensions)
+        self._outcomes: list[list[Outcome]] = []
+
+    def __len__(self) -> int:
+        return len(self._outcomes)
+
+    def add(self, vector: npt.ArrayLike, outcomes: Sequence[Outcome]) -> int:
+        (query_id,) = self.index.add(vector)
+        self._outcomes.append(list(outcomes))
+        return query_id
+
+    def ratings(self, vector: npt.ArrayLike) -> tuple[dict[str, float], list[int]]:
+        ids, _ = self.index.search(vector, self.neighbours)
+        nearest = [int(i) for i in ids[0]]
+        return self.replay(nearest), nearest
+
+    def replay(self, query_ids: Sequence[int]) -> dict[str, float]:
+        """Fresh ratings from the outcomes of ``query_ids`` (given nearest first).
+
+        They are replayed farthest first: ELO weighs recent games most, so the
+        most similar queries get the last, largest say.
+        """
+        elo = EloRatings(self.models, k=self.k, initial=self.initial)
+        for query_id in reversed(query_ids):
+            elo.apply(self._outcomes[query_id])
+        return elo.ratings
+
+
+class EagleRatings:
+    """Global ELO plus local ELO, blended as P*global + (1-P)*local."""
+
+    def __init__(
+        self,
+        models: Sequence[str],
+        dimensions: int,
+        *,
+        global_weight: float = DEFAULT_GLOBAL_WEIGHT,
+        neighbours: int = DEFAULT_NEIGHBOURS,
+        k: float = DEFAULT_K,
+        initial: float = DEFAULT_INITIAL,
+    ) -> None:
+        if not 0.0 <= global_weight <= 1.0:
+            raise ValueError("global_weight (P) must lie in [0, 1]")
+        self.models = list(models)
+        self.global_weight = global_weight
+        self.global_elo = EloRatings(models, k=k, initial=initial)
+        self.local = LocalElo(models, dimensions, neighbours=neighbours, k=k, initial=initial)
+
+    def observe(self, vector: npt.ArrayLike, outcomes: Sequence[Outcome]) -> None:
+        """One query's feedback: O(pairs) on the global ratings, an append to the index."""
+        self.global_elo.apply(outcomes)
+        self.local.add(vector, outcomes)
+
+    def scores(self, vector: npt.ArrayLike) -> tuple[dict[str, float], list[int]]:
+        """Blended rating per model, and the past queries that formed the local part."""
+        local, nearest = self.local.ratings(vector)
+        p = self.global_weight
+        blended = {m: p * self.global_elo[m] + (1.0 - p) * local[m] for m in self.models}
+        return blended, nearest
+
+
+def win_probability_vs_field(ratings: Mapping[str, float]) -> dict[str, float]:
+    """Each model's mean expected score against the others: a [0, 1] quality estimate
+    that can be traded against a normalised cost, unlike raw rating points."""
+    names = list(ratings)
+    if len(names) < 2:
+        return dict.fromkeys(names, 0.5)
+    result: dict[str, float] = {}
+    for a in names:
+        total = sum(
+            1.0 / (1.0 + 10.0 ** ((ratings[b] - ratings[a]) / 400.0)) for b in names if b != a
+        )
+        result[a] = total / (len(names) - 1)
+    return result
