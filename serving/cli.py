@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -26,9 +27,11 @@ app = typer.Typer(help="Tailor: personalised LLM serving.", no_args_is_help=True
 models_app = typer.Typer(help="The model store of base models.", no_args_is_help=True)
 db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
 admin_app = typer.Typer(help="Users and API keys, without the HTTP API.", no_args_is_help=True)
+router_app = typer.Typer(help="The model router.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
+app.add_typer(router_app, name="router")
 
 
 @app.callback()
@@ -245,6 +248,22 @@ def admin_create_user(
         database.dispose()
     typer.echo(f"user {user.id} ({user.name})")
     typer.echo(f"api key (shown once): {secret}")
+
+
+@router_app.command("eval")
+def router_eval(
+    data: Annotated[
+        Path,
+        typer.Option(help="A directory in dcrouter's format (train/test/llm_candidates.json)."),
+    ],
+) -> None:
+    """Evaluate Eagle and the baselines offline: quality-cost curve, AIQ, APGR, CPT."""
+    from router.offline_eval import run_offline_eval
+
+    if not (data / "train.json").is_file():
+        typer.echo(f"tailor: error: {data} holds no train.json", err=True)
+        raise typer.Exit(2)
+    run_offline_eval(data, output=typer.echo)
 
 
 def main() -> None:

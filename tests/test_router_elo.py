@@ -222,3 +222,20 @@ def test_offline_eval_on_a_slice_of_dcrouter(tmp_path: Path) -> None:
     assert any("eagle" in line for line in lines)
     # The embeddings were cached under the given directory for the next run.
     assert any(tmp_path.glob("minilm-*.npy"))
+
+
+def test_the_router_eval_command_runs_on_a_data_directory(tmp_path: Path) -> None:
+    import json
+
+    from tests.server import run_tailor
+
+    source = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "routing" / "dcrouter"
+    for name, count in (("train.json", 60), ("test.json", 20)):
+        records = json.loads((source / name).read_text())[:count]
+        (tmp_path / name).write_text(json.dumps(records))
+    (tmp_path / "llm_candidates.json").write_text((source / "llm_candidates.json").read_text())
+    result = run_tailor(["router", "eval", "--data", str(tmp_path)], {}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "AIQ" in result.stdout and "oracle" in result.stdout
+    missing = run_tailor(["router", "eval", "--data", str(tmp_path / "nope")], {})
+    assert missing.returncode == 2 and "train.json" in missing.stderr
