@@ -18,14 +18,13 @@ from router.elo import (
     win_probability_vs_field,
 )
 from router.embeddings import QueryIndex, texts_key
-from router.offline_eval import (
+from router.offline_eval import route, run_offline_eval
+from router.quality_cost import (
     aiq,
     apgr,
     cpt,
     entropy_bits,
     nondecreasing_hull,
-    route,
-    run_offline_eval,
     strong_weak_curve,
 )
 
