@@ -23,6 +23,7 @@ from serving.engine.engine import Engine
 from serving.model_host import HostedModel, load_hosted_model
 from serving.services import Services
 from storage.repositories import BaseModelRepository
+from storage.tables import BaseModel
 
 logger = logging.getLogger(__name__)
 
@@ -89,30 +90,11 @@ class ModelRuntime:
                 records = BaseModelRepository(session).list_all()
             if settings.models is not None:
                 records = [r for r in records if r.id in settings.models]
-            for record in records:
-                path = settings.model_store_dir / record.path
-                if self._remote is None:
-                    hosted = load_hosted_model(
-                        model_id=record.id,
-                        path=path,
-                        context_length=record.context_length,
-                        registry=self.services.adapters,
-                        settings=settings,
-                    )
-                    self.local[record.id] = hosted
-                    self._engines[record.id] = hosted.engine
-                    tokenizer, context_length = hosted.tokenizer, hosted.context_length
-                else:
-                    from transformers import AutoTokenizer
-
-                    tokenizer = AutoTokenizer.from_pretrained(path)
-                    context_length = min(record.context_length, settings.max_context_tokens)
-                self.models[record.id] = ServedModel(
-                    model_id=record.id,
-                    tokenizer=tokenizer,
-                    context_length=context_length,
-                    has_chat_template=tokenizer.chat_template is not None,
-                )
+            # One after the other: transformers' from_pretrained switches
+            # process-wide state (meta-device init) and is not thread-safe.
+            loaded = [self._load_one(record) for record in records]
+            for record, served in zip(records, loaded, strict=True):
+                self.models[record.id] = served
                 self.candidates.append(
                     Candidate(
                         model=record.id,
@@ -124,6 +106,32 @@ class ModelRuntime:
         except Exception as exc:
             logger.exception("loading the base models failed")
             self.load_error = f"loading the base models failed: {exc}"
+
+    def _load_one(self, record: BaseModel) -> ServedModel:
+        settings = self.services.settings
+        path = settings.model_store_dir / record.path
+        if self._remote is None:
+            hosted = load_hosted_model(
+                model_id=record.id,
+                path=path,
+                context_length=record.context_length,
+                registry=self.services.adapters,
+                settings=settings,
+            )
+            self.local[record.id] = hosted
+            self._engines[record.id] = hosted.engine
+            tokenizer, context_length = hosted.tokenizer, hosted.context_length
+        else:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            context_length = min(record.context_length, settings.max_context_tokens)
+        return ServedModel(
+            model_id=record.id,
+            tokenizer=tokenizer,
+            context_length=context_length,
+            has_chat_template=tokenizer.chat_template is not None,
+        )
 
     def stop(self) -> None:
         self._listener.stop()

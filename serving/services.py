@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from adapters.registry import AdapterRegistry
+from adapters.validation import ValidationLimits
 from storage import migrate
 from storage.blobs import DirectoryBlobStore
 from storage.cache import Cache, open_cache
@@ -53,6 +54,8 @@ class Services:
                 blobs=blobs,
                 cache=cache,
                 model_store_dir=settings.model_store_dir,
+                # Refuse at upload what the replicas' slot pools cannot serve.
+                limits=ValidationLimits(max_rank=settings.max_adapter_rank),
             ),
         )
 

@@ -91,10 +91,15 @@ class Settings(BaseSettings):
         default=4096, ge=64, description="Cap on prompt plus output tokens per request."
     )
     request_timeout_seconds: float = Field(default=300.0, gt=0)
+    # The slot pool is preallocated at max_adapter_rank for every wrapped
+    # module: 16 slots of rank 16 cost about 0.3 GB for SmolLM2-135M in
+    # float32, and compute scales with the pool's rank, not the adapter's.
     adapter_slots: int = Field(
-        default=32, ge=2, description="Adapter slots per model replica (slot 0 stays empty)."
+        default=16, ge=2, description="Adapter slots per model replica (slot 0 stays empty)."
     )
-    max_adapter_rank: int = Field(default=64, ge=1, le=512)
+    max_adapter_rank: int = Field(
+        default=16, ge=1, le=512, description="Largest LoRA rank accepted and served."
+    )
     rate_limit_requests_per_minute: float = Field(
         default=600.0, gt=0, description="Per user, refilled continuously."
     )
