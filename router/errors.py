@@ -1,7 +1,8 @@
 """The exceptions of the router package.
 
 RouterError
-└── NoRoute     no candidate model can serve the request (API: 400)
+└── NoRoute           no candidate model can serve the request (API: 400)
+    └── BudgetNotMet  no candidate is within a budget the request made strict (API: 400)
 """
 
 from __future__ import annotations
@@ -13,3 +14,7 @@ class RouterError(Exception):
 
 class NoRoute(RouterError):
     """No candidate base model can serve the request (unknown model, limits)."""
+
+
+class BudgetNotMet(NoRoute):
+    """Every candidate costs more than the request's strict price ceiling."""

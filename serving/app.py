@@ -14,6 +14,7 @@ from serving.metrics import Metrics
 from serving.routes import (
     adapters,
     admin_adapters,
+    admin_router,
     admin_users,
     completions,
     examples,
@@ -21,6 +22,7 @@ from serving.routes import (
     fine_tunes,
     health,
     models,
+    routing,
 )
 from serving.runtime import ModelRuntime
 from serving.services import Services
@@ -85,4 +87,6 @@ def create_app(
     app.include_router(adapters.router)
     app.include_router(admin_users.router)
     app.include_router(admin_adapters.router)
+    app.include_router(admin_router.router)
+    app.include_router(routing.router)
     return app

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from adapters.expert_sets import ExpertSet
-from router import NoRoute, RouteRequest, RoutingDecision
+from router import BudgetNotMet, NoRoute, RouteRequest, RoutingDecision
+from router.load import Ticket
+from router.state_sync import embedding_bytes
 from serving.backend import EventStream
 from serving.engine.engine import EngineOverloaded, EngineStopped
 from serving.engine.requests import Failed, Finished, GenerationRequest, TextDelta
@@ -25,7 +27,7 @@ from serving.metrics import Metrics
 from serving.openai_schemas import ChatCompletionCreate, CompletionCreate, SamplingFields
 from serving.runtime import ModelRuntime, ServedModel
 from storage.ids import new_id
-from storage.repositories import ResponseRepository
+from storage.repositories import ResponseRepository, UserRepository
 
 Endpoint = Literal["chat.completions", "completions"]
 DEFAULT_MAX_TOKENS = 256
@@ -90,17 +92,10 @@ def prepare(
         logged = {"prompt": routing_text}
     try:
         decision = runtime.router.route(
-            RouteRequest(
-                user_id=user_id,
-                prompt_text=routing_text,
-                prompt_tokens=len(routing_text) // 4,
-                max_tokens=body.requested_max_tokens or DEFAULT_MAX_TOKENS,
-                requested_model=requested,
-                max_price_per_million=body.max_price,
-                requires_chat=False,
-            ),
-            runtime.candidates,
+            _route_request(runtime, user_id, body, routing_text, requested), runtime.candidates
         )
+    except BudgetNotMet as exc:
+        raise ApiError(400, str(exc), code="budget_not_met") from None
     except NoRoute as exc:
         raise ApiError(400, str(exc), code="no_route") from None
     served = runtime.models[decision.model]
@@ -127,7 +122,9 @@ def prepare(
         base_model_id=served.model_id, user_id=user_id, personalize=body.personalize
     )
     response_id = new_id("chatcmpl" if endpoint == "chat.completions" else "cmpl")
-    timeout = runtime.services.settings.request_timeout_seconds
+    settings = runtime.services.settings
+    now = time.monotonic()
+    slo = decision.details.get("latency_slo_s") or settings.router_latency_slo_seconds
     logged.update(_logged_params(body, max_tokens))
     return PreparedCompletion(
         endpoint=endpoint,
@@ -142,9 +139,42 @@ def prepare(
             prompt_ids=tuple(prompt_ids),
             params=params,
             experts=None if experts.is_empty else experts,
-            deadline=time.monotonic() + timeout,
+            deadline=now + settings.request_timeout_seconds,
+            slo_deadline=None if slo is None else now + float(slo),
+            predicted_tokens=min(decision.predicted_tokens or max_tokens, max_tokens),
         ),
         logged_request=logged,
+    )
+
+
+def _route_request(
+    runtime: ModelRuntime,
+    user_id: str,
+    body: ChatCompletionCreate | CompletionCreate,
+    routing_text: str,
+    requested: str | None,
+) -> RouteRequest:
+    """The request's routing limits, falling back to the user's preferences."""
+    with runtime.services.database.session() as session:
+        user = UserRepository(session).get(user_id=user_id)
+        cost_weight, max_price, slo = (
+            user.route_cost_weight,
+            user.route_max_price,
+            user.route_latency_slo_seconds,
+        )
+    return RouteRequest(
+        user_id=user_id,
+        prompt_text=routing_text,
+        # Before a model is chosen there is no tokenizer: ~4 characters a token.
+        prompt_tokens=len(routing_text) // 4,
+        max_tokens=body.requested_max_tokens or DEFAULT_MAX_TOKENS,
+        requested_model=requested,
+        max_price_per_million=body.max_price if body.max_price is not None else max_price,
+        strict_budget=body.strict_budget,
+        cost_weight=body.cost_weight if body.cost_weight is not None else cost_weight,
+        latency_slo_seconds=(
+            body.latency_slo_seconds if body.latency_slo_seconds is not None else slo
+        ),
     )
 
 
@@ -167,21 +197,35 @@ def _logged_params(body: SamplingFields, max_tokens: int) -> dict[str, Any]:
         "stop": list(body.stop_sequences),
         "seed": body.seed,
         "personalize": body.personalize,
+        "max_price": body.max_price,
+        "strict_budget": body.strict_budget,
+        "cost_weight": body.cost_weight,
+        "latency_slo_seconds": body.latency_slo_seconds,
     }
 
 
-def submit(runtime: ModelRuntime, prepared: PreparedCompletion) -> EventStream:
+def submit(runtime: ModelRuntime, prepared: PreparedCompletion) -> tuple[EventStream, Ticket]:
+    """Start the work; the ticket tells the router's load ledger, and must be closed
+    with ``finish_load`` however the request ends."""
+    model = prepared.model.model_id
+    ticket = runtime.load.started(model, prepared.request.predicted_tokens or 0)
     try:
-        return runtime.backend.start(prepared.model.model_id, prepared.request)
+        return runtime.backend.start(model, prepared.request), ticket
     except EngineOverloaded as exc:
+        runtime.load.finished(ticket)
         raise ApiError(503, str(exc), code="overloaded", headers={"Retry-After": "1"}) from None
     except EngineStopped as exc:
+        runtime.load.finished(ticket)
         raise ApiError(503, str(exc), code="not_ready") from None
+    except BaseException:
+        runtime.load.finished(ticket)
+        raise
 
 
 def record(
     runtime: ModelRuntime, prepared: PreparedCompletion, finished: Finished, latency_ms: float
 ) -> None:
+    vector = prepared.decision.query_vector
     with runtime.services.database.session() as session:
         ResponseRepository(session).record(
             response_id=prepared.response_id,
@@ -191,11 +235,21 @@ def record(
             request=prepared.logged_request,
             output_text=finished.text,
             finish_reason=finish_reason(finished),
-            routing_decision=prepared.decision.public(),
+            routing_decision=prepared.decision.logged(),
             adapters_used=prepared.experts.describe(),
             prompt_tokens=finished.prompt_tokens,
             completion_tokens=finished.completion_tokens,
             latency_ms=latency_ms,
+            query_embedding=None if vector is None else embedding_bytes(vector),
+        )
+    router = runtime.learning_router
+    # A cut-short answer says little about how long the model would have gone on.
+    if router is not None and vector is not None and finished.reason in ("stop", "length"):
+        router.observe_length(
+            prepared.model.model_id,
+            vector,
+            prompt_tokens=finished.prompt_tokens,
+            completion_tokens=finished.completion_tokens,
         )
 
 
@@ -242,7 +296,7 @@ async def run_to_completion(
 ) -> dict[str, Any]:
     started = time.perf_counter()
     first_token: float | None = None
-    events = submit(runtime, prepared)
+    events, ticket = submit(runtime, prepared)
     finished: Finished | None = None
     try:
         async for event in events:
@@ -254,6 +308,7 @@ async def run_to_completion(
                 raise event.error
     finally:
         events.cancel()  # a no-op when done; stops the work if the client left
+        finish_load(runtime, ticket, finished, first_token, time.perf_counter() - started)
     assert finished is not None
     total = time.perf_counter() - started
     await asyncio.to_thread(record, runtime, prepared, finished, total * 1000)
@@ -261,6 +316,25 @@ async def run_to_completion(
         runtime, metrics, prepared, finished, first_token_seconds=first_token, total_seconds=total
     )
     return _final_body(prepared, finished)
+
+
+def finish_load(
+    runtime: ModelRuntime,
+    ticket: Ticket,
+    finished: Finished | None,
+    first_token_seconds: float | None,
+    total_seconds: float,
+) -> None:
+    """Close the load ticket; only a complete answer teaches the router its speed."""
+    if finished is None or finished.reason not in ("stop", "length"):
+        runtime.load.finished(ticket)
+        return
+    runtime.load.finished(
+        ticket,
+        first_token_seconds=first_token_seconds,
+        total_seconds=total_seconds,
+        completion_tokens=finished.completion_tokens,
+    )
 
 
 def _usage(finished: Finished) -> dict[str, int]:
@@ -302,7 +376,11 @@ def _sse(data: dict[str, Any]) -> str:
 
 
 async def stream(
-    runtime: ModelRuntime, metrics: Metrics, prepared: PreparedCompletion, events: EventStream
+    runtime: ModelRuntime,
+    metrics: Metrics,
+    prepared: PreparedCompletion,
+    events: EventStream,
+    ticket: Ticket,
 ) -> AsyncIterator[str]:
     """Server-sent events: one chunk per text delta, a last one with the finish reason, [DONE]."""
     started = time.perf_counter()
@@ -321,6 +399,7 @@ async def stream(
         return _envelope(prepared, kind, choice)
 
     first_token: float | None = None
+    finished: Finished | None = None
     try:
         if chat:
             yield _sse(chunk("", None, role=True))
@@ -330,6 +409,7 @@ async def stream(
                     first_token = time.perf_counter() - started
                 yield _sse(chunk(event.text, None))
             elif isinstance(event, Finished):
+                finished = event
                 total = time.perf_counter() - started
                 await asyncio.to_thread(record, runtime, prepared, event, total * 1000)
                 observe(
@@ -350,3 +430,4 @@ async def stream(
     finally:
         # Runs when the client disconnects too: the engine drops the row.
         events.cancel()
+        finish_load(runtime, ticket, finished, first_token, time.perf_counter() - started)

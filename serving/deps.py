@@ -82,6 +82,14 @@ def get_runtime(request: Request) -> ModelRuntime:
 RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
 
 
+def get_optional_runtime(request: Request) -> ModelRuntime | None:
+    runtime: ModelRuntime | None = getattr(request.app.state, "runtime", None)
+    return runtime
+
+
+OptionalRuntimeDep = Annotated[ModelRuntime | None, Depends(get_optional_runtime)]
+
+
 def rate_limited_user(user: UserDep, services: ServicesDep) -> Principal:
     """The user, if their token bucket (in the shared cache) has a request left."""
     settings = services.settings

@@ -22,7 +22,7 @@ from adapters.errors import (
     InvalidTransition,
     SlotsExhausted,
 )
-from storage.errors import BackendUnavailable, Conflict, NotFound
+from storage.errors import BackendUnavailable, Conflict, InvalidInput, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Conflict)
     async def _conflict(_request: Request, exc: Conflict) -> JSONResponse:
         return error_response(409, str(exc), code="conflict")
+
+    @app.exception_handler(InvalidInput)
+    async def _invalid_input(_request: Request, exc: InvalidInput) -> JSONResponse:
+        return error_response(422, str(exc), code="invalid_input")
 
     @app.exception_handler(AdapterError)
     async def _adapter_error(_request: Request, exc: AdapterError) -> JSONResponse:

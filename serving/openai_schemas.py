@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 
 class ContentPart(BaseModel):
@@ -44,10 +44,17 @@ class SamplingFields(BaseModel):
     seed: int | None = None
     stream: bool = False
     n: int = Field(default=1, ge=1)
-    # Tailor's own: apply the caller's experts (default) or the bare base model,
-    # and an optional price ceiling for `auto` (per 1M tokens).
+    # Tailor's own: apply the caller's experts (default) or the bare base model;
+    # for `auto`, a price ceiling per 1M tokens (strict: refuse rather than fall
+    # back to the cheapest model), the cost weight lambda, a latency objective.
+    # Unset: the user's preferences, then the service's defaults.
     personalize: bool = True
     max_price: float | None = Field(default=None, ge=0.0)
+    strict_budget: bool = False
+    cost_weight: float | None = Field(
+        default=None, ge=0.0, validation_alias=AliasChoices("cost_weight", "lambda")
+    )
+    latency_slo_seconds: float | None = Field(default=None, gt=0.0)
 
     @field_validator("stop")
     @classmethod

@@ -1,6 +1,10 @@
 """The models this process serves, the router in front of them, and the caches
 that keep each replica's experts current.
 
+The router is built once the models are known: MiniLM is loaded, and the
+ratings are replayed from the stored feedback, then kept current by a thread
+that picks up feedback other processes stored.
+
 In the embedded mode the engines run here (``LocalBackend``). Behind Ray
 Serve, this process only routes and tokenizes; the engines are replicas
 reached through the backend given to it, and each replica keeps its own
@@ -18,6 +22,11 @@ from adapters.expert_sets import CachedExpertSets, ExpertSet
 from adapters.invalidation import InvalidationListener
 from adapters.registry import InvalidationEvent
 from router import Candidate, DefaultModelRouter, Router
+from router.config import RouterConfig
+from router.eagle_router import EagleRouter
+from router.load import LoadTracker
+from router.query_embedder import Embedder, SentenceEmbedder
+from router.state_sync import relearn_lengths, sync_feedback
 from serving.backend import GenerationBackend, LocalBackend
 from serving.engine.engine import Engine
 from serving.model_host import HostedModel, load_hosted_model
@@ -45,9 +54,19 @@ class ModelRuntime:
         *,
         router: Router | None = None,
         backend: GenerationBackend | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         self.services = services
-        self.router: Router = router or DefaultModelRouter(services.settings.default_model)
+        settings = services.settings
+        # Until the learning router is built (with the models), `auto` is refused
+        # as "not ready" anyway; this one only answers if a caller skips that check.
+        self.router: Router = router or DefaultModelRouter(settings.default_model)
+        self._build_router = router is None
+        self._embedder = embedder
+        capacity = settings.max_batch * (1 if backend is None else settings.ray_max_replicas)
+        self.load = LoadTracker(
+            default_capacity=capacity, ticket_lifetime=settings.request_timeout_seconds + 60
+        )
         self.models: dict[str, ServedModel] = {}
         # Engines running in this process (none when a remote backend serves).
         self.local: dict[str, HostedModel] = {}
@@ -62,6 +81,13 @@ class ModelRuntime:
             services.cache, [self.expert_sets.clear, self._invalidate_slots]
         )
         self._loader: threading.Thread | None = None
+        self._syncer: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    @property
+    def learning_router(self) -> EagleRouter | None:
+        """The router when it learns from feedback (not when one was injected)."""
+        return self.router if isinstance(self.router, EagleRouter) else None
 
     def _resolve(self, base_model_id: str, user_id: str | None, personalize: bool) -> ExpertSet:
         return self.services.adapters.expert_set(
@@ -102,10 +128,50 @@ class ModelRuntime:
                         chat=record.chat_template is not None,
                     )
                 )
+            if self._build_router:
+                self.router = self._learning_router([r.id for r in records])
+                self._syncer = threading.Thread(
+                    target=self._sync_feedback, name="router-sync", daemon=True
+                )
+                self._syncer.start()
             self.loaded.set()
         except Exception as exc:
             logger.exception("loading the base models failed")
             self.load_error = f"loading the base models failed: {exc}"
+
+    def _learning_router(self, models: list[str]) -> EagleRouter:
+        settings = self.services.settings
+        router = EagleRouter(
+            models,
+            self._embedder or SentenceEmbedder.load(),
+            config=RouterConfig(
+                global_weight=settings.router_global_weight,
+                neighbours=settings.router_neighbours,
+                k=settings.router_k,
+                user_prior_games=settings.router_user_prior_games,
+                cost_weight=settings.router_cost_weight,
+                latency_slo_seconds=settings.router_latency_slo_seconds,
+            ),
+            load=self.load,
+            default_model=settings.default_model,
+        )
+        applied = sync_feedback(router, self.services.database)
+        learnt = relearn_lengths(router, self.services.database)
+        logger.info("router: replayed %d feedback, %d output lengths", applied, learnt)
+        return router
+
+    def sync_router(self) -> None:
+        """Apply feedback stored since the router last looked (here or elsewhere)."""
+        router = self.learning_router
+        if router is not None:
+            sync_feedback(router, self.services.database)
+
+    def _sync_feedback(self) -> None:
+        while not self._stopping.wait(self.services.settings.router_sync_seconds):
+            try:
+                self.sync_router()
+            except Exception:  # a database blip must not end the loop
+                logger.exception("router: picking up new feedback failed")
 
     def _load_one(self, record: BaseModel) -> ServedModel:
         settings = self.services.settings
@@ -134,8 +200,11 @@ class ModelRuntime:
         )
 
     def stop(self) -> None:
+        self._stopping.set()
         self._listener.stop()
         if self._loader is not None:
             self._loader.join(timeout=60)
+        if self._syncer is not None:
+            self._syncer.join(timeout=10)
         for hosted in self.local.values():
             hosted.engine.stop()

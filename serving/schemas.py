@@ -9,9 +9,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from storage.tables import Adapter, AdapterKind, AdapterState, Scope
+from serving.routing_schemas import RoutingPreferencesPublic
+from storage.tables import Adapter, AdapterKind, AdapterState, Scope, User
 
 AUTO_MODEL_ID = "auto"
 
@@ -79,6 +80,21 @@ class UserPublic(BaseModel):
     name: str
     created_at: datetime
     keys: list[ApiKeyPublic] = Field(validation_alias="api_keys")
+    routing: RoutingPreferencesPublic
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_user(cls, data: Any) -> Any:
+        # The preferences are three columns of the table, one object here.
+        if isinstance(data, User):
+            return {
+                "id": data.id,
+                "name": data.name,
+                "created_at": data.created_at,
+                "api_keys": data.api_keys,
+                "routing": RoutingPreferencesPublic.of(data),
+            }
+        return data
 
 
 class UserCreated(BaseModel):

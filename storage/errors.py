@@ -9,6 +9,7 @@ below ``serving`` knows about HTTP).
     ├── BackendUnavailable     a configured database or cache cannot be reached
     ├── NotFound               the object does not exist (or is not the caller's)
     ├── Conflict               the change clashes with the current state
+    ├── InvalidInput           well-formed input that cannot be stored as asked
     ├── BlobError
     │   ├── BlobNotFound       no blob with that sha256
     │   └── BlobCorrupted      the stored bytes no longer hash to their name
@@ -49,6 +50,10 @@ class NotFound(StorageError):
 
 class Conflict(StorageError):
     """The change clashes with the current state (a duplicate, a lost race)."""
+
+
+class InvalidInput(StorageError):
+    """Well-formed input that cannot be stored as asked (API: 422)."""
 
 
 class BlobError(StorageError):

@@ -68,8 +68,37 @@ class Settings(BaseSettings):
 
     default_model: str | None = Field(
         default=None,
-        description="Base model that answers `auto` until the learning router decides; "
-        "unset: the cheapest that can serve the request.",
+        description="Base model that answers `auto` until the router has feedback to learn "
+        "from; unset: the cheapest that can serve the request.",
+    )
+    # The router (Eagle: arXiv 2409.15518; the paper's P, N and K by default).
+    router_global_weight: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="P: weight of the global ELO against the local."
+    )
+    router_neighbours: int = Field(
+        default=20, ge=1, description="N: past queries the local ELO is replayed from."
+    )
+    router_k: float = Field(default=32.0, gt=0, description="K: the ELO step.")
+    router_user_prior_games: float = Field(
+        default=10.0,
+        gt=0,
+        description="A user's own ratings weigh n / (n + this) after n pieces of their feedback.",
+    )
+    router_cost_weight: float = Field(
+        default=0.1,
+        ge=0.0,
+        description="Lambda: quality given up per unit of cost (relative to the dearest "
+        "candidate); users and requests may set their own.",
+    )
+    router_latency_slo_seconds: float | None = Field(
+        default=30.0,
+        gt=0,
+        description="Latency objective the router avoids missing by moving load; unset: none.",
+    )
+    router_sync_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often a process picks up feedback stored by other processes.",
     )
     models: list[str] | None = Field(
         default=None,

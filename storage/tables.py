@@ -127,6 +127,10 @@ class User(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    # The user's routing preferences; NULL: the service's default. A request's own win.
+    route_cost_weight: Mapped[float | None] = mapped_column(Float, default=None)
+    route_max_price: Mapped[float | None] = mapped_column(Float, default=None)
+    route_latency_slo_seconds: Mapped[float | None] = mapped_column(Float, default=None)
 
     api_keys: Mapped[list[ApiKey]] = relationship(
         back_populates="user", order_by="ApiKey.created_at", lazy="selectin"

@@ -7,7 +7,11 @@ for each other. Every row carries its own experts through the multi-LoRA
 layers: one forward serves many users' adapters.
 
 Admission is bounded (a full queue refuses new work at once, the API answers
-503) and ordered by deadline, then by arrival.
+503) and ordered as UELLM's scheduler does: by latency objective, then by
+predicted output length. Deadlines are compared in windows of
+SLO_WINDOW_SECONDS, so that among requests due at about the same time the
+shortest predicted answer goes first (it frees its row soonest), while a
+request due clearly earlier is never passed by a shorter one due later.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -87,11 +92,23 @@ class _Row:
     generated: int = 0
 
 
+SLO_WINDOW_SECONDS = 1.0
+
+
 @dataclass(order=True)
 class _Waiting:
-    deadline: float
+    slo_window: float
+    predicted_tokens: int
     order: int
     handle: RequestHandle = field(compare=False)
+
+    @classmethod
+    def of(cls, handle: RequestHandle, order: int) -> _Waiting:
+        request = handle.request
+        due = request.slo_deadline if request.slo_deadline is not None else request.deadline
+        window = math.inf if due is None else math.floor(due / SLO_WINDOW_SECONDS)
+        length = request.predicted_tokens or request.params.max_tokens
+        return cls(window, length, order, handle)
 
 
 class Engine:
@@ -163,8 +180,7 @@ class Engine:
                 self._drop_cancelled_waiting()
             if len(self._waiting) >= self.config.max_queue:
                 raise EngineOverloaded(f"{self.model_id} has {len(self._waiting)} requests waiting")
-            deadline = request.deadline if request.deadline is not None else float("inf")
-            heapq.heappush(self._waiting, _Waiting(deadline, next(self._arrivals), handle))
+            heapq.heappush(self._waiting, _Waiting.of(handle, next(self._arrivals)))
             self.stats.waiting = len(self._waiting)
             self._wake.notify()
         return handle

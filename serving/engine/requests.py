@@ -20,6 +20,10 @@ class GenerationRequest:
     experts: ExpertSet | None = None
     # time.monotonic() by which the request must finish, else "timeout".
     deadline: float | None = None
+    # Admission order (UELLM): the latency objective's deadline, then the
+    # router's predicted output length, shortest first.
+    slo_deadline: float | None = None
+    predicted_tokens: int | None = None
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ async def _answer(
     prepared = await run_in_threadpool(completions.prepare, runtime, user_id=user_id, body=body)
     if not body.stream:
         return await completions.run_to_completion(runtime, metrics, prepared)
-    events = completions.submit(runtime, prepared)
+    events, ticket = completions.submit(runtime, prepared)
     return StreamingResponse(
-        completions.stream(runtime, metrics, prepared, events),
+        completions.stream(runtime, metrics, prepared, events, ticket),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -9,7 +9,7 @@ from storage.repositories.adapters import AdapterRepository
 from storage.repositories.api_keys import ApiKeyRepository, generate_api_key, hash_api_key
 from storage.repositories.base_models import BaseModelRepository
 from storage.repositories.examples import ExampleRepository
-from storage.repositories.feedback import FeedbackRepository
+from storage.repositories.feedback import FeedbackForRouting, FeedbackRepository
 from storage.repositories.jobs import JobRepository
 from storage.repositories.responses import ResponseRepository
 from storage.repositories.routing import GLOBAL_SCOPE, RoutingRatingRepository, user_scope
@@ -21,6 +21,7 @@ __all__ = [
     "ApiKeyRepository",
     "BaseModelRepository",
     "ExampleRepository",
+    "FeedbackForRouting",
     "FeedbackRepository",
     "JobRepository",
     "ResponseRepository",

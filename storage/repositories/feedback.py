@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from storage.clock import utc_now
+from storage.errors import InvalidInput
 from storage.repositories.responses import ResponseRepository
-from storage.tables import Feedback
+from storage.tables import Feedback, Response
+
+# Any fixed number: the key of the PostgreSQL advisory lock that orders feedback.
+_FEEDBACK_ORDER_LOCK = 0x7461696C6F72  # "tailor"
+
+
+@dataclass(frozen=True)
+class FeedbackForRouting:
+    """A piece of feedback with the base models of the responses it is about."""
+
+    feedback_id: int
+    user_id: str
+    response_id: str
+    model: str
+    rating: int | None
+    other_model: str | None
+    query_embedding: bytes | None
+
+
+def prompt_of(request: dict[str, Any]) -> Any:
+    """What the caller asked, as logged: the chat messages or the prompt."""
+    return request.get("messages", request.get("prompt"))
+
 
 VALID_RATINGS = (-1, 0, 1)
 
@@ -39,9 +65,14 @@ class FeedbackRepository:
         if preferred_over_id == response_id:
             raise ValueError("a response cannot be preferred over itself")
         responses = ResponseRepository(self.session)
-        responses.get_for_user(response_id=response_id, user_id=user_id)
+        rated = responses.get_for_user(response_id=response_id, user_id=user_id)
         if preferred_over_id is not None:
-            responses.get_for_user(response_id=preferred_over_id, user_id=user_id)
+            other = responses.get_for_user(response_id=preferred_over_id, user_id=user_id)
+            if prompt_of(rated.request) != prompt_of(other.request):
+                raise InvalidInput(
+                    f"responses {response_id} and {preferred_over_id} answer different prompts; "
+                    "a preference compares two answers to the same prompt"
+                )
             dedupe_key = f"prefer:{response_id}>{preferred_over_id}"
         else:
             dedupe_key = f"rate:{response_id}:{rating}"
@@ -49,6 +80,7 @@ class FeedbackRepository:
         existing = self._find(user_id=user_id, dedupe_key=dedupe_key)
         if existing is not None:
             return existing, False
+        self._serialise_feedback_ids()
         feedback = Feedback(
             user_id=user_id,
             response_id=response_id,
@@ -67,6 +99,19 @@ class FeedbackRepository:
             return winner, False
         return feedback, True
 
+    def _serialise_feedback_ids(self) -> None:
+        """Make feedback ids commit in the order they are handed out.
+
+        The router replays feedback in id order and reads new feedback "after
+        the last id it applied": with two writers, a later id committing first
+        would let it skip the earlier one. PostgreSQL gets a transaction-scoped
+        advisory lock; SQLite already admits one writer at a time.
+        """
+        if self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _FEEDBACK_ORDER_LOCK}
+            )
+
     def _find(self, *, user_id: str, dedupe_key: str) -> Feedback | None:
         query = select(Feedback).where(
             Feedback.user_id == user_id, Feedback.dedupe_key == dedupe_key
@@ -83,3 +128,26 @@ class FeedbackRepository:
         """Feedback in the order it arrived, for replaying the router's state."""
         query = select(Feedback).where(Feedback.id > after_id).order_by(Feedback.id).limit(limit)
         return list(self.session.scalars(query))
+
+    def for_routing_after(
+        self, *, after_id: int = 0, limit: int = 1000
+    ) -> list[FeedbackForRouting]:
+        """Feedback in id order with the models it is about, for the router to learn from."""
+        other = aliased(Response)
+        query = (
+            select(
+                Feedback.id,
+                Feedback.user_id,
+                Feedback.response_id,
+                Response.base_model_id,
+                Feedback.rating,
+                other.base_model_id,
+                Response.query_embedding,
+            )
+            .join(Response, Response.id == Feedback.response_id)
+            .outerjoin(other, other.id == Feedback.preferred_over_id)
+            .where(Feedback.id > after_id)
+            .order_by(Feedback.id)
+            .limit(limit)
+        )
+        return [FeedbackForRouting(*row) for row in self.session.execute(query)]

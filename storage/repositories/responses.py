@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage.clock import utc_now
@@ -68,3 +69,35 @@ class ResponseRepository:
             .limit(limit)
         )
         return list(self.session.scalars(query))
+
+    def recent_lengths(self, *, limit: int) -> list[tuple[str, bytes, int, int]]:
+        """(model, query embedding, prompt tokens, completion tokens) of the latest
+        ``limit`` responses that kept an embedding, oldest first."""
+        query = (
+            select(
+                Response.base_model_id,
+                Response.query_embedding,
+                Response.prompt_tokens,
+                Response.completion_tokens,
+            )
+            .where(Response.query_embedding.is_not(None))
+            .order_by(Response.created_at.desc(), Response.id.desc())
+            .limit(limit)
+        )
+        rows = [(m, e, p, c) for m, e, p, c in self.session.execute(query) if e is not None]
+        return rows[::-1]
+
+    def mix_since(self, *, since: datetime) -> list[tuple[str, int, int, int]]:
+        """(model, responses, prompt tokens, completion tokens) per base model since ``since``."""
+        query = (
+            select(
+                Response.base_model_id,
+                func.count(),
+                func.coalesce(func.sum(Response.prompt_tokens), 0),
+                func.coalesce(func.sum(Response.completion_tokens), 0),
+            )
+            .where(Response.created_at >= since)
+            .group_by(Response.base_model_id)
+            .order_by(Response.base_model_id)
+        )
+        return [(m, int(n), int(p), int(c)) for m, n, p, c in self.session.execute(query)]

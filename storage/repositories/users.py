@@ -47,3 +47,25 @@ class UserRepository:
 
     def count(self) -> int:
         return self.session.scalar(select(func.count()).select_from(User)) or 0
+
+    def set_routing_preferences(self, *, user_id: str, changes: dict[str, float | None]) -> User:
+        """Set (a float) or clear (None) some of ``ROUTING_PREFERENCES``; the rest stay."""
+        unknown = sorted(set(changes) - set(ROUTING_PREFERENCES))
+        if unknown:
+            raise ValueError(f"unknown routing preference(s): {', '.join(unknown)}")
+        for name, value in changes.items():
+            if value is not None and (value < 0 or (name == "latency_slo_seconds" and value == 0)):
+                raise ValueError(f"{name} must be positive")
+        user = self.get(user_id=user_id)
+        for name, value in changes.items():
+            setattr(user, ROUTING_PREFERENCES[name], value)
+        self.session.flush()
+        return user
+
+
+# Preference name (as the API says it) -> column of the users table.
+ROUTING_PREFERENCES = {
+    "cost_weight": "route_cost_weight",
+    "max_price": "route_max_price",
+    "latency_slo_seconds": "route_latency_slo_seconds",
+}
