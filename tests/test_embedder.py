@@ -22,3 +22,23 @@ def test_minilm_loads_from_its_package_and_embeds_meaningfully() -> None:
     unrelated = float(vectors[0] @ vectors[2])
     assert paraphrase > 0.7
     assert unrelated < 0.3
+
+
+def test_the_routers_query_embedder_matches_encode_and_remembers_recent_texts() -> None:
+    from router.query_embedder import SentenceEmbedder
+
+    model = load_sentence_embedder()
+    embedder = SentenceEmbedder(model, remembered=2)
+    texts = ["How do I reverse a list in Python?", "The Eiffel Tower is in Paris.", "x " * 600]
+    expected = model.encode(texts, normalize_embeddings=True)
+    for text, vector in zip(texts, expected, strict=True):
+        got = embedder.embed(text)
+        assert got.shape == (EMBEDDING_DIMENSIONS,) and got.dtype == np.float32
+        assert np.allclose(got, vector, atol=1e-5)
+    # A recent text comes from memory (the very same array) until two newer ones push it out.
+    kept = embedder.embed(texts[2])
+    assert embedder.embed(texts[2]) is kept
+    embedder.embed(texts[0])
+    embedder.embed(texts[1])
+    again = embedder.embed(texts[2])
+    assert again is not kept and np.array_equal(again, kept)

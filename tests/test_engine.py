@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from serving.engine.engine import Engine, EngineConfig, EngineOverloaded
-from serving.engine.requests import GenerationRequest
+from serving.engine.requests import GenerationRequest, RequestHandle
 from serving.engine.sampling import SamplingParams
 from tests.server import prepared_model_store
 
@@ -185,3 +187,48 @@ def test_sampling_parameters_are_validated() -> None:
     ):
         with pytest.raises(ValueError):
             SamplingParams(**bad)
+
+
+def test_admission_orders_by_latency_objective_then_predicted_length(smollm: Loaded) -> None:
+    engine = smollm.engine(max_batch=1)
+    try:
+        ids = smollm.chat_ids("Tell me a long story about a dragon.")
+        blocker = engine.submit(greedy(ids, 40, "blocker"))  # holds the only row
+        while engine.stats.waiting:
+            time.sleep(0.005)
+        window = math.floor(time.monotonic()) + 100.0
+
+        def request(name: str, due: float | None, predicted: int) -> GenerationRequest:
+            return GenerationRequest(
+                name,
+                tuple(ids),
+                SamplingParams(max_tokens=2, temperature=0),
+                slo_deadline=due,
+                predicted_tokens=predicted,
+            )
+
+        waiting = [
+            request("no-objective", None, 1),
+            request("due-later-long", window + 0.1, 50),
+            request("due-later-short", window + 0.2, 10),
+            request("due-first", window - 50, 200),
+        ]
+        handles = [engine.submit(r) for r in waiting]
+        done: list[str] = []
+        lock = threading.Lock()
+
+        def wait_for(handle: RequestHandle) -> None:
+            handle.wait(60)
+            with lock:
+                done.append(handle.request.request_id)
+
+        threads = [threading.Thread(target=wait_for, args=(h,)) for h in handles]
+        for thread in threads:
+            thread.start()
+        blocker.wait(60)
+        for thread in threads:
+            thread.join(60)
+        # Due first wins whatever its length; within one window the shorter goes first.
+        assert done == ["due-first", "due-later-short", "due-later-long", "no-objective"]
+    finally:
+        engine.stop()
