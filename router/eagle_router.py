@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from router.config import RouterConfig
 from router.decision import Candidate, RouteRequest, RoutingDecision
-from router.elo import EagleRatings, win_probability_vs_field
+from router.elo import EagleRatings, Outcome, win_probability_vs_field
 from router.errors import BudgetNotMet, NoRoute
 from router.feedback_outcomes import FeedbackEvent, outcomes_for
 from router.length_predictor import OutputLengthPredictor
@@ -121,6 +121,16 @@ class EagleRouter:
                 self.games[outcome.winner] += 1
                 self.games[outcome.loser] += 1
         return True
+
+    def seed(self, vector: npt.ArrayLike, outcomes: Sequence[Outcome]) -> None:
+        """Learn from a labelled query that is not a user's feedback (an offline data
+        set such as dcrouter, or a benchmark): global and local ratings, no user."""
+        with self._lock:
+            self.eagle.observe(vector, outcomes)
+            self._sources.append((None, ""))
+            for outcome in outcomes:
+                self.games[outcome.winner] += 1
+                self.games[outcome.loser] += 1
 
     def skip_feedback(self, feedback_id: int) -> None:
         """Move past feedback that teaches nothing, keeping the id order."""
