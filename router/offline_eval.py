@@ -1,14 +1,14 @@
-"""``tailor router eval --data DIR``: Eagle against baselines on a routing data set
-(dcrouter format: train.json / test.json with per-model ``scores`` in [0, 1], almost
-all 0 or 1 with a few partial credits, and llm_candidates.json with prices).
+"""``tailor router eval --data DIR``: Eagle and the quality model against baselines on
+a routing data set in dcrouter's format (router/routing_data.py).
 
 Every router yields a score per (query, model); a sweep over lambda picks
-argmax(score - lambda * normalised cost) and traces a quality-cost curve.
+argmax(score - lambda * normalised cost) and traces a quality-cost curve. Each
+learning router's settings are chosen on the same validation split of train; test
+is only scored.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -28,64 +28,21 @@ from router.quality_cost import (
     entropy_bits,
     strong_weak_curve,
 )
+from router.quality_model import NeighbourCorrection, QualityModel, QualityModelConfig
+from router.routing_data import (
+    EXPECTED_INPUT_TOKENS,
+    EXPECTED_OUTPUT_TOKENS,
+    SEED,
+    VALIDATION_FRACTION,
+    RoutingData,
+    validation_split,
+)
+from router.routing_data import load_routing_data as load_routing_data  # re-exported
 
-# dcrouter records no token counts, so every call is costed at the same expected
-# size and a model's cost per query is proportional to its price.
-EXPECTED_INPUT_TOKENS = 256
-EXPECTED_OUTPUT_TOKENS = 256
 KNN_NEIGHBOURS = 20
-VALIDATION_FRACTION = 0.2
 ONLINE_FRACTIONS = (0.70, 0.85, 1.00)
-SEED = 0
 # From "never mind cost" to "cheapest model for everyone" on a [0, 1] score scale.
 DEFAULT_LAMBDAS: tuple[float, ...] = (0.0, *(float(x) for x in np.geomspace(1e-3, 1e2, 51)))
-
-
-# ---- data ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RoutingData:
-    models: list[str]
-    cost: FloatArray  # dollars per query, per model
-    train_questions: list[str]
-    train_scores: FloatArray  # (queries, models), in [0, 1]
-    test_questions: list[str]
-    test_scores: FloatArray
-
-
-def load_routing_data(
-    data_dir: Path, *, train_limit: int | None = None, test_limit: int | None = None
-) -> RoutingData:
-    train = json.loads((data_dir / "train.json").read_text())[:train_limit]
-    test = json.loads((data_dir / "test.json").read_text())[:test_limit]
-    prices = json.loads((data_dir / "llm_candidates.json").read_text())
-    models = sorted(train[0]["scores"])
-    missing = [m for m in models if m not in prices]
-    if missing:
-        raise ValueError(f"no price in llm_candidates.json for {missing}")
-    cost = np.array(
-        [
-            (
-                EXPECTED_INPUT_TOKENS * prices[m]["input_price"]
-                + EXPECTED_OUTPUT_TOKENS * prices[m]["output_price"]
-            )
-            / 1e6
-            for m in models
-        ]
-    )
-
-    def matrix(records: list[dict[str, object]]) -> FloatArray:
-        return np.array([[float(r["scores"][m]) for m in models] for r in records])  # type: ignore[index]
-
-    return RoutingData(
-        models=models,
-        cost=cost,
-        train_questions=[str(r["question"]) for r in train],
-        train_scores=matrix(train),
-        test_questions=[str(r["question"]) for r in test],
-        test_scores=matrix(test),
-    )
 
 
 # ---- routers and the sweep -------------------------------------------------------------
@@ -150,6 +107,45 @@ def eagle_scores(eagle: EagleRatings, queries: FloatMatrix) -> FloatArray:
         quality = win_probability_vs_field(blended)
         rows.append([quality[m] for m in eagle.models])
     return np.array(rows)
+
+
+def observe_all_quality(model: QualityModel, vectors: FloatMatrix, scores: FloatArray) -> None:
+    """Full feedback: every model's score on each query, in order."""
+    for vector, row in zip(vectors, scores, strict=True):
+        model.observe_rewards(vector, dict(zip(model.models, row, strict=True)))
+
+
+def fit_quality(
+    config: QualityModelConfig, models: list[str], vectors: FloatMatrix, scores: FloatArray
+) -> QualityModel:
+    model = QualityModel(models, vectors.shape[1], config)
+    observe_all_quality(model, vectors, scores)
+    return model
+
+
+def fit_quality_partial(
+    config: QualityModelConfig,
+    models: list[str],
+    vectors: FloatMatrix,
+    scores: FloatArray,
+    feedback: str,
+) -> QualityModel:
+    """What the live service gets: per query one model's score ("rating") or one
+    preference between two random models ("preference"; ties teach nothing, skipped)."""
+    model = QualityModel(models, vectors.shape[1], config)
+    rng = np.random.default_rng(SEED)
+    for vector, row in zip(vectors, scores, strict=True):
+        if feedback == "rating":
+            j = int(rng.integers(len(models)))
+            model.observe(vector, models[j], float(row[j]))
+        elif feedback == "preference":
+            a, b = (int(i) for i in rng.choice(len(models), size=2, replace=False))
+            if row[a] != row[b]:
+                winner, loser = (a, b) if row[a] > row[b] else (b, a)
+                model.observe_pairwise(vector, models[winner], models[loser])
+        else:
+            raise ValueError(f"feedback is 'rating' or 'preference', not {feedback!r}")
+    return model
 
 
 @dataclass(frozen=True)
@@ -221,33 +217,7 @@ def single_model_result(
     )
 
 
-# ---- the whole run ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OnlineStep:
-    fraction: float
-    queries: int
-    added: int
-    update_seconds: float
-    aiq: float
-    accuracy: float
-
-
-@dataclass(frozen=True)
-class EvalReport:
-    models: list[str]
-    strong: str
-    weak: str
-    eagle_config: EagleConfig
-    validation: dict[str, tuple[float, float]]  # config label -> (AIQ, accuracy)
-    results: list[RouterResult]
-    online: list[OnlineStep]
-    seconds: float
-
-    def result(self, name: str) -> RouterResult:
-        return next(r for r in self.results if r.name == name)
-
+# ---- choosing settings on validation -------------------------------------------------
 
 PAPER_CONFIG = EagleConfig()
 # The paper's setting, the same with draws, and smaller P / larger N: local ratings
@@ -258,16 +228,26 @@ VALIDATION_GRID = (
     EagleConfig(draws=True),
     *(EagleConfig(global_weight=p, neighbours=n) for p in (0.0, 0.1, 0.25) for n in (20, 50)),
 )
+# The quality model: ridge penalties around the one that fits a 384-d embedding
+# to ~5k noisy 0/1 labels; the memory off, or sharp to broad kernels (at bandwidth
+# 0.05 a neighbour at cosine 0.9 weighs e^-2 of a repeat, at 0.2 e^-0.5) with the
+# ridge worth 1 to 10 observations.
+QUALITY_PENALTIES = (3.0, 10.0, 30.0, 100.0)
+QUALITY_CORRECTIONS: tuple[NeighbourCorrection | None, ...] = (
+    None,
+    *(
+        NeighbourCorrection(neighbours=50, bandwidth=b, prior_weight=m)
+        for b in (0.05, 0.1, 0.2)
+        for m in (1.0, 3.0, 10.0)
+    ),
+)
 
 
 def choose_eagle_config(
     data: RoutingData, train_vectors: FloatMatrix, lambdas: Sequence[float], pair: tuple[int, int]
 ) -> tuple[EagleConfig, dict[str, tuple[float, float]]]:
     """Pick among VALIDATION_GRID on a held-out slice of train; test is never looked at."""
-    n = len(data.train_questions)
-    perm = np.random.default_rng(SEED).permutation(n)
-    cut = n - max(1, int(n * VALIDATION_FRACTION))
-    fit_rows, val_rows = np.sort(perm[:cut]), np.sort(perm[cut:])
+    fit_rows, val_rows = validation_split(len(data.train_questions))
     truth = data.train_scores[val_rows]
     oracle = float(truth.max(axis=1).mean())
     found: dict[str, tuple[float, float]] = {}
@@ -286,6 +266,38 @@ def choose_eagle_config(
     return best[1], found
 
 
+def choose_quality_config(
+    data: RoutingData, train_vectors: FloatMatrix, lambdas: Sequence[float], pair: tuple[int, int]
+) -> tuple[QualityModelConfig, dict[QualityModelConfig, tuple[float, float]]]:
+    """Pick the ridge penalty and the memory's setting on the same held-out slice of
+    train as Eagle (best AIQ, then accuracy; the first in grid order on a tie)."""
+    fit_rows, val_rows = validation_split(len(data.train_questions))
+    truth = data.train_scores[val_rows]
+    oracle = float(truth.max(axis=1).mean())
+    found: dict[QualityModelConfig, tuple[float, float]] = {}
+    best: tuple[tuple[float, float], QualityModelConfig] | None = None
+    for penalty in QUALITY_PENALTIES:
+        # The memory only acts when scoring, so one fit serves every correction.
+        model = fit_quality(
+            QualityModelConfig(penalty=penalty, correction=None),
+            data.models,
+            train_vectors[fit_rows],
+            data.train_scores[fit_rows],
+        )
+        for correction in QUALITY_CORRECTIONS:
+            model.correction = correction
+            scores = model.predict_many(train_vectors[val_rows])
+            result = evaluate_router(
+                "val", scores, truth, data.cost, lambdas, pair=pair, oracle_accuracy=oracle
+            )
+            key = (result.aiq, result.accuracy)
+            found[model.config] = key
+            if best is None or key > best[0]:
+                best = (key, model.config)
+    assert best is not None
+    return best[1], found
+
+
 def strong_weak_pair(data: RoutingData) -> tuple[int, int]:
     """Strong: best on train. Weak: the cheapest, best on train among equals."""
     train_accuracy = data.train_scores.mean(axis=0)
@@ -293,6 +305,51 @@ def strong_weak_pair(data: RoutingData) -> tuple[int, int]:
     cheapest = np.flatnonzero(data.cost == data.cost.min())
     weak = int(cheapest[np.argmax(train_accuracy[cheapest])])
     return strong, weak
+
+
+# ---- online protocol and timing ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OnlineStep:
+    fraction: float
+    queries: int
+    added: int
+    update_seconds: float
+    aiq: float
+    accuracy: float
+
+
+def _online_steps(
+    data: RoutingData,
+    observe: Callable[[int, int], None],
+    score: Callable[[], FloatArray],
+    lambdas: Sequence[float],
+    pair: tuple[int, int],
+    oracle_accuracy: float,
+) -> list[OnlineStep]:
+    """Eagle's protocol: learn from the first 70% of train (in its recorded order),
+    then 15% more at a time, timing each update and scoring test after each."""
+    n = len(data.train_questions)
+    steps: list[OnlineStep] = []
+    done = 0
+    for fraction in ONLINE_FRACTIONS:
+        upto = round(n * fraction)
+        started = time.perf_counter()
+        observe(done, upto)
+        seconds = time.perf_counter() - started
+        result = evaluate_router(
+            "online",
+            score(),
+            data.test_scores,
+            data.cost,
+            lambdas,
+            pair=pair,
+            oracle_accuracy=oracle_accuracy,
+        )
+        steps.append(OnlineStep(fraction, upto, upto - done, seconds, result.aiq, result.accuracy))
+        done = upto
+    return steps
 
 
 def run_online_protocol(
@@ -304,9 +361,7 @@ def run_online_protocol(
     pair: tuple[int, int],
     oracle_accuracy: float,
 ) -> list[OnlineStep]:
-    """Eagle's protocol: ratings from the first 70% of train (in its recorded order),
-    then 15% more at a time, timing each update and scoring test after each."""
-    n = len(data.train_questions)
+    """Eagle's ratings under the online protocol."""
     eagle = EagleRatings(
         data.models,
         train_vectors.shape[1],
@@ -314,26 +369,102 @@ def run_online_protocol(
         neighbours=config.neighbours,
         k=config.k,
     )
-    steps: list[OnlineStep] = []
-    done = 0
-    for fraction in ONLINE_FRACTIONS:
-        upto = round(n * fraction)
+
+    def observe(start: int, stop: int) -> None:
+        observe_all(eagle, config, train_vectors[start:stop], data.train_scores[start:stop])
+
+    return _online_steps(
+        data, observe, lambda: eagle_scores(eagle, test_vectors), lambdas, pair, oracle_accuracy
+    )
+
+
+def run_quality_online_protocol(
+    data: RoutingData,
+    config: QualityModelConfig,
+    train_vectors: FloatMatrix,
+    test_vectors: FloatMatrix,
+    lambdas: Sequence[float],
+    pair: tuple[int, int],
+    oracle_accuracy: float,
+) -> list[OnlineStep]:
+    """The quality model under the same protocol: each step is a run of O(d^2)
+    updates, no refit."""
+    model = QualityModel(data.models, train_vectors.shape[1], config)
+
+    def observe(start: int, stop: int) -> None:
+        observe_all_quality(model, train_vectors[start:stop], data.train_scores[start:stop])
+
+    return _online_steps(
+        data, observe, lambda: model.predict_many(test_vectors), lambdas, pair, oracle_accuracy
+    )
+
+
+@dataclass(frozen=True)
+class ScoringTime:
+    """Seconds to score one query (9 models), the embedding already made."""
+
+    predict_p50: float  # QualityModel.predict: neighbour search, ridge and correction
+    predict_p99: float
+    search_p50: float  # the neighbour search alone
+
+
+def time_scoring(model: QualityModel, vectors: FloatMatrix, *, repeats: int = 200) -> ScoringTime:
+    sample = vectors[:repeats]
+    for vector in sample[:10]:  # first calls pay for allocations and caches
+        model.predict(vector)
+    predict_times, search_times = [], []
+    neighbours = model.correction.neighbours if model.correction is not None else 1
+    for vector in sample:
         started = time.perf_counter()
-        observe_all(eagle, config, train_vectors[done:upto], data.train_scores[done:upto])
-        seconds = time.perf_counter() - started
-        scores = eagle_scores(eagle, test_vectors)
-        result = evaluate_router(
-            "eagle",
-            scores,
-            data.test_scores,
-            data.cost,
-            lambdas,
-            pair=pair,
-            oracle_accuracy=oracle_accuracy,
-        )
-        steps.append(OnlineStep(fraction, upto, upto - done, seconds, result.aiq, result.accuracy))
-        done = upto
-    return steps
+        model.predict(vector)
+        predict_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        model.index.search(vector, neighbours)
+        search_times.append(time.perf_counter() - started)
+    return ScoringTime(
+        predict_p50=float(np.percentile(predict_times, 50)),
+        predict_p99=float(np.percentile(predict_times, 99)),
+        search_p50=float(np.percentile(search_times, 50)),
+    )
+
+
+# ---- the whole run ---------------------------------------------------------------------
+
+QUALITY_NAME = "quality model"
+QUALITY_NO_MEMORY = "quality model, no memory"
+QUALITY_RATINGS = "quality, 1 rating/query"
+QUALITY_PREFERENCES = "quality, 1 preference/query"
+
+
+@dataclass(frozen=True)
+class SubsetFigures:
+    """A router's (AIQ, accuracy) on the test queries whose exact text is also in
+    train, and on the others: a repeat's own recorded scores are in the memory."""
+
+    name: str
+    repeated: tuple[float, float]
+    new: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    models: list[str]
+    strong: str
+    weak: str
+    eagle_config: EagleConfig
+    validation: dict[str, tuple[float, float]]  # config label -> (AIQ, accuracy)
+    results: list[RouterResult]
+    online: list[OnlineStep]  # Eagle's
+    seconds: float
+    quality_config: QualityModelConfig
+    quality_validation: dict[QualityModelConfig, tuple[float, float]]
+    quality_online: list[OnlineStep]
+    scoring: ScoringTime
+    repeated_queries: int  # test queries whose exact text is in train
+    subsets: list[SubsetFigures]  # empty when no test query, or every one, is repeated
+
+    def result(self, name: str) -> RouterResult:
+        return next(r for r in self.results if r.name == name)
 
 
 def run_offline_eval(
@@ -359,14 +490,34 @@ def run_offline_eval(
     paper = eagle if config == PAPER_CONFIG else None
     if paper is None:
         paper = fit_eagle(PAPER_CONFIG, data.models, train_vectors, data.train_scores)
+
+    quality_config, quality_validation = choose_quality_config(data, train_vectors, sweep, pair)
+    quality = fit_quality(quality_config, data.models, train_vectors, data.train_scores)
+    quality_scores = quality.predict_many(test_vectors)
+    quality.correction = None
+    no_memory_scores = quality.predict_many(test_vectors)
+    quality.correction = quality_config.correction
+    partial = {
+        name: fit_quality_partial(
+            quality_config, data.models, train_vectors, data.train_scores, feedback
+        ).predict_many(test_vectors)
+        for name, feedback in ((QUALITY_RATINGS, "rating"), (QUALITY_PREFERENCES, "preference"))
+    }
+    # Diagnostic only, never a router: how high the curve can go using only the
+    # models below the top price, which is where most of AIQ's cost range lies.
+    below_top = np.where(cost < cost.max(), truth, -1.0)
     scored = {
         "eagle": eagle_scores(eagle, test_vectors),
         "eagle (paper: P=0.5 N=20 K=32)": eagle_scores(paper, test_vectors),
         f"knn (k={KNN_NEIGHBOURS})": knn_scores(
             train_vectors, data.train_scores, test_vectors, KNN_NEIGHBOURS
         ),
+        QUALITY_NAME: quality_scores,
+        QUALITY_NO_MEMORY: no_memory_scores,
+        **partial,
         "random": np.random.default_rng(SEED).random(truth.shape),
         "oracle": truth,
+        "oracle, below top price only": below_top,
     }
     results = [
         evaluate_router(
@@ -378,9 +529,32 @@ def run_offline_eval(
         single_model_result(model, i, truth, cost, oracle_accuracy)
         for i, model in enumerate(data.models)
     ]
+    known = set(data.train_questions)
+    repeated = np.array([q in known for q in data.test_questions], dtype=bool)
+    subsets = []
+    if 0 < repeated.sum() < len(repeated):
+        for name in ("eagle", f"knn (k={KNN_NEIGHBOURS})", QUALITY_NAME, "oracle"):
+            figures = []
+            for rows in (repeated, ~repeated):
+                part = truth[rows]
+                r = evaluate_router(
+                    name,
+                    scored[name][rows],
+                    part,
+                    cost,
+                    sweep,
+                    pair=pair,
+                    oracle_accuracy=float(part.max(axis=1).mean()),
+                )
+                figures.append((r.aiq, r.accuracy))
+            subsets.append(SubsetFigures(name, figures[0], figures[1]))
     online = run_online_protocol(
         data, config, train_vectors, test_vectors, sweep, pair, oracle_accuracy
     )
+    quality_online = run_quality_online_protocol(
+        data, quality_config, train_vectors, test_vectors, sweep, pair, oracle_accuracy
+    )
+    scoring = time_scoring(quality, test_vectors)
     report = EvalReport(
         models=data.models,
         strong=data.models[pair[0]],
@@ -390,6 +564,12 @@ def run_offline_eval(
         results=results,
         online=online,
         seconds=time.perf_counter() - started,
+        quality_config=quality_config,
+        quality_validation=quality_validation,
+        quality_online=quality_online,
+        scoring=scoring,
+        repeated_queries=int(repeated.sum()),
+        subsets=subsets,
     )
     for line in format_report(report, len(data.train_questions), len(data.test_questions)):
         output(line)
@@ -400,13 +580,44 @@ def _fmt(value: float, digits: int = 3) -> str:
     return "-" if math.isnan(value) else f"{value:.{digits}f}"
 
 
+def _quality_validation_lines(report: EvalReport) -> list[str]:
+    penalties = sorted({c.penalty for c in report.quality_validation})
+    corrections = list(dict.fromkeys(c.correction for c in report.quality_validation))
+    lines = [
+        f"validation ({VALIDATION_FRACTION:.0%} of train) AIQ / accuracy of the quality model "
+        "(rows: neighbour memory; columns: ridge penalty):",
+        f"  {'memory':<26}" + "".join(f"{p:>13g}" for p in penalties),
+    ]
+    for correction in corrections:
+        label = "none" if correction is None else correction.label()
+        cells = []
+        for penalty in penalties:
+            found = report.quality_validation.get(QualityModelConfig(penalty, correction))
+            cells.append("-" if found is None else f"{found[0]:.3f}/{found[1]:.3f}")
+        lines.append(f"  {label:<26}" + "".join(f"{c:>13}" for c in cells))
+    lines.append(f"quality model uses: {report.quality_config.label()}")
+    return lines
+
+
+def _online_lines(name: str, steps: list[OnlineStep]) -> list[str]:
+    lines = [f"online protocol ({name}): train used, added, update time, AIQ, accuracy"]
+    for s in steps:
+        per = 1e6 * s.update_seconds / max(1, s.added)
+        lines.append(
+            f"  {s.fraction:4.0%} {s.queries:6d} +{s.added:<6d} {s.update_seconds:7.3f} s "
+            f"({per:.0f} us/query)  AIQ {s.aiq:.3f}  acc {s.accuracy:.3f}"
+        )
+    return lines
+
+
 def format_report(report: EvalReport, n_train: int, n_test: int) -> list[str]:
     lines = [
         f"router eval: {n_train} train / {n_test} test queries, {len(report.models)} models; "
         f"cost assumes {EXPECTED_INPUT_TOKENS}+{EXPECTED_OUTPUT_TOKENS} tokens per call",
-        "validation (20% of train) AIQ / accuracy per Eagle setting:",
+        f"validation ({VALIDATION_FRACTION:.0%} of train) AIQ / accuracy per Eagle setting:",
         *(f"  {label:<36} {a:.3f} / {b:.3f}" for label, (a, b) in report.validation.items()),
         f"eagle uses: {report.eagle_config.label()}",
+        *_quality_validation_lines(report),
         f"APGR / CPT(50%) pair: strong {report.strong}, weak {report.weak}",
         "",
         f"{'router':<34} {'AIQ':>6} {'acc':>6} {'$/1k q':>7} {'APGR':>6} {'CPT50':>6} "
@@ -417,7 +628,18 @@ def format_report(report: EvalReport, n_train: int, n_test: int) -> list[str]:
             f"{r.name:<34} {r.aiq:>6.3f} {r.accuracy:>6.3f} {1000 * r.cost:>7.4f} "
             f"{_fmt(r.apgr):>6} {_fmt(r.cpt50):>6} {r.regret:>7.3f} {r.entropy_bits:>6.2f}"
         )
-    for name in ("eagle", f"knn (k={KNN_NEIGHBOURS})"):
+    if report.subsets:
+        lines += [
+            "",
+            f"test queries whose exact text is in train: {report.repeated_queries} of {n_test}; "
+            "AIQ / accuracy on those, and on the rest:",
+            *(
+                f"  {s.name:<32} {s.repeated[0]:.3f} / {s.repeated[1]:.3f}   "
+                f"{s.new[0]:.3f} / {s.new[1]:.3f}"
+                for s in report.subsets
+            ),
+        ]
+    for name in ("eagle", f"knn (k={KNN_NEIGHBOURS})", QUALITY_NAME):
         curve = report.result(name).curve
         lines += ["", f"quality-cost curve, {name} (lambda: $/1k queries -> quality):"]
         seen: set[tuple[float, float]] = set()
@@ -425,12 +647,13 @@ def format_report(report: EvalReport, n_train: int, n_test: int) -> list[str]:
             if (c, q) not in seen:
                 seen.add((c, q))
                 lines.append(f"  lambda {lam:9.4f}: {1000 * c:.4f} -> {q:.3f}")
-    lines += ["", "online protocol (eagle): train used, added, update time, AIQ, accuracy"]
-    for s in report.online:
-        per = 1e6 * s.update_seconds / max(1, s.added)
-        lines.append(
-            f"  {s.fraction:4.0%} {s.queries:6d} +{s.added:<6d} {s.update_seconds:7.3f} s "
-            f"({per:.0f} us/query)  AIQ {s.aiq:.3f}  acc {s.accuracy:.3f}"
-        )
-    lines.append(f"total {report.seconds:.1f} s")
+    lines += ["", *_online_lines("eagle", report.online)]
+    lines += _online_lines(QUALITY_NAME, report.quality_online)
+    t = report.scoring
+    lines += [
+        f"scoring one query ({QUALITY_NAME}, {len(report.models)} models, embedding excluded): "
+        f"p50 {1e3 * t.predict_p50:.3f} ms, p99 {1e3 * t.predict_p99:.3f} ms, "
+        f"of which neighbour search p50 {1e3 * t.search_p50:.3f} ms",
+        f"total {report.seconds:.1f} s",
+    ]
     return lines

@@ -199,4 +199,4 @@ def routed_with(url: str, user: dict[str, str], **extra: Any) -> Any:
 
 def user_id(url: str, name: str) -> str:
     users = httpx.get(f"{url}/admin/users", headers=ADMIN).json()["data"]
-    return next(u["id"] for u in users if u["name"] == name)
+    return str(next(u["id"] for u in users if u["name"] == name))
