@@ -24,7 +24,7 @@ from router import Candidate, DefaultModelRouter, EagleRouter, FeedbackEvent, Ro
 from router.elo import pairwise_outcomes
 from router.embeddings import embed_texts
 from router.offline_eval import load_routing_data
-from router.query_embedder import SentenceEmbedder
+from router.query_embedder import SentenceEmbedder, use_one_blas_thread
 
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[1].parent / "shared" / "data" / "routing" / "dcrouter"
@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     args = parser.parse_args()
 
+    use_one_blas_thread()  # as the service does
     data = load_routing_data(args.data)
     prices = data.cost / data.cost.max()
     candidates = [

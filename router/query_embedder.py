@@ -31,7 +31,7 @@ class SentenceEmbedder:
 
     def __init__(self, model: Any, *, remembered: int = 4096) -> None:
         self.model = model
-        self.dimensions = int(model.get_sentence_embedding_dimension())
+        self.dimensions = int(model.get_embedding_dimension())
         self.remembered = remembered
         self._recent: OrderedDict[bytes, Vector] = OrderedDict()
         self._lock = threading.Lock()
@@ -60,7 +60,7 @@ class SentenceEmbedder:
     def _compute(self, text: str) -> Vector:
         import torch
 
-        features = self.model.tokenize([text])
+        features = self.model.preprocess([text])
         with torch.inference_mode():
             output = self.model(features)["sentence_embedding"][0]
         vector = output.float().numpy().astype(np.float32)
@@ -68,3 +68,17 @@ class SentenceEmbedder:
         result: Vector = vector / max(norm, 1e-12)
         result.setflags(write=False)  # shared between callers through the memory
         return result
+
+
+def use_one_blas_thread() -> None:
+    """Process-wide: numpy's BLAS on one thread.
+
+    OpenBLAS threads spin for a while after each call; routing runs numpy (the
+    neighbour search) and torch (MiniLM) back to back, and the spinning threads
+    took the cores torch needed: decisions measured 2-3x slower than the
+    embedding alone. The search is one matrix-vector product, memory-bound,
+    so a single BLAS thread loses nothing there.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")

@@ -25,7 +25,7 @@ from router import Candidate, DefaultModelRouter, Router
 from router.config import RouterConfig
 from router.eagle_router import EagleRouter
 from router.load import LoadTracker
-from router.query_embedder import Embedder, SentenceEmbedder
+from router.query_embedder import Embedder, SentenceEmbedder, use_one_blas_thread
 from router.state_sync import relearn_lengths, sync_feedback
 from serving.backend import GenerationBackend, LocalBackend
 from serving.engine.engine import Engine
@@ -105,6 +105,7 @@ class ModelRuntime:
         """
         if self._loader is not None:
             return
+        use_one_blas_thread()
         self._listener.start()
         self._loader = threading.Thread(target=self._load_all, name="model-loader", daemon=True)
         self._loader.start()
