@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from router import Candidate, DefaultModelRouter, EagleRouter, FeedbackEvent, RouteRequest
-from router.elo import pairwise_outcomes
 from router.embeddings import embed_texts
 from router.offline_eval import load_routing_data
 from router.query_embedder import SentenceEmbedder, use_one_blas_thread
@@ -39,16 +38,13 @@ def percentiles(seconds: list[float]) -> tuple[float, float]:
 def fill(router: EagleRouter, vectors: np.ndarray, scores: np.ndarray, size: int) -> None:
     """``size`` past queries: the real ones first, then perturbed copies."""
     rng = np.random.default_rng(0)
-    models = router.models
-    outcomes = [
-        pairwise_outcomes(dict(zip(models, row, strict=True)), draws=False) for row in scores
-    ]
+    rows = [dict(zip(router.models, row, strict=True)) for row in scores]
     for i in range(size):
         j = i % len(vectors)
         vector = vectors[j]
         if i >= len(vectors):
             vector = vector + rng.normal(scale=0.02, size=vector.shape).astype(np.float32)
-        router.seed(vector, outcomes[j])
+        router.seed(vector, rows[j])
 
 
 def main() -> None:

@@ -21,6 +21,17 @@ class RouterConfig:
 
     ``near_equal_margin``: how much utility the router gives up to move a
     request off a model that would miss its latency objective.
+
+    ``quality_weight`` (beta): the shared quality is (1 - beta) x Eagle's win
+    probability + beta x the quality model's prediction (per-model online ridge
+    on the embedding with a neighbour correction, router/quality_model.py);
+    ``quality_penalty`` and the three ``quality_memory_*`` fields are that
+    model's ridge penalty and neighbour correction. Defaults: chosen on a
+    validation split of dcrouter's train set (`tailor router eval`), where beta
+    = 1 scored best (AIQ 0.620 against 0.596 for Eagle alone at the paper's
+    settings): the shared quality is then the quality model's, and the ELO
+    ratings (global, local and each user's) keep their other jobs, the user's
+    own preference above all. Lower beta brings the shared ELO back in.
     """
 
     global_weight: float = DEFAULT_GLOBAL_WEIGHT
@@ -32,6 +43,11 @@ class RouterConfig:
     latency_slo_seconds: float | None = 30.0
     near_equal_margin: float = 0.1
     recent_decisions: int = 200
+    quality_weight: float = 1.0
+    quality_penalty: float = 30.0
+    quality_memory_neighbours: int = 50
+    quality_memory_bandwidth: float = 0.2
+    quality_memory_prior_weight: float = 3.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.global_weight <= 1.0:
@@ -50,3 +66,7 @@ class RouterConfig:
             raise ValueError("near_equal_margin must lie in [0, 1]")
         if self.recent_decisions < 0:
             raise ValueError("recent_decisions must not be negative")
+        if not 0.0 <= self.quality_weight <= 1.0:
+            raise ValueError("quality_weight (beta) must lie in [0, 1]")
+        if self.quality_penalty <= 0:
+            raise ValueError("quality_penalty must be positive")

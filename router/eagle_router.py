@@ -3,18 +3,21 @@
 For a request it:
 1. embeds the query (MiniLM) and finds the N nearest past queries that got feedback;
 2. rates each candidate: P * global ELO + (1 - P) * local ELO replayed from
-   those neighbours, blended with the user's own ELO by the user's weight;
-3. turns ratings into a quality in [0, 1] (mean win probability against the
-   other candidates) and subtracts lambda * expected cost / the dearest
-   expected cost, the expected cost using the predicted output length;
+   those neighbours, read as a quality in [0, 1] (the mean win probability
+   against the other candidates);
+3. blends that with the quality model's prediction for this query (beta), then
+   with the win probability from the user's own ELO (the user's weight), and
+   subtracts lambda * expected cost / the dearest expected cost, the expected
+   cost using the predicted output length;
 4. keeps to the caller's price ceiling (else the cheapest, reason ``budget``),
    and moves off a model that is saturated or would miss the latency
    objective when a near-equal one would not (reason ``load``).
 
-Feedback updates the state at once (O(pairs) on the ratings, an append to the
-neighbour index); replaying the same feedback in the same order rebuilds it
-exactly. Thread-safe: requests are routed on many threads while feedback
-arrives.
+Feedback updates the state at once (O(pairs) on the ratings, O(d^2) on the
+quality model, an append to the neighbour memory, which the local ELO and the
+quality model share row for row, so one search serves both); replaying the
+same feedback in the same order rebuilds it exactly. Thread-safe: requests
+are routed on many threads while feedback arrives.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +34,12 @@ import numpy.typing as npt
 
 from router.config import RouterConfig
 from router.decision import Candidate, RouteRequest, RoutingDecision
-from router.elo import EagleRatings, Outcome, win_probability_vs_field
+from router.elo import EagleRatings, Outcome, pairwise_outcomes, win_probability_vs_field
 from router.errors import BudgetNotMet, NoRoute
-from router.feedback_outcomes import FeedbackEvent, outcomes_for
+from router.feedback_outcomes import FeedbackEvent, outcomes_for, rewards_for
 from router.length_predictor import OutputLengthPredictor
 from router.load import LoadTracker, ModelLoad
+from router.quality_model import NeighbourCorrection, QualityModel, QualityModelConfig
 from router.query_embedder import Embedder
 from router.user_ratings import UserRatings
 
@@ -47,6 +51,7 @@ SHOWN_NEIGHBOURS = 5
 class _Scored:
     candidate: Candidate
     rating: float
+    predicted_quality: float
     quality: float
     predicted_tokens: int
     expected_cost: float
@@ -86,6 +91,18 @@ class EagleRouter:
         self.users = UserRatings(
             self.models, k=c.k, initial=c.initial_rating, prior_games=c.user_prior_games
         )
+        self.quality = QualityModel(
+            self.models,
+            embedder.dimensions,
+            QualityModelConfig(
+                penalty=c.quality_penalty,
+                correction=NeighbourCorrection(
+                    neighbours=c.quality_memory_neighbours,
+                    bandwidth=c.quality_memory_bandwidth,
+                    prior_weight=c.quality_memory_prior_weight,
+                ),
+            ),
+        )
         self.lengths = OutputLengthPredictor(embedder.dimensions)
         self.last_feedback_id = 0
         self.games: Counter[str] = Counter()
@@ -104,33 +121,50 @@ class EagleRouter:
         that a replay after a restart gives exactly the same ratings.
         """
         outcomes = outcomes_for(event, self.models)
+        rewards = rewards_for(event, self.models)
         with self._lock:
             if event.feedback_id <= self.last_feedback_id:
                 return False
             self.last_feedback_id = event.feedback_id
-            if not outcomes:
+            if not rewards:
                 return True
             if event.vector is not None:
-                self.eagle.observe(event.vector, outcomes)
-                self._sources.append((event.response_id, event.user_id))
+                self._remember(event.vector, outcomes, rewards, (event.response_id, event.user_id))
             else:
                 # No embedding was kept for this response: it can only teach the global ELO.
                 self.eagle.global_elo.apply(outcomes)
             self.users.observe(event.user_id, outcomes)
-            for outcome in outcomes:
-                self.games[outcome.winner] += 1
-                self.games[outcome.loser] += 1
+            self._count(outcomes)
         return True
 
-    def seed(self, vector: npt.ArrayLike, outcomes: Sequence[Outcome]) -> None:
+    def seed(self, vector: npt.ArrayLike, scores: Mapping[str, float]) -> None:
         """Learn from a labelled query that is not a user's feedback (an offline data
-        set such as dcrouter, or a benchmark): global and local ratings, no user."""
+        set such as dcrouter, or a benchmark): each model's score in [0, 1] on it."""
+        known = {m: float(v) for m, v in scores.items() if m in self.models}
+        if not known:
+            raise ValueError("scores name none of the router's models")
+        outcomes = pairwise_outcomes(known, draws=False)
         with self._lock:
-            self.eagle.observe(vector, outcomes)
-            self._sources.append((None, ""))
-            for outcome in outcomes:
-                self.games[outcome.winner] += 1
-                self.games[outcome.loser] += 1
+            self._remember(vector, outcomes, known, (None, ""))
+            self._count(outcomes)
+
+    def _remember(
+        self,
+        vector: npt.ArrayLike,
+        outcomes: Sequence[Outcome],
+        rewards: Mapping[str, float],
+        source: tuple[str | None, str],
+    ) -> None:
+        # One row each in the local ELO's memory and the quality model's: the two
+        # stay aligned, so one neighbour search serves both.
+        self.quality.observe_rewards(vector, rewards)
+        self.eagle.observe(vector, outcomes)
+        self._sources.append(source)
+
+    def _count(self, outcomes: Sequence[Outcome]) -> None:
+        for outcome in outcomes:
+            self.games[outcome.winner] += 1
+            self.games[outcome.loser] += 1
 
     def skip_feedback(self, feedback_id: int) -> None:
         """Move past feedback that teaches nothing, keeping the id order."""
@@ -176,17 +210,27 @@ class EagleRouter:
     def _score(
         self, request: RouteRequest, usable: list[Candidate], vector: npt.NDArray[np.float32]
     ) -> tuple[list[_Scored], list[tuple[int, float]], float, bool]:
-        ids, sims = self.eagle.local.index.search(vector, self.eagle.local.neighbours)
+        config = self.config
+        depth = max(self.eagle.local.neighbours, config.quality_memory_neighbours)
+        ids, sims = self.eagle.local.index.search(vector, depth)
         neighbours = [(int(i), float(s)) for i, s in zip(ids[0], sims[0], strict=True)]
-        local = self.eagle.local.replay([i for i, _ in neighbours])
+        eagle_neighbours = neighbours[: self.eagle.local.neighbours]
+        local = self.eagle.local.replay([i for i, _ in eagle_neighbours])
+        predicted_quality = self.quality.predict_from_neighbours(vector, ids[0], sims[0])
         p = self.eagle.global_weight
+        ratings = {
+            c.model: p * self.eagle.global_elo[c.model] + (1.0 - p) * local[c.model] for c in usable
+        }
+        eagle_quality = win_probability_vs_field(ratings)
         user_weight = self.users.weight(request.user_id)
-        user = self.users.ratings(request.user_id)
-        ratings = {}
-        for c in usable:
-            shared = p * self.eagle.global_elo[c.model] + (1.0 - p) * local[c.model]
-            ratings[c.model] = (1.0 - user_weight) * shared + user_weight * user[c.model]
-        quality = win_probability_vs_field(ratings)
+        user_ratings = self.users.ratings(request.user_id)
+        user_quality = win_probability_vs_field({c.model: user_ratings[c.model] for c in usable})
+        beta = config.quality_weight
+        quality = {
+            m: (1.0 - user_weight) * ((1.0 - beta) * eagle_quality[m] + beta * predicted_quality[m])
+            + user_weight * user_quality[m]
+            for m in ratings
+        }
         evidence = any(self.games[c.model] for c in usable)
 
         lam = self.config.cost_weight if request.cost_weight is None else request.cost_weight
@@ -209,6 +253,7 @@ class EagleRouter:
                 _Scored(
                     candidate=c,
                     rating=ratings[c.model],
+                    predicted_quality=predicted_quality[c.model],
                     quality=quality[c.model],
                     predicted_tokens=predicted[c.model],
                     expected_cost=costs[c.model],
@@ -217,7 +262,7 @@ class EagleRouter:
                     predicted_latency=load.predicted_latency(predicted[c.model]),
                 )
             )
-        return scored, neighbours, user_weight, evidence
+        return scored, eagle_neighbours, user_weight, evidence
 
     def _choose(
         self, request: RouteRequest, scored: list[_Scored], evidence: bool
@@ -278,6 +323,7 @@ class EagleRouter:
         candidates = {
             s.model: {
                 "rating": round(s.rating, 2),
+                "predicted_quality": round(s.predicted_quality, 4),
                 "quality": round(s.quality, 4),
                 "utility": round(s.utility, 4),
                 "predicted_tokens": s.predicted_tokens,

@@ -459,12 +459,60 @@ class EvalReport:
     quality_config: QualityModelConfig
     quality_validation: dict[QualityModelConfig, tuple[float, float]]
     quality_online: list[OnlineStep]
+    served_weight: float
+    served_validation: dict[float, tuple[float, float]]
     scoring: ScoringTime
     repeated_queries: int  # test queries whose exact text is in train
     subsets: list[SubsetFigures]  # empty when no test query, or every one, is repeated
 
     def result(self, name: str) -> RouterResult:
         return next(r for r in self.results if r.name == name)
+
+
+SERVED_NAME = "served: eagle (paper) + quality model"
+QUALITY_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def blend_quality(eagle: FloatArray, predicted: FloatArray, weight: float) -> FloatArray:
+    """What the live router scores before cost and the user's own ratings:
+    (1 - beta) x Eagle's win probability + beta x the quality model's prediction."""
+    blended: FloatArray = (1.0 - weight) * eagle + weight * predicted
+    return blended
+
+
+def choose_quality_weight(
+    data: RoutingData,
+    train_vectors: FloatMatrix,
+    lambdas: Sequence[float],
+    pair: tuple[int, int],
+    quality_config: QualityModelConfig,
+) -> tuple[float, dict[float, tuple[float, float]]]:
+    """beta for the served router (Eagle at the paper's settings, the service's
+    defaults, plus the quality model), on the same validation slice of train."""
+    fit_rows, val_rows = validation_split(len(data.train_questions))
+    truth = data.train_scores[val_rows]
+    oracle = float(truth.max(axis=1).mean())
+    fit_vectors, fit_scores = train_vectors[fit_rows], data.train_scores[fit_rows]
+    eagle = eagle_scores(
+        fit_eagle(PAPER_CONFIG, data.models, fit_vectors, fit_scores), train_vectors[val_rows]
+    )
+    predicted = fit_quality(quality_config, data.models, fit_vectors, fit_scores).predict_many(
+        train_vectors[val_rows]
+    )
+    found: dict[float, tuple[float, float]] = {}
+    for weight in QUALITY_WEIGHTS:
+        result = evaluate_router(
+            "val",
+            blend_quality(eagle, predicted, weight),
+            truth,
+            data.cost,
+            lambdas,
+            pair=pair,
+            oracle_accuracy=oracle,
+        )
+        found[weight] = (result.aiq, result.accuracy)
+    best = max(QUALITY_WEIGHTS, key=lambda w: found[w])
+    return best, found
 
 
 def run_offline_eval(
@@ -503,12 +551,17 @@ def run_offline_eval(
         ).predict_many(test_vectors)
         for name, feedback in ((QUALITY_RATINGS, "rating"), (QUALITY_PREFERENCES, "preference"))
     }
+    served_weight, served_validation = choose_quality_weight(
+        data, train_vectors, sweep, pair, quality_config
+    )
+    paper_scores = eagle_scores(paper, test_vectors)
     # Diagnostic only, never a router: how high the curve can go using only the
     # models below the top price, which is where most of AIQ's cost range lies.
     below_top = np.where(cost < cost.max(), truth, -1.0)
     scored = {
         "eagle": eagle_scores(eagle, test_vectors),
-        "eagle (paper: P=0.5 N=20 K=32)": eagle_scores(paper, test_vectors),
+        "eagle (paper: P=0.5 N=20 K=32)": paper_scores,
+        SERVED_NAME: blend_quality(paper_scores, quality_scores, served_weight),
         f"knn (k={KNN_NEIGHBOURS})": knn_scores(
             train_vectors, data.train_scores, test_vectors, KNN_NEIGHBOURS
         ),
@@ -533,7 +586,7 @@ def run_offline_eval(
     repeated = np.array([q in known for q in data.test_questions], dtype=bool)
     subsets = []
     if 0 < repeated.sum() < len(repeated):
-        for name in ("eagle", f"knn (k={KNN_NEIGHBOURS})", QUALITY_NAME, "oracle"):
+        for name in ("eagle", f"knn (k={KNN_NEIGHBOURS})", QUALITY_NAME, SERVED_NAME, "oracle"):
             figures = []
             for rows in (repeated, ~repeated):
                 part = truth[rows]
@@ -567,6 +620,8 @@ def run_offline_eval(
         quality_config=quality_config,
         quality_validation=quality_validation,
         quality_online=quality_online,
+        served_weight=served_weight,
+        served_validation=served_validation,
         scoring=scoring,
         repeated_queries=int(repeated.sum()),
         subsets=subsets,
@@ -618,6 +673,9 @@ def format_report(report: EvalReport, n_train: int, n_test: int) -> list[str]:
         *(f"  {label:<36} {a:.3f} / {b:.3f}" for label, (a, b) in report.validation.items()),
         f"eagle uses: {report.eagle_config.label()}",
         *_quality_validation_lines(report),
+        "validation AIQ / accuracy of the served blend per beta (quality model weight): "
+        + ", ".join(f"{w:g}: {a:.3f}/{b:.3f}" for w, (a, b) in report.served_validation.items()),
+        f"served router uses beta = {report.served_weight:g}",
         f"APGR / CPT(50%) pair: strong {report.strong}, weak {report.weak}",
         "",
         f"{'router':<34} {'AIQ':>6} {'acc':>6} {'$/1k q':>7} {'APGR':>6} {'CPT50':>6} "
@@ -639,7 +697,7 @@ def format_report(report: EvalReport, n_train: int, n_test: int) -> list[str]:
                 for s in report.subsets
             ),
         ]
-    for name in ("eagle", f"knn (k={KNN_NEIGHBOURS})", QUALITY_NAME):
+    for name in ("eagle", f"knn (k={KNN_NEIGHBOURS})", QUALITY_NAME, SERVED_NAME):
         curve = report.result(name).curve
         lines += ["", f"quality-cost curve, {name} (lambda: $/1k queries -> quality):"]
         seen: set[tuple[float, float]] = set()

@@ -183,10 +183,40 @@ class QualityModel:
         clipped: FloatArray = np.clip(quality, 0.0, 1.0)
         return clipped
 
+    def predict_from_neighbours(
+        self, vector: npt.ArrayLike, ids: npt.ArrayLike, cosines: npt.ArrayLike
+    ) -> dict[str, float]:
+        """``predict`` with the nearest past queries already found, nearest first.
+
+        For a caller whose own index holds the same rows in the same order (the live
+        router's local ELO does): one search serves both. Only the first
+        ``correction.neighbours`` are used.
+        """
+        row = self._check_vector(vector).reshape(1, -1)
+        quality = self.ridge.predict_many(row)
+        if self.correction is not None and len(self.index) > 0:
+            k = self.correction.neighbours
+            found = np.asarray(ids, dtype=np.int64).reshape(1, -1)[:, :k]
+            near = np.asarray(cosines, dtype=np.float32).reshape(1, -1)[:, :k]
+            if found.size and int(found.max()) >= len(self.index):
+                raise ValueError("a neighbour id is beyond this model's memory")
+            if found.size:
+                quality += self._shift(found, near, self.correction)
+        clipped: FloatArray = np.clip(quality[0], 0.0, 1.0)
+        return {m: float(v) for m, v in zip(self.models, clipped, strict=True)}
+
     def _residual_correction(
         self, queries: npt.NDArray[np.float32], correction: NeighbourCorrection
     ) -> FloatArray:
         ids, cosines = self.index.search(queries, correction.neighbours)
+        return self._shift(ids, cosines, correction)
+
+    def _shift(
+        self,
+        ids: npt.NDArray[np.int64],
+        cosines: npt.NDArray[np.float32],
+        correction: NeighbourCorrection,
+    ) -> FloatArray:
         neighbours = self.index.vectors[ids]  # (queries, k, d)
         # The current ridge at each neighbour: its residual is what the ridge misses there.
         fitted = self.ridge.features(neighbours.reshape(-1, self.dimensions))

@@ -152,6 +152,7 @@ class ModelRuntime:
                 user_prior_games=settings.router_user_prior_games,
                 cost_weight=settings.router_cost_weight,
                 latency_slo_seconds=settings.router_latency_slo_seconds,
+                quality_weight=settings.router_quality_weight,
             ),
             load=self.load,
             default_model=settings.default_model,

@@ -95,6 +95,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Latency objective the router avoids missing by moving load; unset: none.",
     )
+    router_quality_weight: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="Beta: the quality model's share of the shared quality, the rest "
+        "being Eagle's P*global + (1-P)*local ELO (chosen on validation: docs/benchmarks.md).",
+    )
     router_sync_seconds: float = Field(
         default=2.0,
         gt=0,

@@ -120,9 +120,9 @@ def test_preferences_move_later_choices_per_topic() -> None:
 
 
 def test_a_rating_is_a_game_against_every_other_model() -> None:
-    router = make_router(cost_weight=0.0)
     for rating, expected in ((1, LARGE), (-1, SMALL)):
-        router = make_router(cost_weight=0.0)
+        # ELO only (beta 0): no embedding was kept, so only the global ELO learns.
+        router = make_router(cost_weight=0.0, quality_weight=0.0)
         router.apply_feedback(
             FeedbackEvent(
                 feedback_id=1, user_id="u", model=LARGE, rating=rating, vector=None, response_id="r"
@@ -165,6 +165,28 @@ def test_a_users_own_preference_takes_over_and_new_users_get_the_global_choice()
     assert newcomer.model == max(shared, key=lambda m: shared[m])
 
 
+def test_the_quality_model_learns_per_topic_from_ratings() -> None:
+    # beta 1: the shared quality is the quality model's prediction alone.
+    router = make_router(cost_weight=0.0, quality_weight=1.0)
+    for i in range(6):
+        for topic, good in (("math", LARGE), ("code", SMALL)):
+            for model in (LARGE, SMALL):
+                router.apply_feedback(
+                    FeedbackEvent(
+                        feedback_id=next(_ids),
+                        user_id="u",
+                        model=model,
+                        rating=1 if model == good else -1,
+                        vector=router.embedder.embed(f"{topic}: exercise {i}"),
+                    )
+                )
+    for topic, good, bad in (("math", LARGE, SMALL), ("code", SMALL, LARGE)):
+        decision = route(router, f"{topic}: one more", user="someone-else")
+        predicted = {m: c["predicted_quality"] for m, c in decision.details["candidates"].items()}
+        assert predicted[good] > 0.7 > 0.3 > predicted[bad]
+        assert decision.model == good
+
+
 def test_the_cost_weight_trades_quality_for_price() -> None:
     router = make_router()
     feedback(router, "math: a sum", winner=LARGE, loser=SMALL, times=3)
@@ -185,7 +207,8 @@ def test_a_price_ceiling_is_kept_or_falls_back_to_the_cheapest() -> None:
 
 
 def test_a_saturated_model_is_avoided_when_a_near_equal_one_is_free() -> None:
-    router = make_router(cost_weight=0.0, near_equal_margin=0.2)
+    # ELO only (beta 0): one game makes the two near-equal.
+    router = make_router(cost_weight=0.0, near_equal_margin=0.2, quality_weight=0.0)
     feedback(router, "math: a sum", winner=LARGE, loser=SMALL, times=1)
     assert ask(router, "math: a sum") == LARGE
     tickets = [router.load.started(LARGE, 50) for _ in range(4)]
@@ -206,7 +229,9 @@ def test_load_does_not_buy_a_much_worse_model() -> None:
 
 
 def test_a_latency_objective_moves_a_request_off_a_slow_model() -> None:
-    router = make_router(cost_weight=0.0, near_equal_margin=0.2, latency_slo_seconds=None)
+    router = make_router(
+        cost_weight=0.0, near_equal_margin=0.2, latency_slo_seconds=None, quality_weight=0.0
+    )
     feedback(router, "math: a sum", winner=LARGE, loser=SMALL, times=1)
     for model, seconds in ((LARGE, 50.0), (SMALL, 0.1)):
         for _ in range(20):
