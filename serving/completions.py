@@ -266,6 +266,9 @@ def observe(
     metrics.tokens.labels(model, "prompt").inc(finished.prompt_tokens)
     metrics.tokens.labels(model, "completion").inc(finished.completion_tokens)
     metrics.routing_decisions.labels(model, prepared.decision.reason).inc()
+    decision_ms = prepared.decision.details.get("decision_ms")
+    if decision_ms is not None:
+        metrics.routing_seconds.observe(decision_ms / 1000)
     metrics.completion_seconds.labels(model).observe(total_seconds)
     if first_token_seconds is not None:
         metrics.first_token_seconds.labels(model).observe(first_token_seconds)

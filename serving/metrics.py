@@ -125,6 +125,12 @@ class Metrics:
             ["model", "reason"],
             registry=self.registry,
         )
+        self.routing_seconds = Histogram(
+            "tailor_routing_decision_seconds",
+            "Time to choose the base model, query embedding included",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
         self.cost = Counter(
             "tailor_cost", "Relative cost of the tokens served", ["model"], registry=self.registry
         )

@@ -220,6 +220,7 @@ def test_metrics_count_what_was_served(server: RunningServer) -> None:
     }
     assert samples[f'tailor_tokens_total{{kind="completion",model="{SMOL}"}}'] >= 4
     assert samples[f'tailor_routing_decisions_total{{model="{SMOL}",reason="forced"}}'] >= 1
+    assert samples["tailor_routing_decision_seconds_count"] >= 1
     key_200 = 'tailor_http_requests_total{method="POST",route="/v1/chat/completions",status="200"}'
     assert samples[key_200] >= 1
     assert f'tailor_queue_depth{{model="{SMOL}"}}' in samples
