@@ -469,7 +469,7 @@ class EvalReport:
         return next(r for r in self.results if r.name == name)
 
 
-SERVED_NAME = "served: eagle (paper) + quality model"
+SERVED_NAME = "served (paper eagle + quality)"
 QUALITY_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
