@@ -1,0 +1,16 @@
+"""The exceptions of the fine-tune package.
+
+FinetuneError
+└── LeaseLost    this worker no longer owns the job (its lease expired and the
+                 job was re-leased, or it ended): stop and write nothing more
+"""
+
+from __future__ import annotations
+
+
+class FinetuneError(Exception):
+    """Base class of every error raised on purpose by ``finetune``."""
+
+
+class LeaseLost(FinetuneError):
+    """The job's lease is no longer this worker's; every write it attempts is refused."""
