@@ -2,8 +2,10 @@
 
     python -m benchmarks.router_eval [--data DIR]
 
-The first run embeds the 6,108 questions with MiniLM (a few minutes on two
-cores) and caches them under var/cache/embeddings; later runs take ~15 s.
+The first run embeds the 6,108 questions one by one with the service's query
+embedder (MiniLM int8 ONNX from the model store, TAILOR_MODEL_STORE or
+var/models; about half a minute) and caches them under var/cache/embeddings;
+later runs take ~15 s.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import argparse
 from pathlib import Path
 
 from router.offline_eval import run_offline_eval
+from router.query_embedder import OnnxQueryEmbedder, use_one_blas_thread
+from storage.settings import load_settings
 
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[1].parent / "shared" / "data" / "routing" / "dcrouter"
@@ -22,7 +26,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     args = parser.parse_args()
-    run_offline_eval(args.data)
+    use_one_blas_thread()  # as the service does
+    run_offline_eval(args.data, OnnxQueryEmbedder.load(load_settings().model_store_dir))
 
 
 if __name__ == "__main__":

@@ -3,13 +3,15 @@ feedback update time.
 
     python -m benchmarks.router_latency [--data DIR] [--sizes 10000 100000]
 
-Past queries are dcrouter's training questions (MiniLM embeddings, cached under
+Past queries are dcrouter's training questions (embedded by the service's
+query embedder, MiniLM int8 ONNX from the model store, cached under
 var/cache/embeddings), repeated with small perturbations up to each size, with
 the pairwise outcomes of their recorded scores, over dcrouter's 9 priced
 models. Each timed decision routes one distinct test question (so the
 embedder's memory never answers) through EagleRouter.route, exactly as a
-request does. The same run times MiniLM alone and the fixed default router, so
-the figures come with same-run ratios.
+request does. The same run times the embedding alone (int8 ONNX, and float32
+torch MiniLM for reference) and the fixed default router, so the figures come
+with same-run ratios.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import numpy as np
 from router import Candidate, DefaultModelRouter, EagleRouter, FeedbackEvent, RouteRequest
 from router.embeddings import embed_texts
 from router.offline_eval import load_routing_data
-from router.query_embedder import SentenceEmbedder, use_one_blas_thread
+from router.query_embedder import OnnxQueryEmbedder, SentenceEmbedder, use_one_blas_thread
+from storage.settings import load_settings
 
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[1].parent / "shared" / "data" / "routing" / "dcrouter"
@@ -61,11 +64,10 @@ def main() -> None:
         Candidate(m, cost_per_million_tokens=float(p), chat=True)
         for m, p in zip(data.models, prices, strict=True)
     ]
-    # The model names in scores are sorted; EagleRouter sorts its own the same way.
-    train_vectors = embed_texts(data.train_questions)
-    questions = data.test_questions[: args.queries]
     # Nothing remembered: every timed text is embedded for real.
-    embedder = SentenceEmbedder.load(remembered=0)
+    embedder = OnnxQueryEmbedder.load(load_settings().model_store_dir, remembered=0)
+    train_vectors = embed_texts(data.train_questions, embedder)
+    questions = data.test_questions[: args.queries]
     for text in questions[:20]:  # warm up the model's first calls
         embedder.embed(text + " warm-up")
 
@@ -74,6 +76,15 @@ def main() -> None:
         started = time.perf_counter()
         embedder.embed(text)
         embed_times.append(time.perf_counter() - started)
+    # The float32 torch model, for the ratio.
+    reference = SentenceEmbedder.load(remembered=0)
+    for text in questions[:20]:
+        reference.embed(text + " warm-up")
+    reference_times = []
+    for text in questions:
+        started = time.perf_counter()
+        reference.embed(text)
+        reference_times.append(time.perf_counter() - started)
     default = DefaultModelRouter()
     default_times = []
     for text in questions:
@@ -82,8 +93,13 @@ def main() -> None:
         default.route(request, candidates)
         default_times.append(time.perf_counter() - started)
     embed_p50, embed_p99 = percentiles(embed_times)
+    float_p50, float_p99 = percentiles(reference_times)
     default_p50, _ = percentiles(default_times)
-    print(f"MiniLM embedding alone: p50 {embed_p50:.2f} ms, p99 {embed_p99:.2f} ms")
+    print(
+        f"MiniLM int8 ONNX embedding alone: p50 {embed_p50:.2f} ms, p99 {embed_p99:.2f} ms; "
+        f"float32 torch: p50 {float_p50:.2f} ms, p99 {float_p99:.2f} ms "
+        f"({float_p50 / embed_p50:.1f}x slower)"
+    )
     print(f"fixed default router (no embedding): p50 {default_p50 * 1000:.1f} us")
 
     for size in args.sizes:

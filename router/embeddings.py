@@ -1,4 +1,4 @@
-"""Nearest past queries by cosine, and MiniLM embeddings of query texts cached on disk."""
+"""Nearest past queries by cosine, and query embeddings of many texts cached on disk."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from router.query_embedder import Embedder
 
 FloatMatrix = npt.NDArray[np.float32]
 IntMatrix = npt.NDArray[np.int64]
@@ -85,22 +87,18 @@ def texts_key(texts: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def embed_texts(texts: Sequence[str], *, cache_dir: Path | None = DEFAULT_CACHE_DIR) -> FloatMatrix:
-    """MiniLM embeddings (normalised), read from or written to ``cache_dir`` when given."""
-    path = None if cache_dir is None else cache_dir / f"minilm-{texts_key(texts)}.npy"
+def embed_texts(
+    texts: Sequence[str], embedder: Embedder, *, cache_dir: Path | None = DEFAULT_CACHE_DIR
+) -> FloatMatrix:
+    """Each text embedded alone, exactly as a live query is (int8 activations are
+    scaled per call, so a padded batch would differ slightly), read from or
+    written to ``cache_dir`` when given, under the embedder's name."""
+    path = None if cache_dir is None else cache_dir / f"{embedder.name}-{texts_key(texts)}.npy"
     if path is not None and path.is_file():
         cached = np.load(path)
-        if cached.shape[0] == len(texts):
+        if cached.shape == (len(texts), embedder.dimensions):
             return normalise_rows(cached)
-    # Imported here: loading torch and the model is slow and must not happen at import.
-    from storage.model_store import load_sentence_embedder
-
-    embedder = load_sentence_embedder()
-    vectors = normalise_rows(
-        embedder.encode(
-            list(texts), batch_size=64, convert_to_numpy=True, normalize_embeddings=True
-        )
-    )
+    vectors = normalise_rows(np.stack([embedder.embed(text) for text in texts]))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename so that a killed run never leaves a truncated cache file.

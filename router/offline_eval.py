@@ -29,6 +29,7 @@ from router.quality_cost import (
     strong_weak_curve,
 )
 from router.quality_model import NeighbourCorrection, QualityModel, QualityModelConfig
+from router.query_embedder import Embedder
 from router.routing_data import (
     EXPECTED_INPUT_TOKENS,
     EXPECTED_OUTPUT_TOKENS,
@@ -517,6 +518,7 @@ def choose_quality_weight(
 
 def run_offline_eval(
     data_dir: Path,
+    embedder: Embedder,
     *,
     lambdas: Sequence[float] | None = None,
     output: Callable[[str], None] = print,
@@ -527,8 +529,9 @@ def run_offline_eval(
     started = time.perf_counter()
     sweep = list(DEFAULT_LAMBDAS if lambdas is None else lambdas)
     data = load_routing_data(data_dir, train_limit=train_limit, test_limit=test_limit)
-    train_vectors = embed_texts(data.train_questions, cache_dir=cache_dir)
-    test_vectors = embed_texts(data.test_questions, cache_dir=cache_dir)
+    # The live router's embedder: offline figures hold for what is served.
+    train_vectors = embed_texts(data.train_questions, embedder, cache_dir=cache_dir)
+    test_vectors = embed_texts(data.test_questions, embedder, cache_dir=cache_dir)
     pair = strong_weak_pair(data)
     truth, cost = data.test_scores, data.cost
     oracle_accuracy = float(truth.max(axis=1).mean())

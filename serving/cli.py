@@ -159,13 +159,14 @@ def models_prepare(
     from storage.database import Database
     from storage.migrate import upgrade
     from storage.model_catalog import register_prepared_models
-    from storage.model_store import prepare_models
+    from storage.model_store import prepare_models, prepare_query_encoder
     from storage.settings import load_settings
 
     with _one_line_errors():
         settings = load_settings()
         started = time.perf_counter()
         prepared = prepare_models(settings.model_store_dir, force=force, progress=typer.echo)
+        prepare_query_encoder(settings.model_store_dir, force=force, progress=typer.echo)
         database = Database(settings.resolved_database_url)
         upgrade(database)
         with database.session() as session:
@@ -257,13 +258,19 @@ def router_eval(
         typer.Option(help="A directory in dcrouter's format (train/test/llm_candidates.json)."),
     ],
 ) -> None:
-    """Evaluate Eagle and the baselines offline: quality-cost curve, AIQ, APGR, CPT."""
+    """Evaluate the served router and the baselines offline: quality-cost curve, AIQ, APGR, CPT."""
     from router.offline_eval import run_offline_eval
+    from router.query_embedder import OnnxQueryEmbedder, use_one_blas_thread
+    from storage.settings import load_settings
 
     if not (data / "train.json").is_file():
         typer.echo(f"tailor: error: {data} holds no train.json", err=True)
         raise typer.Exit(2)
-    run_offline_eval(data, output=typer.echo)
+    with _one_line_errors():
+        # The service's embedder, from the model store (`tailor models prepare`).
+        embedder = OnnxQueryEmbedder.load(load_settings().model_store_dir)
+    use_one_blas_thread()
+    run_offline_eval(data, embedder, output=typer.echo)
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from router import Candidate, DefaultModelRouter, Router
 from router.config import RouterConfig
 from router.eagle_router import EagleRouter
 from router.load import LoadTracker
-from router.query_embedder import Embedder, SentenceEmbedder, use_one_blas_thread
+from router.query_embedder import Embedder, OnnxQueryEmbedder, use_one_blas_thread
 from router.state_sync import relearn_lengths, sync_feedback
 from serving.backend import GenerationBackend, LocalBackend
 from serving.engine.engine import Engine
@@ -144,7 +144,7 @@ class ModelRuntime:
         settings = self.services.settings
         router = EagleRouter(
             models,
-            self._embedder or SentenceEmbedder.load(),
+            self._embedder or OnnxQueryEmbedder.load(settings.model_store_dir),
             config=RouterConfig(
                 global_weight=settings.router_global_weight,
                 neighbours=settings.router_neighbours,

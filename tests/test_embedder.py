@@ -24,7 +24,7 @@ def test_minilm_loads_from_its_package_and_embeds_meaningfully() -> None:
     assert unrelated < 0.3
 
 
-def test_the_routers_query_embedder_matches_encode_and_remembers_recent_texts() -> None:
+def test_the_float_query_embedder_matches_encode_and_remembers_recent_texts() -> None:
     from router.query_embedder import SentenceEmbedder
 
     model = load_sentence_embedder()
@@ -42,3 +42,23 @@ def test_the_routers_query_embedder_matches_encode_and_remembers_recent_texts() 
     embedder.embed(texts[1])
     again = embedder.embed(texts[2])
     assert again is not kept and np.array_equal(again, kept)
+
+
+def test_the_services_int8_query_embedder_stays_close_to_float_minilm() -> None:
+    from router.query_embedder import OnnxQueryEmbedder, SentenceEmbedder
+    from tests.server import prepared_model_store
+
+    fast = OnnxQueryEmbedder.load(prepared_model_store())
+    reference = SentenceEmbedder.load()
+    texts = [
+        "How do I reverse a list in Python?",
+        "What is the way to invert the order of a Python list?",
+        "The Eiffel Tower is in Paris.",
+        "Q: There are 3 houses in a row, numbered 1 to 3. " * 40,  # cut at 256 tokens
+    ]
+    vectors = np.stack([fast.embed(t) for t in texts])
+    assert vectors.shape == (4, EMBEDDING_DIMENSIONS) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosines = [float(v @ reference.embed(t)) for v, t in zip(vectors, texts, strict=True)]
+    assert min(cosines) > 0.97
+    assert float(vectors[0] @ vectors[1]) > 0.7 > 0.3 > float(vectors[0] @ vectors[2])

@@ -33,6 +33,7 @@ class TopicEmbedder:
     """Queries about the same topic embed close together (a stand-in for MiniLM
     where the test needs to know which queries are neighbours)."""
 
+    name = "topics"
     dimensions = 8
 
     def __init__(self) -> None:

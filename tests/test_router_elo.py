@@ -27,6 +27,8 @@ from router.quality_cost import (
     nondecreasing_hull,
     strong_weak_curve,
 )
+from router.query_embedder import OnnxQueryEmbedder
+from tests.server import prepared_model_store
 
 DCROUTER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "routing" / "dcrouter"
 
@@ -206,8 +208,14 @@ def test_offline_eval_on_a_slice_of_dcrouter(tmp_path: Path) -> None:
     # The shared data sits beside every checkout (CI's too): missing, it fails.
     assert DCROUTER.is_dir(), f"the shared routing data is missing at {DCROUTER}"
     lines: list[str] = []
+    embedder = OnnxQueryEmbedder.load(prepared_model_store())
     report = run_offline_eval(
-        DCROUTER, output=lines.append, train_limit=300, test_limit=100, cache_dir=tmp_path
+        DCROUTER,
+        embedder,
+        output=lines.append,
+        train_limit=300,
+        test_limit=100,
+        cache_dir=tmp_path,
     )
     oracle = report.result("oracle")
     routers = [r for r in report.results if r.name != "oracle"]
@@ -221,7 +229,7 @@ def test_offline_eval_on_a_slice_of_dcrouter(tmp_path: Path) -> None:
     assert sum(s.added for s in report.online) == 300
     assert any("eagle" in line for line in lines)
     # The embeddings were cached under the given directory for the next run.
-    assert any(tmp_path.glob("minilm-*.npy"))
+    assert any(tmp_path.glob("minilm-int8-*.npy"))
 
 
 def test_the_router_eval_command_runs_on_a_data_directory(tmp_path: Path) -> None:

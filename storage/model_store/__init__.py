@@ -15,6 +15,7 @@ from storage.model_store.embedder import (
 )
 from storage.model_store.packaged import PACKAGED_MODELS, PackagedModel
 from storage.model_store.prepare import PreparedModel, load_prepared, prepare_models
+from storage.model_store.query_encoder import prepare_query_encoder, query_encoder_path
 
 __all__ = [
     "EMBEDDING_DIMENSIONS",
@@ -27,4 +28,6 @@ __all__ = [
     "load_prepared",
     "load_sentence_embedder",
     "prepare_models",
+    "prepare_query_encoder",
+    "query_encoder_path",
 ]

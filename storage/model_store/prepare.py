@@ -35,6 +35,7 @@ from typing import Any, TypeVar, cast
 
 from storage.errors import ModelStoreError
 from storage.model_store.packaged import PACKAGED_MODELS, PackagedModel
+from storage.model_store.query_encoder import QUERY_ENCODER_DIR
 
 MANIFEST_NAME = "tailor-model.json"
 
@@ -125,7 +126,8 @@ def load_prepared(store_dir: Path) -> list[PreparedModel]:
         return []
     prepared = []
     for entry in sorted(store_dir.iterdir()):
-        if entry.name.startswith(".") or not entry.is_dir():
+        # The router's query encoder lives here too, but it is no base model.
+        if entry.name.startswith(".") or not entry.is_dir() or entry.name == QUERY_ENCODER_DIR:
             continue
         manifest = _read_manifest(entry)
         problem = _files_problem(entry, manifest)
