@@ -1,8 +1,10 @@
 """The exceptions of the fine-tune package.
 
 FinetuneError
-└── LeaseLost    this worker no longer owns the job (its lease expired and the
-                 job was re-leased, or it ended): stop and write nothing more
+├── LeaseLost      this worker no longer owns the job (its lease expired and the
+│                  job was re-leased, or it ended): stop and write nothing more
+└── DatasetError   the user's data cannot make a training set (too little, too
+                   long, malformed): the job fails with this message
 """
 
 from __future__ import annotations
@@ -14,3 +16,7 @@ class FinetuneError(Exception):
 
 class LeaseLost(FinetuneError):
     """The job's lease is no longer this worker's; every write it attempts is refused."""
+
+
+class DatasetError(FinetuneError):
+    """The training data is unusable as it is; retrying will not help."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from adapters.expert_sets import ExpertSet
+from finetune import chat_format
 from router import BudgetNotMet, NoRoute, RouteRequest, RoutingDecision
 from router.load import Ticket
 from router.state_sync import embedding_bytes
@@ -51,13 +52,8 @@ def _chat_prompt(served: ServedModel, body: ChatCompletionCreate) -> list[int]:
         {"role": m.role if m.role != "developer" else "system", "content": m.text}
         for m in body.messages
     ]
-    if served.has_chat_template:
-        encoded = served.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-        ids: list[int] = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
-        return ids
-    # A base model has no chat turns: a plain transcript it can continue.
-    transcript = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages)
-    return list(served.tokenizer(transcript + "Assistant:")["input_ids"])
+    # The same form the fine-tune worker trains on.
+    return chat_format.prompt_ids(served.tokenizer, messages)
 
 
 def prepare(

@@ -1,0 +1,73 @@
+"""Training conversations on the real tokenizers: only answers are learnt, the
+prompt is exactly what serving sends, and the splits follow time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from transformers import AutoTokenizer
+
+from finetune.chat_format import prompt_ids
+from finetune.dataset import IGNORED, TokenizedConversation, split_by_time, tokenize_conversation
+from finetune.errors import DatasetError
+from tests.server import prepared_model_store
+
+CHAT = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "Capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "And of Spain?"},
+    {"role": "assistant", "content": "Madrid."},
+]
+
+
+@pytest.fixture(scope="module", params=["smollm2-135m-instruct", "gemma-3-270m"])
+def tokenizer(request: pytest.FixtureRequest) -> Any:
+    return AutoTokenizer.from_pretrained(prepared_model_store() / request.param)
+
+
+def learnt_text(tokenizer: Any, example: TokenizedConversation) -> str:
+    ids = [
+        t for t, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORED
+    ]
+    return str(tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def test_only_the_answers_are_learnt(tokenizer: Any) -> None:
+    example = tokenize_conversation(tokenizer, CHAT, max_length=512)
+    assert len(example.input_ids) == len(example.labels)
+    learnt = learnt_text(tokenizer, example)
+    assert "Paris." in learnt and "Madrid." in learnt
+    assert "Capital" not in learnt and "Spain" not in learnt and "briefly" not in learnt
+    # Learnt tokens are the inputs themselves (the model shifts them).
+    assert all(
+        label in (IGNORED, token)
+        for token, label in zip(example.input_ids, example.labels, strict=True)
+    )
+
+
+def test_the_prompt_part_is_what_serving_sends(tokenizer: Any) -> None:
+    example = tokenize_conversation(tokenizer, CHAT[:3], max_length=512)
+    served = prompt_ids(tokenizer, CHAT[:2])
+    assert example.input_ids[: len(served)] == served
+    assert set(example.labels[: len(served)]) == {IGNORED}
+    assert example.answer_tokens == len(example.input_ids) - len(served)
+
+
+def test_bad_conversations_are_refused(tokenizer: Any) -> None:
+    with pytest.raises(DatasetError, match="assistant"):
+        tokenize_conversation(tokenizer, CHAT[:2], max_length=512)
+    with pytest.raises(DatasetError, match="more than the 8"):
+        tokenize_conversation(tokenizer, CHAT, max_length=8)
+
+
+def test_splits_follow_time_and_refuse_tiny_sets() -> None:
+    items = [TokenizedConversation([i], [i]) for i in range(20)]
+    split = split_by_time(items)
+    assert [len(split.train), len(split.validation), len(split.test)] == [16, 2, 2]
+    assert split.train[-1].input_ids == [15] and split.test[0].input_ids == [18]
+    with pytest.raises(DatasetError, match="at least 10"):
+        split_by_time(items[:9])
+    with pytest.raises(ValueError):
+        split_by_time(items, validation_fraction=0.6, test_fraction=0.5)
