@@ -11,10 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from finetune.chat_format import Message, prompt_ids, transcript
 from finetune.errors import DatasetError
+from storage.repositories import ExampleRepository, FeedbackRepository
+from storage.tables import TrainingExample
 
 IGNORED = -100  # the label transformers' losses skip
 
@@ -109,3 +114,40 @@ def split_by_time(
         validation=items[n_train : n_train + n_validation],
         test=items[n_train + n_validation :],
     )
+
+
+@dataclass(frozen=True)
+class Conversation:
+    messages: list[Message]
+    created_at: datetime
+    source: str  # "example" or "feedback"
+
+
+def collect_conversations(session: Session, *, user_id: str) -> list[Conversation]:
+    """What a user's specialist learns from, oldest first: their uploaded examples,
+    and the chat answers they rated +1 or preferred (the answer they liked)."""
+    found = [
+        Conversation(list(example.messages), example.created_at, "example")
+        for example in _all_examples(session, user_id)
+    ]
+    for response in FeedbackRepository(session).liked_responses(user_id=user_id):
+        # A text completion has no turns to learn an answer from.
+        if response.endpoint != "chat.completions":
+            continue
+        messages = [
+            {"role": str(m["role"]), "content": str(m["content"])}
+            for m in response.request.get("messages", [])
+        ]
+        messages.append({"role": "assistant", "content": response.output_text})
+        found.append(Conversation(messages, response.created_at, "feedback"))
+    return sorted(found, key=lambda c: c.created_at)
+
+
+def _all_examples(session: Session, user_id: str) -> list[TrainingExample]:
+    examples: list[TrainingExample] = []
+    repository = ExampleRepository(session)
+    while page := repository.list_page(
+        user_id=user_id, after_id=examples[-1].id if examples else 0, limit=1000
+    ):
+        examples += page
+    return examples

@@ -9,9 +9,18 @@ import pytest
 from transformers import AutoTokenizer
 
 from finetune.chat_format import prompt_ids
-from finetune.dataset import IGNORED, TokenizedConversation, split_by_time, tokenize_conversation
+from finetune.dataset import (
+    IGNORED,
+    TokenizedConversation,
+    collect_conversations,
+    split_by_time,
+    tokenize_conversation,
+)
 from finetune.errors import DatasetError
+from storage.database import Database
+from storage.repositories import ExampleRepository, FeedbackRepository
 from tests.server import prepared_model_store
+from tests.test_repositories import add_base_model, add_response, add_user
 
 CHAT = [
     {"role": "system", "content": "Answer briefly."},
@@ -71,3 +80,31 @@ def test_splits_follow_time_and_refuse_tiny_sets() -> None:
         split_by_time(items[:9])
     with pytest.raises(ValueError):
         split_by_time(items, validation_fraction=0.6, test_fraction=0.5)
+
+
+def test_a_users_examples_and_liked_answers_are_collected_oldest_first(
+    database: Database,
+) -> None:
+    add_base_model(database, "tiny-1m")
+    owner, other = add_user(database, "writer"), add_user(database, "stranger")
+    with database.session() as session:
+        ExampleRepository(session).add_many(
+            user_id=owner,
+            examples=[[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]],
+        )
+    for response_id, user in (("r-liked", owner), ("r-meh", owner), ("r-theirs", other)):
+        add_response(database, user, response_id)
+    with database.session() as session:
+        feedback = FeedbackRepository(session)
+        feedback.record(user_id=owner, response_id="r-liked", rating=1)
+        feedback.record(user_id=owner, response_id="r-meh", rating=-1)
+        feedback.record(user_id=other, response_id="r-theirs", rating=1)
+    with database.session() as session:
+        found = collect_conversations(session, user_id=owner)
+    assert [c.source for c in found] == ["example", "feedback"]
+    assert found[0].messages[-1] == {"role": "assistant", "content": "Yo"}
+    # The liked answer: the logged prompt, then what the model said.
+    assert found[1].messages == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+    ]

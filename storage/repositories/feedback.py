@@ -151,3 +151,16 @@ class FeedbackRepository:
             .limit(limit)
         )
         return [FeedbackForRouting(*row) for row in self.session.execute(query)]
+
+    def liked_responses(self, *, user_id: str) -> list[Response]:
+        """The user's responses they rated +1 or preferred over another, oldest first."""
+        liked = select(Feedback.response_id).where(
+            Feedback.user_id == user_id,
+            (Feedback.rating == 1) | Feedback.preferred_over_id.is_not(None),
+        )
+        query = (
+            select(Response)
+            .where(Response.user_id == user_id, Response.id.in_(liked))
+            .order_by(Response.created_at, Response.id)
+        )
+        return list(self.session.scalars(query))
