@@ -25,7 +25,12 @@ import numpy as np
 from router import Candidate, DefaultModelRouter, EagleRouter, FeedbackEvent, RouteRequest
 from router.embeddings import embed_texts
 from router.offline_eval import load_routing_data
-from router.query_embedder import OnnxQueryEmbedder, SentenceEmbedder, use_one_blas_thread
+from router.query_embedder import (
+    Embedder,
+    OnnxQueryEmbedder,
+    SentenceEmbedder,
+    use_one_blas_thread,
+)
 from storage.settings import load_settings
 
 DEFAULT_DATA = (
@@ -36,6 +41,17 @@ DEFAULT_DATA = (
 def percentiles(seconds: list[float]) -> tuple[float, float]:
     ms = np.array(seconds) * 1000
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def time_embedding(embedder: Embedder, questions: list[str]) -> list[float]:
+    for text in questions[:20]:  # warm up the model's first calls
+        embedder.embed(text + " warm-up")
+    seconds = []
+    for text in questions:
+        started = time.perf_counter()
+        embedder.embed(text)
+        seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 def fill(router: EagleRouter, vectors: np.ndarray, scores: np.ndarray, size: int) -> None:
@@ -68,23 +84,9 @@ def main() -> None:
     embedder = OnnxQueryEmbedder.load(load_settings().model_store_dir, remembered=0)
     train_vectors = embed_texts(data.train_questions, embedder)
     questions = data.test_questions[: args.queries]
-    for text in questions[:20]:  # warm up the model's first calls
-        embedder.embed(text + " warm-up")
-
-    embed_times = []
-    for text in questions:
-        started = time.perf_counter()
-        embedder.embed(text)
-        embed_times.append(time.perf_counter() - started)
+    embed_times = time_embedding(embedder, questions)
     # The float32 torch model, for the ratio.
-    reference = SentenceEmbedder.load(remembered=0)
-    for text in questions[:20]:
-        reference.embed(text + " warm-up")
-    reference_times = []
-    for text in questions:
-        started = time.perf_counter()
-        reference.embed(text)
-        reference_times.append(time.perf_counter() - started)
+    reference_times = time_embedding(SentenceEmbedder.load(remembered=0), questions)
     default = DefaultModelRouter()
     default_times = []
     for text in questions:

@@ -244,23 +244,63 @@ QUALITY_CORRECTIONS: tuple[NeighbourCorrection | None, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class ValidationSlice:
+    """The held-out 20% of train every setting is chosen on (test is never looked at)."""
+
+    fit_vectors: FloatMatrix
+    fit_scores: FloatArray
+    vectors: FloatMatrix
+    truth: FloatArray
+    cost: FloatArray
+    lambdas: Sequence[float]
+    pair: tuple[int, int]
+
+    @classmethod
+    def of(
+        cls,
+        data: RoutingData,
+        train_vectors: FloatMatrix,
+        lambdas: Sequence[float],
+        pair: tuple[int, int],
+    ) -> ValidationSlice:
+        fit_rows, val_rows = validation_split(len(data.train_questions))
+        return cls(
+            fit_vectors=train_vectors[fit_rows],
+            fit_scores=data.train_scores[fit_rows],
+            vectors=train_vectors[val_rows],
+            truth=data.train_scores[val_rows],
+            cost=data.cost,
+            lambdas=lambdas,
+            pair=pair,
+        )
+
+    def score(self, scores: FloatArray) -> tuple[float, float]:
+        """(AIQ, accuracy) of a router's scores on the slice."""
+        oracle = float(self.truth.max(axis=1).mean())
+        result = evaluate_router(
+            "val",
+            scores,
+            self.truth,
+            self.cost,
+            self.lambdas,
+            pair=self.pair,
+            oracle_accuracy=oracle,
+        )
+        return result.aiq, result.accuracy
+
+
 def choose_eagle_config(
     data: RoutingData, train_vectors: FloatMatrix, lambdas: Sequence[float], pair: tuple[int, int]
 ) -> tuple[EagleConfig, dict[str, tuple[float, float]]]:
     """Pick among VALIDATION_GRID on a held-out slice of train; test is never looked at."""
-    fit_rows, val_rows = validation_split(len(data.train_questions))
-    truth = data.train_scores[val_rows]
-    oracle = float(truth.max(axis=1).mean())
+    held_out = ValidationSlice.of(data, train_vectors, lambdas, pair)
     found: dict[str, tuple[float, float]] = {}
     best: tuple[tuple[float, float], EagleConfig] | None = None
     for config in VALIDATION_GRID:
-        eagle = fit_eagle(config, data.models, train_vectors[fit_rows], data.train_scores[fit_rows])
-        scores = eagle_scores(eagle, train_vectors[val_rows])
-        result = evaluate_router(
-            "val", scores, truth, data.cost, lambdas, pair=pair, oracle_accuracy=oracle
-        )
-        found[config.label()] = (result.aiq, result.accuracy)
-        key = (result.aiq, result.accuracy)
+        eagle = fit_eagle(config, data.models, held_out.fit_vectors, held_out.fit_scores)
+        key = held_out.score(eagle_scores(eagle, held_out.vectors))
+        found[config.label()] = key
         if best is None or key > best[0]:
             best = (key, config)
     assert best is not None
@@ -272,9 +312,7 @@ def choose_quality_config(
 ) -> tuple[QualityModelConfig, dict[QualityModelConfig, tuple[float, float]]]:
     """Pick the ridge penalty and the memory's setting on the same held-out slice of
     train as Eagle (best AIQ, then accuracy; the first in grid order on a tie)."""
-    fit_rows, val_rows = validation_split(len(data.train_questions))
-    truth = data.train_scores[val_rows]
-    oracle = float(truth.max(axis=1).mean())
+    held_out = ValidationSlice.of(data, train_vectors, lambdas, pair)
     found: dict[QualityModelConfig, tuple[float, float]] = {}
     best: tuple[tuple[float, float], QualityModelConfig] | None = None
     for penalty in QUALITY_PENALTIES:
@@ -282,16 +320,12 @@ def choose_quality_config(
         model = fit_quality(
             QualityModelConfig(penalty=penalty, correction=None),
             data.models,
-            train_vectors[fit_rows],
-            data.train_scores[fit_rows],
+            held_out.fit_vectors,
+            held_out.fit_scores,
         )
         for correction in QUALITY_CORRECTIONS:
             model.correction = correction
-            scores = model.predict_many(train_vectors[val_rows])
-            result = evaluate_router(
-                "val", scores, truth, data.cost, lambdas, pair=pair, oracle_accuracy=oracle
-            )
-            key = (result.aiq, result.accuracy)
+            key = held_out.score(model.predict_many(held_out.vectors))
             found[model.config] = key
             if best is None or key > best[0]:
                 best = (key, model.config)
@@ -490,28 +524,11 @@ def choose_quality_weight(
 ) -> tuple[float, dict[float, tuple[float, float]]]:
     """beta for the served router (Eagle at the paper's settings, the service's
     defaults, plus the quality model), on the same validation slice of train."""
-    fit_rows, val_rows = validation_split(len(data.train_questions))
-    truth = data.train_scores[val_rows]
-    oracle = float(truth.max(axis=1).mean())
-    fit_vectors, fit_scores = train_vectors[fit_rows], data.train_scores[fit_rows]
-    eagle = eagle_scores(
-        fit_eagle(PAPER_CONFIG, data.models, fit_vectors, fit_scores), train_vectors[val_rows]
-    )
-    predicted = fit_quality(quality_config, data.models, fit_vectors, fit_scores).predict_many(
-        train_vectors[val_rows]
-    )
-    found: dict[float, tuple[float, float]] = {}
-    for weight in QUALITY_WEIGHTS:
-        result = evaluate_router(
-            "val",
-            blend_quality(eagle, predicted, weight),
-            truth,
-            data.cost,
-            lambdas,
-            pair=pair,
-            oracle_accuracy=oracle,
-        )
-        found[weight] = (result.aiq, result.accuracy)
+    held_out = ValidationSlice.of(data, train_vectors, lambdas, pair)
+    fit = (data.models, held_out.fit_vectors, held_out.fit_scores)
+    eagle = eagle_scores(fit_eagle(PAPER_CONFIG, *fit), held_out.vectors)
+    predicted = fit_quality(quality_config, *fit).predict_many(held_out.vectors)
+    found = {w: held_out.score(blend_quality(eagle, predicted, w)) for w in QUALITY_WEIGHTS}
     best = max(QUALITY_WEIGHTS, key=lambda w: found[w])
     return best, found
 

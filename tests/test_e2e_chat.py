@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,9 +11,7 @@ import pytest
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
-from adapters.base_shapes import BaseModelShapes
-from adapters.peft_interop import ADAPTER_CONFIG, ADAPTER_WEIGHTS, export_peft_dir
-from tests.adapter_factory import random_lora
+from tests.adapter_upload import chat_personal_and_plain, upload_and_promote
 from tests.server import RunningServer, prepared_model_store, running_server
 
 ADMIN_KEY = "admin-" + secrets.token_hex(8)
@@ -94,38 +91,10 @@ def test_responses_are_logged_for_feedback(server: RunningServer) -> None:
 
 def test_the_users_active_adapter_shapes_the_answer(server: RunningServer, tmp_path: Path) -> None:
     user_id, key = new_user(server, "personal")
-    headers = {"Authorization": f"Bearer {key}"}
-    shapes = BaseModelShapes.from_model_dir(prepared_model_store() / SMOL)
-    lora = random_lora(shapes, base_model_id=SMOL, rank=8, scale=0.08, seed=5)
-    export_peft_dir(lora, tmp_path / "peft")
-    files = [
-        ("file", (name, io.BytesIO((tmp_path / "peft" / name).read_bytes())))
-        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
-    ]
-    uploaded = httpx.post(
-        f"{server.url}/admin/adapters",
-        data={"user_id": user_id, "base_model": SMOL},
-        files=files,
-        headers=ADMIN,
-    ).json()
-    promoted = httpx.post(f"{server.url}/admin/adapters/{uploaded['id']}/promote", headers=ADMIN)
-    assert promoted.status_code == 200
-
-    body = {
-        "model": SMOL,
-        "messages": [{"role": "user", "content": "Name a colour."}],
-        "max_tokens": 16,
-        "temperature": 0,
-    }
-    personal = httpx.post(
-        f"{server.url}/v1/chat/completions", json=body, headers=headers, timeout=60
-    ).json()
-    plain = httpx.post(
-        f"{server.url}/v1/chat/completions",
-        json={**body, "personalize": False},
-        headers=headers,
-        timeout=60,
-    ).json()
+    uploaded = upload_and_promote(
+        server.url, ADMIN, user_id=user_id, base_model=SMOL, folder=tmp_path / "peft"
+    )
+    personal, plain = chat_personal_and_plain(server.url, key, SMOL)
     assert [a["id"] for a in personal["tailor"]["adapters"]] == [uploaded["adapter_id"]]
     assert plain["tailor"]["adapters"] == []
     assert personal["choices"][0]["message"]["content"] != plain["choices"][0]["message"]["content"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import secrets
 import subprocess
@@ -17,9 +16,7 @@ import yaml
 from openai import OpenAI
 from ray.serve.schema import ServeDeploySchema
 
-from adapters.base_shapes import BaseModelShapes
-from adapters.peft_interop import ADAPTER_CONFIG, ADAPTER_WEIGHTS, export_peft_dir
-from tests.adapter_factory import random_lora
+from tests.adapter_upload import chat_personal_and_plain, upload_and_promote
 from tests.server import RunningServer, prepared_model_store, run_tailor, running_server
 
 ADMIN_KEY = "admin-" + secrets.token_hex(8)
@@ -101,39 +98,9 @@ def test_chat_through_ray_serve_with_the_users_adapter(
     )
 
     # The user's adapter reaches the replica (the request is multiplexed by its expert set).
-    shapes = BaseModelShapes.from_model_dir(prepared_model_store() / SMOL)
-    export_peft_dir(random_lora(shapes, base_model_id=SMOL, rank=8, scale=0.08, seed=5), tmp_path)
-    files = [
-        ("file", (name, io.BytesIO((tmp_path / name).read_bytes())))
-        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
-    ]
-    version = httpx.post(
-        f"{ray_server.url}/admin/adapters",
-        data={"user_id": user["id"], "base_model": SMOL},
-        files=files,
-        headers=ADMIN,
-    ).json()
-    assert (
-        httpx.post(
-            f"{ray_server.url}/admin/adapters/{version['id']}/promote", headers=ADMIN
-        ).status_code
-        == 200
+    version = upload_and_promote(
+        ray_server.url, ADMIN, user_id=user["id"], base_model=SMOL, folder=tmp_path
     )
-    body = {
-        "model": SMOL,
-        "messages": [{"role": "user", "content": "Name a colour."}],
-        "max_tokens": 16,
-        "temperature": 0,
-    }
-    headers = {"Authorization": f"Bearer {user['api_key']}"}
-    personal = httpx.post(
-        f"{ray_server.url}/v1/chat/completions", json=body, headers=headers, timeout=60
-    ).json()
-    plain = httpx.post(
-        f"{ray_server.url}/v1/chat/completions",
-        json={**body, "personalize": False},
-        headers=headers,
-        timeout=60,
-    ).json()
+    personal, plain = chat_personal_and_plain(ray_server.url, user["api_key"], SMOL)
     assert [a["version_id"] for a in personal["tailor"]["adapters"]] == [version["id"]]
     assert personal["choices"][0]["message"]["content"] != plain["choices"][0]["message"]["content"]
