@@ -14,6 +14,7 @@ resolved or loaded for that expert.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,11 +109,15 @@ class AdapterRegistry:
         eval_metrics: dict[str, Any] | None = None,
         parent_version_id: str | None = None,
         job_id: str | None = None,
+        before_commit: Callable[[Session], None] | None = None,
     ) -> AdapterVersion:
         """Store validated weights as the next candidate version of the expert.
 
         The expert is created on first use. The stored bytes are validated
         again as they will be read, so what is registered is what loads.
+        ``before_commit`` runs inside the transaction that adds the version: a
+        fine-tune worker checks there that it still owns its job, so the
+        version and the job's result commit together or not at all.
         """
         base = self.base_spec(weights.base_model_id)
         data = serialize(weights, base_model_sha256=base.sha256)
@@ -123,7 +128,7 @@ class AdapterRegistry:
             expert = self._find_or_create_expert(
                 adapters, kind=kind, base_model_id=base.id, user_id=user_id, name=name
             )
-            return adapters.add_version(
+            version = adapters.add_version(
                 adapter_id=expert.id,
                 rank=weights.rank,
                 alpha=weights.alpha,
@@ -134,6 +139,9 @@ class AdapterRegistry:
                 parent_version_id=parent_version_id,
                 job_id=job_id,
             )
+            if before_commit is not None:
+                before_commit(session)
+            return version
 
     def import_peft(
         self,

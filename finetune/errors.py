@@ -3,6 +3,7 @@
 FinetuneError
 ├── LeaseLost      this worker no longer owns the job (its lease expired and the
 │                  job was re-leased, or it ended): stop and write nothing more
+├── JobCancelled   the job's owner asked to cancel it: stop, register nothing
 └── DatasetError   the user's data cannot make a training set (too little, too
                    long, malformed): the job fails with this message
 """
@@ -16,6 +17,10 @@ class FinetuneError(Exception):
 
 class LeaseLost(FinetuneError):
     """The job's lease is no longer this worker's; every write it attempts is refused."""
+
+
+class JobCancelled(FinetuneError):
+    """A cancel was requested while the job ran; it ends ``cancelled``."""
 
 
 class DatasetError(FinetuneError):

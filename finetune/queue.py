@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from finetune.errors import LeaseLost
+from finetune.errors import JobCancelled, LeaseLost
 from storage.clock import utc_now
 from storage.database import Database
 from storage.repositories import JobRepository
@@ -36,9 +36,9 @@ BACKOFF_CAP_SECONDS = 600.0
 LOST_WORKER_ERROR = "the worker stopped renewing its lease (it died or hung)"
 
 
-def retry_delay(attempt: int) -> timedelta:
+def retry_delay(attempt: int, base_seconds: float = BACKOFF_BASE_SECONDS) -> timedelta:
     """Wait before attempt ``attempt + 1``: 10 s, 20 s, 40 s ... at most 10 min."""
-    return timedelta(seconds=min(BACKOFF_BASE_SECONDS * 2 ** (attempt - 1), BACKOFF_CAP_SECONDS))
+    return timedelta(seconds=min(base_seconds * 2 ** (attempt - 1), BACKOFF_CAP_SECONDS))
 
 
 @dataclass(frozen=True)
@@ -56,11 +56,20 @@ class ClaimedJob:
 
 
 class JobQueue:
-    def __init__(self, database: Database, *, lease_seconds: float = DEFAULT_LEASE_SECONDS):
+    def __init__(
+        self,
+        database: Database,
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        retry_base_seconds: float = BACKOFF_BASE_SECONDS,
+    ):
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
+        if retry_base_seconds < 0:
+            raise ValueError("retry_base_seconds must not be negative")
         self.database = database
         self.lease_seconds = lease_seconds
+        self.retry_base_seconds = retry_base_seconds
 
     # Claiming ---------------------------------------------------------------------
 
@@ -144,13 +153,28 @@ class JobQueue:
                 job_id=claim.job_id, attempt=claim.attempt, kind=kind, payload=payload
             )
 
-    def succeed(self, claim: ClaimedJob, *, result_version_id: str | None) -> None:
+    def succeed(
+        self,
+        claim: ClaimedJob,
+        *,
+        result_version_id: str | None,
+        adapter_id: str | None = None,
+    ) -> None:
         with self.database.session() as session:
             job = self._owned(session, claim)
             job.state = JobState.SUCCEEDED
             job.result_version_id = result_version_id
+            job.adapter_id = adapter_id or job.adapter_id
             job.error = None
             self._release(job)
+
+    def check_owned(self, session: Session, claim: ClaimedJob) -> None:
+        """Inside another transaction: ``LeaseLost`` unless the job is still this
+        worker's, ``JobCancelled`` if a cancel was asked for. Registering a
+        version calls this, so a version commits only with a live lease."""
+        job = self._owned(session, claim)
+        if job.cancel_requested:
+            raise JobCancelled(f"job {claim.job_id} was cancelled")
 
     def cancelled(self, claim: ClaimedJob) -> None:
         """The worker stopped on request: the job ends ``cancelled``."""
@@ -193,7 +217,7 @@ class JobQueue:
             self._release(job)
         elif retryable and job.attempt < job.max_attempts:
             job.state = JobState.QUEUED
-            job.run_after = utc_now() + retry_delay(job.attempt)
+            job.run_after = utc_now() + retry_delay(job.attempt, self.retry_base_seconds)
             job.lease_owner = None
             job.lease_expires_at = None
         else:

@@ -10,6 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -113,13 +118,95 @@ def serve(
     from serving.runtime import ModelRuntime
 
     app_ = create_app(services, runtime=ModelRuntime(services))
-    uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info")
+    workers = start_worker_processes(settings.finetune_workers)
+    try:
+        uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info")
+    finally:
+        stop_worker_processes(workers)
+
+
+@app.command()
+def worker(
+    name: Annotated[str | None, typer.Option(help="Names this worker in job leases.")] = None,
+    once: Annotated[bool, typer.Option("--once", help="Run at most one job, then exit.")] = False,
+    parent_pid: Annotated[
+        int | None, typer.Option(hidden=True, help="Exit when this process is gone.")
+    ] = None,
+) -> None:
+    """Run a fine-tune worker: claim queued jobs, train, evaluate, promote."""
+    from finetune.worker import worker_from_settings
+    from serving.services import Services
+    from storage.settings import load_settings
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    with _one_line_errors():
+        settings = load_settings()
+        services = Services.open(settings)
+    worker_name = name or f"{socket.gethostname()}:{os.getpid()}"
+    fine_tuner = worker_from_settings(settings, services.adapters, name=worker_name)
+    stop = threading.Event()
+    # SIGTERM stops like Ctrl-C: a running job is handed back to the queue.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    if parent_pid is not None:
+        threading.Thread(target=_stop_when_orphaned, args=(parent_pid, stop), daemon=True).start()
+    typer.echo(f"tailor: fine-tune worker {worker_name} on {fine_tuner.config.torch_device}")
+    try:
+        if once:
+            fine_tuner.run_one()
+        else:
+            fine_tuner.run(stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        services.close()
+
+
+def _stop_when_orphaned(parent_pid: int, stop: threading.Event) -> None:
+    # A worker started by `tailor serve` must not outlive it, even if the
+    # server was killed without the chance to stop its children.
+    while not stop.wait(1.0):
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
+def start_worker_processes(count: int) -> list[subprocess.Popen[bytes]]:
+    """The embedded mode's fine-tune workers, as child processes of the server.
+
+    Processes, not threads: training holds the GIL and CPU for minutes, and a
+    worker that crashes or is killed must not take the API down with it.
+    """
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "serving.cli",
+                "worker",
+                "--name",
+                f"{socket.gethostname()}:{os.getpid()}:worker-{index}",
+                "--parent-pid",
+                str(os.getpid()),
+            ]
+        )
+        for index in range(count)
+    ]
+
+
+def stop_worker_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def _serve_on_ray(settings: Settings, model_ids: list[str]) -> None:
     """Start (or join, with RAY_ADDRESS) a Ray cluster and run the application on it."""
-    import signal
-
     import ray
     from ray import serve as ray_serve_api
 

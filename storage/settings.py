@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -140,6 +141,57 @@ class Settings(BaseSettings):
         default=600.0, gt=0, description="Per user, refilled continuously."
     )
     rate_limit_burst: float = Field(default=60.0, ge=1, description="Per user, at once.")
+    # When fine-tune jobs are queued without anyone asking (finetune.triggers).
+    finetune_trigger_new_examples: int = Field(
+        default=50,
+        ge=0,
+        description="Queue a user's specialist job once they have this many new training "
+        "conversations (uploaded examples and liked chat answers) since it was last trained; "
+        "0: off.",
+    )
+    finetune_retrain_interval_hours: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Retrain a specialist last trained longer ago than this when its user "
+        "has any new conversation; 0: off.",
+    )
+    finetune_generalist_interval_hours: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Retrain each base model's generalist this often when any user "
+        "has a new conversation; 0: off.",
+    )
+
+    # The fine-tune worker (finetune.worker).
+    finetune_workers: int = Field(
+        default=1,
+        ge=0,
+        le=16,
+        description="Worker processes `tailor serve` starts beside the API (embedded mode); "
+        "0: none (run `tailor worker` elsewhere).",
+    )
+    finetune_device: str = Field(
+        default="auto", description="Where workers train: auto (a GPU if any), cpu, cuda, cuda:N."
+    )
+    finetune_quantization: Literal["nf4", "none"] = Field(
+        default="nf4", description="nf4: QLoRA on a 4-bit base; none: a full-precision base."
+    )
+    finetune_batch_size: int = Field(default=8, ge=1, le=512)
+    finetune_lease_seconds: float = Field(
+        default=60.0, gt=0, description="A job whose worker is silent this long is re-leased."
+    )
+    finetune_heartbeat_seconds: float = Field(
+        default=2.0, gt=0, description="Lease renewal, and how soon a cancel is noticed."
+    )
+    finetune_retry_base_seconds: float = Field(
+        default=10.0, ge=0, description="Backoff before a failed job's retry, doubling each time."
+    )
+    finetune_auto_promote: bool = Field(
+        default=True, description="Promote a candidate that passes the evaluation gate."
+    )
+    finetune_trigger_check_seconds: float = Field(
+        default=30.0, gt=0, description="How often a worker looks for jobs to queue by itself."
+    )
 
     @field_validator("model_costs")
     @classmethod

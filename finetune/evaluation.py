@@ -1,0 +1,226 @@
+"""The evaluation gate: is a candidate better than what the user gets now?
+
+Every variant is scored through serving's own ``MultiLoraModel`` on the base
+model as serving runs it, so what is measured is what would be served, gate
+and top-k included. Scores are summed NLL per held-out conversation, over the
+answer tokens only (the same tokens training learnt).
+
+A candidate is promoted only if, on the user's test split (newest data),
+- it beats the base model, and what the user is served now (the generalists
+  and the active specialist), by a paired bootstrap whose 95% lower bound of
+  the per-token NLL gain is above zero;
+- its NLL on a fixed generic text set rises by at most 1% over the base
+  model's (it must not forget how to write ordinary text).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from adapters.lora_weights import LoraWeights
+from adapters.multi_lora import MultiLoraModel
+from finetune.bootstrap import GainInterval, paired_gain_interval
+from finetune.dataset import IGNORED, TokenizedConversation
+from finetune.training import make_batch
+
+GENERIC_MAX_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of answering: a list of experts, the last possibly gating the others."""
+
+    name: str
+    experts: tuple[LoraWeights, ...] = ()
+    # Whether the last expert's gate mixes them all (serving's rule: it scores
+    # exactly the generalists it is served with); else they are summed.
+    gated: bool = False
+
+    def __post_init__(self) -> None:
+        if self.gated and not (self.experts and self.experts[-1].has_gate):
+            raise ValueError(f"variant {self.name}: gated, but its last expert has no gate")
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Summed NLL (nats) and scored tokens per conversation, in input order."""
+
+    nll: tuple[float, ...]
+    tokens: tuple[int, ...]
+
+    @property
+    def per_token(self) -> float:
+        return sum(self.nll) / sum(self.tokens)
+
+
+class VariantScorer:
+    """Scores conversations under several expert variants of one base model."""
+
+    def __init__(self, model: Any, variants: Sequence[Variant], *, pad_id: int) -> None:
+        self.model = model
+        self.pad_id = pad_id
+        self.variants = {v.name: v for v in variants}
+        experts = [w for v in variants for w in v.experts]
+        max_rank = max((w.rank for w in experts), default=1)
+        width = max((len(v.experts) for v in variants), default=1)
+        self.handle = MultiLoraModel.wrap(
+            model, num_slots=len(experts) + 1, max_rank=max_rank, max_experts=max(1, width)
+        )
+        self._slots: dict[str, tuple[list[int], int]] = {}
+        slot = 1
+        for variant in variants:
+            slots: list[int] = []
+            for weights in variant.experts:
+                self.handle.load(slot, weights)
+                slots.append(slot)
+                slot += 1
+            gate = slots[-1] if variant.gated else 0
+            self._slots[variant.name] = (slots + [0] * (max(1, width) - len(slots)), gate)
+
+    @torch.inference_mode()
+    def score(
+        self, name: str, conversations: Sequence[TokenizedConversation], *, batch_size: int = 8
+    ) -> Scores:
+        slots, gate = self._slots[name]
+        device = self.handle.device
+        nll: list[float] = []
+        tokens: list[int] = []
+        for start in range(0, len(conversations), batch_size):
+            group = conversations[start : start + batch_size]
+            batch = make_batch(group, pad_id=self.pad_id, device=device)
+            rows = len(group)
+            if any(slots):
+                with self.handle.routing([slots] * rows, gate_slots=[gate] * rows):
+                    logits = self.model(
+                        input_ids=batch.input_ids, attention_mask=batch.attention_mask
+                    ).logits
+            else:
+                logits = self.model(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask
+                ).logits
+            labels = batch.labels[:, 1:]
+            losses = F.cross_entropy(
+                logits[:, :-1].float().transpose(1, 2), labels, reduction="none"
+            )
+            scored = labels != IGNORED
+            nll += (losses * scored).sum(dim=1).tolist()
+            tokens += scored.sum(dim=1).tolist()
+        return Scores(nll=tuple(nll), tokens=tuple(int(t) for t in tokens))
+
+
+def generic_conversations(tokenizer: Any, texts: Sequence[str]) -> list[TokenizedConversation]:
+    """Plain text, every token scored (a language-modelling check, not a chat one)."""
+    found: list[TokenizedConversation] = []
+    for text in texts:
+        ids = list(tokenizer(text)["input_ids"])[:GENERIC_MAX_TOKENS]
+        found.append(TokenizedConversation(input_ids=ids, labels=ids))
+    return found
+
+
+@dataclass(frozen=True)
+class GateRules:
+    confidence: float = 0.95
+    max_generic_rise: float = 0.01  # relative to the base model's generic NLL
+    resamples: int = 2000
+
+    def __post_init__(self) -> None:
+        if not 0 < self.confidence < 1:
+            raise ValueError("confidence must lie in (0, 1)")
+        if self.max_generic_rise < 0:
+            raise ValueError("max_generic_rise must not be negative")
+        if self.resamples < 1:
+            raise ValueError("resamples must be at least 1")
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    test_conversations: int
+    test_tokens: int
+    nll_per_token: dict[str, float]  # base, current, candidate
+    gain_vs_base: GainInterval
+    gain_vs_current: GainInterval | None  # None when current is the base model
+    generic_nll_per_token: dict[str, float]  # base, candidate
+    generic_rise: float
+    promote: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def as_metrics(self) -> dict[str, Any]:
+        """What the registry stores with the candidate (JSON)."""
+        metrics: dict[str, Any] = _finite(asdict(self))
+        return metrics
+
+
+def evaluate_candidate(
+    scorer: VariantScorer,
+    test: Sequence[TokenizedConversation],
+    generic: Sequence[TokenizedConversation],
+    *,
+    rules: GateRules = GateRules(),
+) -> EvaluationReport:
+    """Scores ``base``, ``current`` and ``candidate`` variants and applies the gate rules."""
+    base = scorer.score("base", test)
+    candidate = scorer.score("candidate", test)
+    has_current = "current" in scorer.variants and bool(scorer.variants["current"].experts)
+    current = scorer.score("current", test) if has_current else base
+    interval = _interval_args(rules)
+    gain_base = paired_gain_interval(base.nll, candidate.nll, base.tokens, **interval)
+    gain_current = (
+        paired_gain_interval(current.nll, candidate.nll, base.tokens, **interval)
+        if has_current
+        else None
+    )
+    generic_base = scorer.score("base", generic).per_token
+    generic_candidate = scorer.score("candidate", generic).per_token
+    rise = generic_candidate / generic_base - 1.0
+
+    reasons: list[str] = []
+    if not gain_base.significant:
+        reasons.append(
+            f"not better than the base model: gain {gain_base.gain:.4f} nats/token, "
+            f"{rules.confidence:.0%} lower bound {gain_base.lower:.4f}"
+        )
+    if gain_current is not None and not gain_current.significant:
+        reasons.append(
+            f"not better than the current experts: gain {gain_current.gain:.4f} nats/token, "
+            f"{rules.confidence:.0%} lower bound {gain_current.lower:.4f}"
+        )
+    if rise > rules.max_generic_rise:
+        reasons.append(
+            f"generic text NLL rose {rise:.2%} (at most {rules.max_generic_rise:.0%} allowed)"
+        )
+    return EvaluationReport(
+        test_conversations=len(test),
+        test_tokens=sum(base.tokens),
+        nll_per_token={
+            "base": base.per_token,
+            "current": current.per_token,
+            "candidate": candidate.per_token,
+        },
+        gain_vs_base=gain_base,
+        gain_vs_current=gain_current,
+        generic_nll_per_token={"base": generic_base, "candidate": generic_candidate},
+        generic_rise=rise,
+        promote=not reasons,
+        reasons=reasons,
+    )
+
+
+def _interval_args(rules: GateRules) -> dict[str, Any]:
+    return {"confidence": rules.confidence, "resamples": rules.resamples}
+
+
+def _finite(value: Any) -> Any:
+    # JSON has no NaN or infinity; a report must always store.
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

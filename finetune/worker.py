@@ -1,0 +1,519 @@
+"""The fine-tune worker: claims a job, trains, evaluates, registers, promotes.
+
+One job, start to end:
+
+1. claim it with a lease; a heartbeat thread renews the lease and notices a
+   cancel request or a lost lease;
+2. build the data set (the user's examples and liked answers, or every user's
+   for a generalist), tokenized as served and split by time;
+3. train the expert on a freshly loaded NF4 base: for a specialist, beside
+   the frozen active generalists, with the CoMiGS gate (``finetune.training``);
+4. score base / current / candidate as serving would serve them on the test
+   split and the generic text set (``finetune.evaluation``);
+5. register the candidate in the same transaction that checks the lease, so a
+   worker that lost its job registers nothing; promote it if it passed.
+
+A retried job whose earlier attempt registered its version (and then died)
+does not train again: it finishes what that attempt left, so a job yields at
+most one version however often its worker dies.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from sqlalchemy import select
+
+from adapters.errors import AdapterError, InvalidTransition
+from adapters.expert_sets import ExpertRef, resolve_expert_set
+from adapters.lora_weights import LoraWeights
+from adapters.registry import AdapterRegistry
+from finetune.base_loading import load_evaluation_base, load_training_base
+from finetune.config import TrainingConfig
+from finetune.dataset import (
+    Conversation,
+    TimeSplit,
+    TokenizedConversation,
+    collect_conversations,
+    split_by_time,
+    tokenize_conversation,
+)
+from finetune.errors import DatasetError, JobCancelled, LeaseLost
+from finetune.evaluation import (
+    EvaluationReport,
+    GateRules,
+    Variant,
+    VariantScorer,
+    evaluate_candidate,
+    generic_conversations,
+)
+from finetune.experts import attach_experts
+from finetune.generic_text import generic_texts
+from finetune.queue import ClaimedJob, JobQueue
+from finetune.training import Progress, train_experts
+from finetune.triggers import JobTrigger, TriggerPolicy
+from storage.repositories import AdapterRepository, BaseModelRepository
+from storage.settings import Settings
+from storage.tables import AdapterKind, AdapterState, AdapterVersion, BaseModel, User
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    name: str
+    model_store_dir: Path
+    device: str = "auto"  # "auto": the GPU when there is one
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    gate: GateRules = field(default_factory=GateRules)
+    heartbeat_seconds: float = 2.0
+    poll_seconds: float = 2.0
+    progress_every_seconds: float = 1.0
+    # The triggers (``before_claim``) run at most this often.
+    trigger_every_seconds: float = 30.0
+    # Promote a candidate that passes the gate (off: admins promote by hand).
+    auto_promote: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("a worker needs a name")
+        for name in (
+            "heartbeat_seconds",
+            "poll_seconds",
+            "progress_every_seconds",
+            "trigger_every_seconds",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
+
+    @property
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+class LeaseKeeper:
+    """Renews a claimed job's lease in the background while the job runs.
+
+    The training loop calls ``check()`` between steps: it raises
+    ``JobCancelled`` within a heartbeat of a cancel request and ``LeaseLost``
+    once the job is no longer this worker's.
+    """
+
+    def __init__(self, queue: JobQueue, claim: ClaimedJob, every_seconds: float) -> None:
+        self._queue = queue
+        self._claim = claim
+        self._every = every_seconds
+        self._stop = threading.Event()
+        self._cancel = False
+        self._lost: LeaseLost | None = None
+        self._thread = threading.Thread(target=self._run, name=f"lease-{claim.job_id}", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                self._cancel = self._queue.heartbeat(self._claim) or self._cancel
+            except LeaseLost as lost:
+                self._lost = lost
+                return
+            except Exception:  # a database hiccup: try again next beat
+                log.exception("heartbeat of job %s failed", self._claim.job_id)
+
+    def check(self) -> None:
+        if self._lost is not None:
+            raise self._lost
+        if self._cancel:
+            raise JobCancelled(f"job {self._claim.job_id} was cancelled")
+
+
+@dataclass(frozen=True)
+class ExpertsNow:
+    """What a job trains beside, and what it must beat."""
+
+    # (adapter id, weights) of the active generalists, in the gate's order.
+    generalists: list[tuple[str, LoraWeights]]
+    # The experts serving answers with now: for a specialist job the
+    # generalists and the user's active specialist; for a generalist job
+    # that generalist's active version.
+    current: list[LoraWeights]
+    current_gated: bool
+    # The active version of the expert being trained: the new one's parent.
+    parent_version_id: str | None
+
+
+@dataclass
+class PreparedData:
+    split: TimeSplit
+    conversations: int
+    source_counts: dict[str, int]
+
+
+class FinetuneWorker:
+    def __init__(
+        self,
+        queue: JobQueue,
+        registry: AdapterRegistry,
+        config: WorkerConfig,
+        *,
+        before_claim: Callable[[], object] | None = None,
+    ) -> None:
+        self.queue = queue
+        self.registry = registry
+        self.database = registry.database
+        self.config = config
+        # Run before each claim (the automatic triggers), errors logged, not raised.
+        self.before_claim = before_claim
+
+    # The loop -----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Claim and run jobs until ``stop`` is set (checked between jobs)."""
+        log.info("fine-tune worker %s started on %s", self.config.name, self.config.torch_device)
+        triggered_at = -math.inf
+        while not stop.is_set():
+            now = time.monotonic()
+            if (
+                self.before_claim is not None
+                and now - triggered_at >= self.config.trigger_every_seconds
+            ):
+                triggered_at = now
+                try:
+                    self.before_claim()
+                except Exception:
+                    log.exception("the fine-tune triggers failed")
+            if self.run_one() is None:
+                stop.wait(self.config.poll_seconds)
+
+    def run_one(self) -> str | None:
+        """Claim one job and run it to its end; the job's id, or None if none was due."""
+        claim = self.queue.claim(self.config.name)
+        if claim is None:
+            return None
+        self.execute(claim)
+        return claim.job_id
+
+    def execute(self, claim: ClaimedJob) -> None:
+        """Run a claimed job; every ending is written to the queue (or, with the lease
+        lost, nothing is: the job is someone else's now)."""
+        try:
+            with LeaseKeeper(self.queue, claim, self.config.heartbeat_seconds) as lease:
+                self._execute(claim, lease)
+        except LeaseLost:
+            log.warning("job %s: lease lost, stopping without writing", claim.job_id)
+        except KeyboardInterrupt:
+            # The worker is being stopped: the job goes back to the queue.
+            self._fail(claim, "the worker was stopped while running the job", retryable=True)
+            raise
+        except JobCancelled:
+            self._end(claim, lambda: self.queue.cancelled(claim), "cancelled", {})
+        except DatasetError as error:
+            self._fail(claim, str(error), retryable=False)
+        except (AdapterError, ValueError) as error:
+            # What was trained does not validate, or the settings are wrong:
+            # another attempt would do the same.
+            self._fail(claim, f"{type(error).__name__}: {error}", retryable=False)
+        except Exception as error:  # any other failure is retried
+            log.exception("job %s failed", claim.job_id)
+            self._fail(claim, f"{type(error).__name__}: {error}", retryable=True)
+        finally:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def _fail(self, claim: ClaimedJob, error: str, *, retryable: bool) -> None:
+        self._end(
+            claim,
+            lambda: self.queue.fail(claim, error, retryable=retryable),
+            "error",
+            {"error": error, "retryable": retryable},
+        )
+
+    def _end(
+        self, claim: ClaimedJob, write: Callable[[], object], kind: str, payload: dict[str, Any]
+    ) -> None:
+        try:
+            self.queue.add_event(claim, kind, payload)
+            write()
+        except LeaseLost:
+            log.warning("job %s: lease lost before its end (%s) was written", claim.job_id, kind)
+
+    # One job ------------------------------------------------------------------------
+
+    def _execute(self, claim: ClaimedJob, lease: LeaseKeeper) -> None:
+        earlier = self._version_of_job(claim.job_id)
+        if earlier is not None:
+            # An earlier attempt registered this job's version and then died.
+            self.queue.add_event(claim, "resumed", {"version_id": earlier.id})
+            self._finish(claim, earlier, promote=bool(earlier.eval_metrics.get("promote")))
+            return
+
+        self.queue.add_event(claim, "started", {"attempt": claim.attempt, "worker": claim.worker})
+        base = self._base_model(claim.base_model_id)
+        model_dir = self.config.model_store_dir / base.path
+        config = self.config.training.with_hyperparameters(claim.hyperparameters)
+        tokenizer = _load_tokenizer(model_dir)
+        data = self._prepare_data(claim, tokenizer, max_length=base.context_length)
+        self.queue.add_event(
+            claim,
+            "dataset",
+            {
+                "conversations": data.conversations,
+                "sources": data.source_counts,
+                "train": len(data.split.train),
+                "validation": len(data.split.validation),
+                "test": len(data.split.test),
+                "train_tokens": sum(len(c.input_ids) for c in data.split.train),
+            },
+        )
+        lease.check()
+
+        now = self._experts_now(claim)
+        torch.manual_seed(config.seed)
+        device = self.config.torch_device
+        model = load_training_base(model_dir, quantization=config.quantization, device=device)
+        experts = attach_experts(
+            model,
+            config,
+            base_model_id=claim.base_model_id,
+            generalists=now.generalists if claim.kind is AdapterKind.SPECIALIST else (),
+        )
+        report = train_experts(
+            experts,
+            data.split,
+            pad_id=_pad_id(tokenizer),
+            on_progress=self._progress_writer(claim, lease),
+        )
+        weights = experts.export()
+        del experts, model
+        gc.collect()
+        self.queue.add_event(
+            claim,
+            "trained",
+            {
+                "steps": report.steps,
+                "gate_steps": report.gate_steps,
+                "tokens": report.tokens,
+                "seconds": round(report.seconds, 2),
+                "tokens_per_second": round(report.tokens_per_second, 1),
+                "first_loss": round(report.first_loss, 5),
+                "last_loss": round(report.last_loss, 5),
+            },
+        )
+        lease.check()
+
+        evaluation = self._evaluate(model_dir, tokenizer, data.split.test, weights, now, claim)
+        metrics = evaluation.as_metrics() | {
+            "training": {"steps": report.steps, "last_loss": report.last_loss},
+            "quantization": config.quantization,
+        }
+        self.queue.add_event(claim, "evaluation", metrics)
+        lease.check()
+
+        version = self.registry.register_candidate(
+            weights,
+            kind=claim.kind,
+            user_id=claim.user_id,
+            eval_metrics=metrics,
+            parent_version_id=now.parent_version_id,
+            job_id=claim.job_id,
+            before_commit=lambda session: self.queue.check_owned(session, claim),
+        )
+        self.queue.add_event(
+            claim,
+            "registered",
+            {
+                "version_id": version.id,
+                "adapter_id": version.adapter_id,
+                "version": version.version,
+            },
+        )
+        self._finish(claim, version, promote=evaluation.promote)
+
+    def _finish(self, claim: ClaimedJob, version: AdapterVersion, *, promote: bool) -> None:
+        if version.state is AdapterState.CANDIDATE and promote and self.config.auto_promote:
+            try:
+                self.registry.promote(version_id=version.id)
+                self.queue.add_event(claim, "promoted", {"version_id": version.id})
+            except InvalidTransition as error:
+                # Someone promoted or retired by hand meanwhile: theirs stands.
+                self.queue.add_event(claim, "not_promoted", {"reason": str(error)})
+        elif version.state is AdapterState.CANDIDATE:
+            reasons = version.eval_metrics.get("reasons") or ["automatic promotion is off"]
+            self.queue.add_event(claim, "not_promoted", {"reasons": reasons})
+        self.queue.succeed(claim, result_version_id=version.id, adapter_id=version.adapter_id)
+
+    def _progress_writer(self, claim: ClaimedJob, lease: LeaseKeeper) -> Callable[[Progress], None]:
+        last = 0.0
+
+        def write(progress: Progress) -> None:
+            nonlocal last
+            lease.check()
+            now = time.monotonic()
+            final = progress.step == progress.total_steps
+            if final or progress.step == 1 or now - last >= self.config.progress_every_seconds:
+                self.queue.add_event(claim, "progress", progress.payload())
+                last = now
+
+        return write
+
+    # Pieces -------------------------------------------------------------------------
+
+    def _version_of_job(self, job_id: str) -> AdapterVersion | None:
+        with self.database.session() as session:
+            return session.scalar(select(AdapterVersion).where(AdapterVersion.job_id == job_id))
+
+    def _base_model(self, base_model_id: str) -> BaseModel:
+        with self.database.session() as session:
+            return BaseModelRepository(session).get(model_id=base_model_id)
+
+    def _prepare_data(self, claim: ClaimedJob, tokenizer: Any, *, max_length: int) -> PreparedData:
+        with self.database.session() as session:
+            if claim.kind is AdapterKind.SPECIALIST:
+                assert claim.user_id is not None
+                if session.get(User, claim.user_id) is None:
+                    raise DatasetError(f"the user {claim.user_id} no longer exists")
+                conversations = collect_conversations(session, user_id=claim.user_id)
+            else:
+                conversations = _pooled_conversations(session)
+        if not conversations:
+            raise DatasetError("there is no data to learn from: upload examples or rate answers")
+        tokenized = _tokenize_all(tokenizer, conversations, max_length=max_length)
+        sources: dict[str, int] = {}
+        for conversation in conversations:
+            sources[conversation.source] = sources.get(conversation.source, 0) + 1
+        return PreparedData(split_by_time(tokenized), len(conversations), sources)
+
+    def _experts_now(self, claim: ClaimedJob) -> ExpertsNow:
+        with self.database.session() as session:
+            shared = resolve_expert_set(session, base_model_id=claim.base_model_id, user_id=None)
+            mine = resolve_expert_set(
+                session, base_model_id=claim.base_model_id, user_id=claim.user_id
+            )
+            target = AdapterRepository(session).find_expert(
+                kind=claim.kind, base_model_id=claim.base_model_id, user_id=claim.user_id
+            )
+
+        def load(ref: ExpertRef) -> LoraWeights:
+            return self.registry.load_weights(sha256=ref.sha256, base_model_id=claim.base_model_id)
+
+        generalists = [(ref.adapter_id, load(ref)) for ref in shared.generalists]
+        if claim.kind is AdapterKind.SPECIALIST:
+            served = list(mine.experts)
+        else:
+            served = [ref for ref in shared.generalists if target and ref.adapter_id == target.id]
+        parent = next(
+            (ref.version_id for ref in served if target and ref.adapter_id == target.id), None
+        )
+        current = [load(ref) for ref in served]
+        # Serving's rule (adapters.slot_cache): the specialist's gate applies
+        # when it scores exactly the active generalists.
+        gated = (
+            claim.kind is AdapterKind.SPECIALIST
+            and mine.specialist is not None
+            and current[-1].has_gate
+            and current[-1].gate_experts == tuple(g for g, _ in generalists)
+        )
+        return ExpertsNow(generalists, current, gated, parent)
+
+    def _evaluate(
+        self,
+        model_dir: Path,
+        tokenizer: Any,
+        test: Sequence[TokenizedConversation],
+        weights: LoraWeights,
+        now: ExpertsNow,
+        claim: ClaimedJob,
+    ) -> EvaluationReport:
+        if claim.kind is AdapterKind.SPECIALIST:
+            candidate = (*[w for _, w in now.generalists], weights)
+        else:
+            candidate = (weights,)
+        variants = [
+            Variant("base"),
+            Variant("current", tuple(now.current), gated=now.current_gated),
+            Variant("candidate", candidate, gated=weights.has_gate),
+        ]
+        model = load_evaluation_base(model_dir, device=self.config.torch_device)
+        scorer = VariantScorer(model, variants, pad_id=_pad_id(tokenizer))
+        generic = generic_conversations(tokenizer, generic_texts())
+        return evaluate_candidate(scorer, test, generic, rules=self.config.gate)
+
+
+def _pooled_conversations(session: Any) -> list[Conversation]:
+    """Every user's data, oldest first: what a generalist learns from."""
+    pooled: list[Conversation] = []
+    for user_id in session.scalars(select(User.id)):
+        pooled += collect_conversations(session, user_id=user_id)
+    return sorted(pooled, key=lambda c: c.created_at)
+
+
+def _tokenize_all(
+    tokenizer: Any, conversations: Sequence[Conversation], *, max_length: int
+) -> list[TokenizedConversation]:
+    tokenized: list[TokenizedConversation] = []
+    for index, conversation in enumerate(conversations):
+        try:
+            tokenized.append(
+                tokenize_conversation(tokenizer, conversation.messages, max_length=max_length)
+            )
+        except DatasetError as error:
+            raise DatasetError(
+                f"{conversation.source} {index + 1} of {len(conversations)}: {error}"
+            ) from None
+    return tokenized
+
+
+def _load_tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return int(pad or 0)
+
+
+def worker_from_settings(
+    settings: Settings, registry: AdapterRegistry, *, name: str
+) -> FinetuneWorker:
+    """A worker configured as the settings say, with the automatic triggers on."""
+    queue = JobQueue(
+        registry.database,
+        lease_seconds=settings.finetune_lease_seconds,
+        retry_base_seconds=settings.finetune_retry_base_seconds,
+    )
+    config = WorkerConfig(
+        name=name,
+        model_store_dir=settings.model_store_dir,
+        device=settings.finetune_device,
+        training=TrainingConfig(
+            quantization=settings.finetune_quantization, batch_size=settings.finetune_batch_size
+        ),
+        heartbeat_seconds=settings.finetune_heartbeat_seconds,
+        auto_promote=settings.finetune_auto_promote,
+        trigger_every_seconds=settings.finetune_trigger_check_seconds,
+    )
+    policy = TriggerPolicy.from_settings(settings)
+    trigger = JobTrigger(registry.database, policy) if policy.enabled else None
+    return FinetuneWorker(
+        queue, registry, config, before_claim=trigger.run_once if trigger is not None else None
+    )
