@@ -1,119 +1,15 @@
-"""A user's training data: conversations, tokens with the answer marked, split by time.
-
-Only the assistant's answers are learnt (labels elsewhere are -100, ignored by
-the loss): the expert should learn how this user wants to be answered, not to
-predict the user's own questions. Splits follow time (oldest for training,
-newest for testing), so the evaluation asks what a user does next, as serving
-will.
-"""
+"""A user's training data from SQL: their examples and the chat answers they liked."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy.orm import Session
 
-from finetune.chat_format import Message, prompt_ids, transcript
-from finetune.errors import DatasetError
+from finetune.chat_format import Message
 from storage.repositories import ExampleRepository, FeedbackRepository
 from storage.tables import TrainingExample
-
-IGNORED = -100  # the label transformers' losses skip
-
-
-@dataclass(frozen=True)
-class TokenizedConversation:
-    input_ids: list[int]
-    labels: list[int]  # the token where it is learnt, IGNORED elsewhere
-
-    @property
-    def answer_tokens(self) -> int:
-        return sum(label != IGNORED for label in self.labels)
-
-
-def tokenize_conversation(
-    tokenizer: Any, messages: Sequence[Message], *, max_length: int
-) -> TokenizedConversation:
-    """Tokens of the whole conversation; every assistant turn is learnt.
-
-    Each assistant turn's tokens are found as the difference between the
-    prompt asking for it (exactly what serving sends) and the conversation up
-    to and including it, so the template's own wrapping (end-of-turn tokens)
-    is learnt too. A base model learns to end its last answer with EOS.
-    """
-    if not any(m["role"] == "assistant" for m in messages):
-        raise DatasetError("a training conversation needs at least one assistant answer")
-    chat = tokenizer.chat_template is not None
-    input_ids: list[int] = []
-    labels: list[int] = []
-    for index, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        prefix = prompt_ids(tokenizer, messages[:index])
-        if chat:
-            whole = _template_ids(tokenizer, messages[: index + 1])
-        else:
-            # The transcript form of this answer: "Assistant: <content>\n".
-            text = transcript(messages[:index]) + f" {message['content']}\n"
-            whole = list(tokenizer(text)["input_ids"])
-        if prefix[: len(input_ids)] != input_ids or whole[: len(prefix)] != prefix:
-            raise DatasetError(
-                "the conversation does not tokenize turn by turn the way it is served; "
-                "cannot mark its answers"
-            )
-        labels += [IGNORED] * (len(prefix) - len(input_ids)) + whole[len(prefix) :]
-        input_ids = whole
-    if not chat and tokenizer.eos_token_id is not None:
-        input_ids = [*input_ids, tokenizer.eos_token_id]
-        labels = [*labels, tokenizer.eos_token_id]
-    if len(input_ids) > max_length:
-        raise DatasetError(
-            f"a conversation has {len(input_ids)} tokens, more than the {max_length} "
-            "the model takes"
-        )
-    return TokenizedConversation(input_ids=input_ids, labels=labels)
-
-
-def _template_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
-    encoded = tokenizer.apply_chat_template(list(messages))
-    ids: list[int] = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
-    return list(ids)
-
-
-@dataclass(frozen=True)
-class TimeSplit:
-    train: list[TokenizedConversation]
-    validation: list[TokenizedConversation]
-    test: list[TokenizedConversation]
-
-
-def split_by_time(
-    conversations: Sequence[TokenizedConversation],
-    *,
-    validation_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    minimum: int = 10,
-) -> TimeSplit:
-    """Oldest first in, newest last: train, then validation, then test (each at least one)."""
-    if not (0 < validation_fraction < 1 and 0 < test_fraction < 1):
-        raise ValueError("the fractions must lie in (0, 1)")
-    if validation_fraction + test_fraction >= 1:
-        raise ValueError("validation and test together must leave something to train on")
-    total = len(conversations)
-    if total < minimum:
-        raise DatasetError(f"{total} conversation(s) to learn from; at least {minimum} are needed")
-    n_test = max(1, round(total * test_fraction))
-    n_validation = max(1, round(total * validation_fraction))
-    n_train = total - n_test - n_validation
-    items = list(conversations)
-    return TimeSplit(
-        train=items[:n_train],
-        validation=items[n_train : n_train + n_validation],
-        test=items[n_train + n_validation :],
-    )
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from adapters.lora_weights import LoraWeights
 from adapters.multi_lora import MultiLoraModel
 from finetune.bootstrap import GainInterval, paired_gain_interval
-from finetune.dataset import IGNORED, TokenizedConversation
+from finetune.config import SERVED_TOP_K
+from finetune.conversations import IGNORED, TokenizedConversation
 from finetune.training import make_batch
 
 GENERIC_MAX_TOKENS = 256
@@ -68,9 +69,14 @@ class VariantScorer:
         self.variants = {v.name: v for v in variants}
         experts = [w for v in variants for w in v.experts]
         max_rank = max((w.rank for w in experts), default=1)
-        width = max((len(v.experts) for v in variants), default=1)
+        # Serving's top-k; the pool must be at least that wide to accept it.
+        width = max([SERVED_TOP_K, *(len(v.experts) for v in variants)])
         self.handle = MultiLoraModel.wrap(
-            model, num_slots=len(experts) + 1, max_rank=max_rank, max_experts=max(1, width)
+            model,
+            num_slots=max(2, len(experts) + 1),
+            max_rank=max_rank,
+            max_experts=width,
+            top_k=SERVED_TOP_K,
         )
         self._slots: dict[str, tuple[list[int], int]] = {}
         slot = 1
@@ -81,7 +87,7 @@ class VariantScorer:
                 slots.append(slot)
                 slot += 1
             gate = slots[-1] if variant.gated else 0
-            self._slots[variant.name] = (slots + [0] * (max(1, width) - len(slots)), gate)
+            self._slots[variant.name] = (slots + [0] * (width - len(slots)), gate)
 
     @torch.inference_mode()
     def score(

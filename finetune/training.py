@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from finetune.dataset import IGNORED, TimeSplit, TokenizedConversation
+from finetune.conversations import IGNORED, TimeSplit, TokenizedConversation
 from finetune.experts import AttachedExperts
 
 

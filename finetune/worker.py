@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from adapters.errors import AdapterError, InvalidTransition
 from adapters.expert_sets import ExpertRef, resolve_expert_set
@@ -39,14 +40,14 @@ from adapters.lora_weights import LoraWeights
 from adapters.registry import AdapterRegistry
 from finetune.base_loading import load_evaluation_base, load_training_base
 from finetune.config import TrainingConfig
-from finetune.dataset import (
-    Conversation,
+from finetune.conversations import (
     TimeSplit,
     TokenizedConversation,
-    collect_conversations,
     split_by_time,
     tokenize_conversation,
 )
+from finetune.crash_points import WEIGHTS_WRITTEN, crash_point
+from finetune.dataset import Conversation, collect_conversations
 from finetune.errors import DatasetError, JobCancelled, LeaseLost
 from finetune.evaluation import (
     EvaluationReport,
@@ -57,7 +58,7 @@ from finetune.evaluation import (
     generic_conversations,
 )
 from finetune.experts import attach_experts
-from finetune.generic_text import generic_texts
+from finetune.generic_text import GENERIC_TEXTS
 from finetune.queue import ClaimedJob, JobQueue
 from finetune.training import Progress, train_experts
 from finetune.triggers import JobTrigger, TriggerPolicy
@@ -75,6 +76,8 @@ class WorkerConfig:
     device: str = "auto"  # "auto": the GPU when there is one
     training: TrainingConfig = field(default_factory=TrainingConfig)
     gate: GateRules = field(default_factory=GateRules)
+    # The generic passages the gate scores for forgetting (fewer: faster, noisier).
+    generic_texts: tuple[str, ...] = GENERIC_TEXTS
     heartbeat_seconds: float = 2.0
     poll_seconds: float = 2.0
     progress_every_seconds: float = 1.0
@@ -334,7 +337,7 @@ class FinetuneWorker:
             eval_metrics=metrics,
             parent_version_id=now.parent_version_id,
             job_id=claim.job_id,
-            before_commit=lambda session: self.queue.check_owned(session, claim),
+            before_commit=lambda session: self._before_registering(session, claim),
         )
         self.queue.add_event(
             claim,
@@ -346,6 +349,12 @@ class FinetuneWorker:
             },
         )
         self._finish(claim, version, promote=evaluation.promote)
+
+    def _before_registering(self, session: Session, claim: ClaimedJob) -> None:
+        # Inside the transaction that adds the version, after its weights were
+        # written: the version commits only if the job is still ours.
+        crash_point(WEIGHTS_WRITTEN)
+        self.queue.check_owned(session, claim)
 
     def _finish(self, claim: ClaimedJob, version: AdapterVersion, *, promote: bool) -> None:
         if version.state is AdapterState.CANDIDATE and promote and self.config.auto_promote:
@@ -453,7 +462,7 @@ class FinetuneWorker:
         ]
         model = load_evaluation_base(model_dir, device=self.config.torch_device)
         scorer = VariantScorer(model, variants, pad_id=_pad_id(tokenizer))
-        generic = generic_conversations(tokenizer, generic_texts())
+        generic = generic_conversations(tokenizer, self.config.generic_texts)
         return evaluate_candidate(scorer, test, generic, rules=self.config.gate)
 
 
@@ -511,6 +520,7 @@ def worker_from_settings(
         heartbeat_seconds=settings.finetune_heartbeat_seconds,
         auto_promote=settings.finetune_auto_promote,
         trigger_every_seconds=settings.finetune_trigger_check_seconds,
+        generic_texts=GENERIC_TEXTS[: settings.finetune_generic_texts],
     )
     policy = TriggerPolicy.from_settings(settings)
     trigger = JobTrigger(registry.database, policy) if policy.enabled else None

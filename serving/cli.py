@@ -211,17 +211,20 @@ def _serve_on_ray(settings: Settings, model_ids: list[str]) -> None:
     from ray import serve as ray_serve_api
 
     from serving import ray_serve
+    from serving.ray_workers import start_finetune_actors, stop_finetune_actors
 
     env = ray_serve.tailor_environment(settings, include_secrets=True)
     env["TAILOR_MODELS"] = json.dumps(model_ids)
     ray.init(runtime_env={"env_vars": env}, include_dashboard=False)
     # SIGTERM ends the process through the finally below, so Ray goes down too.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    workers: list[object] = []
     try:
         ray_serve_api.start(http_options={"host": settings.host, "port": settings.port})
         ray_serve_api.run(
             ray_serve.build_app(), name=ray_serve.APP_NAME, route_prefix="/", blocking=False
         )
+        workers = start_finetune_actors(settings)
         typer.echo(
             f"tailor: on Ray Serve with {len(model_ids)} model deployment(s), "
             f"listening on http://{settings.host}:{settings.port}"
@@ -230,6 +233,7 @@ def _serve_on_ray(settings: Settings, model_ids: list[str]) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        stop_finetune_actors(workers)
         ray_serve_api.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
 

@@ -170,6 +170,11 @@ class Settings(BaseSettings):
         description="Worker processes `tailor serve` starts beside the API (embedded mode); "
         "0: none (run `tailor worker` elsewhere).",
     )
+    finetune_gpus_per_worker: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="GPUs each fine-tune worker actor holds with --ray (Ray's num_gpus).",
+    )
     finetune_device: str = Field(
         default="auto", description="Where workers train: auto (a GPU if any), cpu, cuda, cuda:N."
     )
@@ -188,6 +193,13 @@ class Settings(BaseSettings):
     )
     finetune_auto_promote: bool = Field(
         default=True, description="Promote a candidate that passes the evaluation gate."
+    )
+    finetune_generic_texts: int = Field(
+        default=40,
+        ge=1,
+        le=40,
+        description="How many of the fixed generic passages the evaluation gate scores "
+        "to catch forgetting (fewer: faster, noisier).",
     )
     finetune_trigger_check_seconds: float = Field(
         default=30.0, gt=0, description="How often a worker looks for jobs to queue by itself."

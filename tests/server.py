@@ -60,7 +60,14 @@ def running_server(
 ) -> Iterator[RunningServer]:
     """``tailor serve`` (or ``args``) on a free port, until the block ends."""
     port = free_port()
-    full_env = {**env, "TAILOR_HOST": "127.0.0.1", "TAILOR_PORT": str(port)}
+    # No fine-tune worker process unless a test asks for one: most tests
+    # need none, and each costs a Python with torch beside the server.
+    full_env = {
+        "TAILOR_FINETUNE_WORKERS": "0",
+        **env,
+        "TAILOR_HOST": "127.0.0.1",
+        "TAILOR_PORT": str(port),
+    }
     started = time.perf_counter()
     process = subprocess.Popen(
         [TAILOR, *args],

@@ -9,13 +9,13 @@ import pytest
 from transformers import AutoTokenizer
 
 from finetune.chat_format import prompt_ids
-from finetune.dataset import (
+from finetune.conversations import (
     IGNORED,
     TokenizedConversation,
-    collect_conversations,
     split_by_time,
     tokenize_conversation,
 )
+from finetune.dataset import collect_conversations
 from finetune.errors import DatasetError
 from storage.database import Database
 from storage.repositories import ExampleRepository, FeedbackRepository

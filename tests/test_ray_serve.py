@@ -6,6 +6,7 @@ import json
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,10 @@ def ray_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServ
         "TAILOR_MODELS": json.dumps([SMOL]),
         "TAILOR_ADAPTER_SLOTS": "4",
         "TAILOR_MAX_ADAPTER_RANK": "8",
+        # One fine-tune worker actor beside the Serve application.
+        "TAILOR_FINETUNE_WORKERS": "1",
+        "TAILOR_FINETUNE_DEVICE": "cpu",
+        "TAILOR_FINETUNE_TRIGGER_NEW_EXAMPLES": "0",
     }
     try:
         with running_server(env, timeout=240, args=("serve", "--ray")) as server:
@@ -104,3 +109,28 @@ def test_chat_through_ray_serve_with_the_users_adapter(
     personal, plain = chat_personal_and_plain(ray_server.url, user["api_key"], SMOL)
     assert [a["version_id"] for a in personal["tailor"]["adapters"]] == [version["id"]]
     assert personal["choices"][0]["message"]["content"] != plain["choices"][0]["message"]["content"]
+
+
+def test_a_fine_tune_worker_actor_runs_the_queued_jobs(ray_server: RunningServer) -> None:
+    created = httpx.post(f"{ray_server.url}/admin/users", json={"name": "bo"}, headers=ADMIN)
+    me = {"Authorization": f"Bearer {created.json()['api_key']}"}
+    examples = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Hi {i}"},
+                {"role": "assistant", "content": "Yo"},
+            ]
+        }
+        for i in range(3)
+    ]
+    httpx.post(f"{ray_server.url}/v1/examples", json={"examples": examples}, headers=me)
+    job = httpx.post(f"{ray_server.url}/v1/fine-tunes", json={"model": SMOL}, headers=me).json()
+    # Too little data: the actor claims the job and fails it with the reason,
+    # which shows the worker runs on Ray without training for minutes.
+    deadline = time.monotonic() + 120
+    while (state := httpx.get(f"{ray_server.url}/v1/fine-tunes/{job['id']}", headers=me).json())[
+        "status"
+    ] in ("queued", "running"):
+        assert time.monotonic() < deadline, "no worker actor took the job"
+        time.sleep(0.5)
+    assert state["status"] == "failed" and "at least 10" in state["error"]

@@ -1,0 +1,319 @@
+"""The fine-tune worker in-process, on the real SmolLM2 weights (CPU, NF4 base).
+
+A job runs from claim to promotion: events in order, the candidate scored as
+it will be served, promoted only through the evaluation gate, exactly one
+version per job however attempts end. Jobs that cannot run fail with a clear
+error; a cancel stops a run and registers nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from adapters.registry import AdapterRegistry
+from finetune.config import TrainingConfig
+from finetune.generic_text import GENERIC_TEXTS
+from finetune.queue import JobQueue
+from finetune.worker import FinetuneWorker, WorkerConfig
+from storage.clock import utc_now
+from storage.repositories import AdapterRepository, JobRepository
+from storage.tables import (
+    Adapter,
+    AdapterKind,
+    AdapterState,
+    AdapterVersion,
+    FineTuneJob,
+    JobState,
+    User,
+)
+from tests.adapter_factory import random_lora
+from tests.backends import REDIS_URL, postgres_schema
+from tests.finetune_fixtures import MODEL, add_examples, add_user, pirate_conversations, registry_on
+from tests.server import prepared_model_store
+
+FAST = TrainingConfig(epochs=2, batch_size=4, rank=8, alpha=16.0)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[AdapterRegistry]:
+    # PostgreSQL + Redis: training is the slow part and does not depend on the
+    # backend; the queue, the fencing and the registry are tested on both.
+    with postgres_schema() as url, registry_on(url, tmp_path, REDIS_URL) as found:
+        yield found
+
+
+@pytest.fixture
+def sqlite_registry(tmp_path: Path) -> Iterator[AdapterRegistry]:
+    with registry_on(f"sqlite:///{tmp_path / 'tailor.db'}", tmp_path) as found:
+        yield found
+
+
+def make_worker(registry: AdapterRegistry, name: str = "w1", **config: object) -> FinetuneWorker:
+    queue = JobQueue(registry.database, lease_seconds=30, retry_base_seconds=0)
+    settings = WorkerConfig(
+        name=name,
+        model_store_dir=prepared_model_store(),
+        device="cpu",
+        training=FAST,
+        heartbeat_seconds=0.2,
+        progress_every_seconds=0.01,
+        # A few generic passages: CPU forwards are slow, and the rule is the same.
+        generic_texts=GENERIC_TEXTS[:6],
+        **config,  # type: ignore[arg-type]
+    )
+    return FinetuneWorker(queue, registry, settings)
+
+
+def queue_job(registry: AdapterRegistry, user_id: str | None, **hyperparameters: object) -> str:
+    with registry.database.session() as session:
+        job, _ = JobRepository(session).create(
+            kind=AdapterKind.SPECIALIST if user_id else AdapterKind.GENERALIST,
+            base_model_id=MODEL,
+            user_id=user_id,
+            hyperparameters=dict(hyperparameters),
+        )
+        return job.id
+
+
+def job_state(registry: AdapterRegistry, job_id: str) -> tuple[JobState, str | None, list[str]]:
+    with registry.database.session() as session:
+        jobs = JobRepository(session)
+        job = jobs.get(job_id=job_id)
+        return job.state, job.error, [e.kind for e in jobs.list_events(job_id=job_id)]
+
+
+def versions_of(registry: AdapterRegistry, user_id: str | None) -> list[AdapterVersion]:
+    with registry.database.session() as session:
+        adapters = AdapterRepository(session)
+        kind = AdapterKind.SPECIALIST if user_id else AdapterKind.GENERALIST
+        expert = adapters.find_expert(kind=kind, base_model_id=MODEL, user_id=user_id)
+        return [] if expert is None else adapters.list_versions(adapter_id=expert.id)
+
+
+def test_a_job_trains_evaluates_and_promotes_a_specialist(registry: AdapterRegistry) -> None:
+    alice = add_user(registry.database, "alice")
+    add_examples(registry.database, alice, pirate_conversations(14))
+    job_id = queue_job(registry, alice)
+
+    assert make_worker(registry).run_one() == job_id
+
+    state, error, kinds = job_state(registry, job_id)
+    assert (state, error) == (JobState.SUCCEEDED, None)
+    assert kinds[:3] == ["started", "dataset", "progress"]
+    assert kinds[-4:] == ["trained", "evaluation", "registered", "promoted"]
+    with registry.database.session() as session:
+        events = JobRepository(session).list_events(job_id=job_id)
+        job = JobRepository(session).get(job_id=job_id)
+    progress = [e.payload for e in events if e.kind == "progress"]
+    assert progress[-1]["step"] == progress[-1]["total_steps"] > 1
+    assert all(p["tokens_per_second"] > 0 and p["eta_seconds"] >= 0 for p in progress)
+    assert progress[-1]["loss"] < progress[0]["loss"]  # it learnt
+    dataset = next(e.payload for e in events if e.kind == "dataset")
+    assert (dataset["train"], dataset["validation"], dataset["test"]) == (12, 1, 1)
+
+    [version] = versions_of(registry, alice)
+    assert version.state is AdapterState.ACTIVE and version.job_id == job_id
+    assert job.result_version_id == version.id and job.adapter_id == version.adapter_id
+    report = version.eval_metrics
+    assert report["promote"] is True and report["reasons"] == []
+    nll = report["nll_per_token"]
+    assert nll["candidate"] < nll["base"] and report["gain_vs_base"]["lower"] > 0
+    assert report["generic_rise"] <= 0.01
+    # What was registered is what serving resolves for Alice, and only for her.
+    experts = registry.expert_set(base_model_id=MODEL, user_id=alice)
+    assert experts.specialist is not None and experts.specialist.version_id == version.id
+    bob = add_user(registry.database, "bob")
+    assert registry.expert_set(base_model_id=MODEL, user_id=bob).specialist is None
+
+
+def test_a_specialist_trains_beside_the_generalist_with_a_gate(
+    sqlite_registry: AdapterRegistry,
+) -> None:
+    registry = sqlite_registry
+    alice = add_user(registry.database, "alice")
+    bob = add_user(registry.database, "bob")
+    add_examples(registry.database, alice, pirate_conversations(10))
+    add_examples(registry.database, bob, pirate_conversations(10))
+    worker = make_worker(registry)
+
+    generalist_job = queue_job(registry, None)
+    assert worker.run_one() == generalist_job
+    state, error, _ = job_state(registry, generalist_job)
+    assert (state, error) == (JobState.SUCCEEDED, None)
+    [generalist] = versions_of(registry, None)
+    assert generalist.state is AdapterState.ACTIVE  # pooled data of both users
+
+    specialist_job = queue_job(registry, alice)
+    assert worker.run_one() == specialist_job
+    state, error, _ = job_state(registry, specialist_job)
+    assert state is JobState.SUCCEEDED, error
+    with registry.database.session() as session:
+        events = JobRepository(session).list_events(job_id=specialist_job)
+    trained = next(e.payload for e in events if e.kind == "trained")
+    assert trained["gate_steps"] == trained["steps"] > 0  # bi-level: one gate step per step
+    progress = [e.payload for e in events if e.kind == "progress"]
+    assert all(p["gate_loss"] is not None for p in progress)
+
+    [specialist] = versions_of(registry, alice)
+    assert specialist.sha256 is not None
+    weights = registry.load_weights(sha256=specialist.sha256, base_model_id=MODEL)
+    # The gate scores the generalist, then the specialist itself.
+    assert weights.has_gate and weights.gate_experts == (generalist.adapter_id,)
+    report = specialist.eval_metrics
+    # "current" is what Alice got before: the generalist alone.
+    assert report["gain_vs_current"] is not None
+    assert report["nll_per_token"]["current"] < report["nll_per_token"]["base"]
+
+
+@pytest.mark.parametrize(
+    ("conversations", "message"),
+    [
+        (0, "no data to learn from"),
+        (5, "at least 10 are needed"),
+        (-1, "more than the"),  # one conversation longer than the model's context
+    ],
+)
+def test_unusable_data_fails_the_job_at_once_with_a_clear_error(
+    sqlite_registry: AdapterRegistry, conversations: int, message: str
+) -> None:
+    registry = sqlite_registry
+    alice = add_user(registry.database, "alice")
+    if conversations >= 0:
+        add_examples(registry.database, alice, pirate_conversations(conversations))
+    else:
+        long_answer = "word " * 9000
+        add_examples(
+            registry.database,
+            alice,
+            [
+                *pirate_conversations(12),
+                [
+                    {"role": "user", "content": "Go on."},
+                    {"role": "assistant", "content": long_answer},
+                ],
+            ],
+        )
+    job_id = queue_job(registry, alice)
+
+    make_worker(registry).run_one()
+
+    state, error, kinds = job_state(registry, job_id)
+    assert state is JobState.FAILED and error is not None and message in error
+    assert kinds[-1] == "error"
+    with registry.database.session() as session:
+        assert JobRepository(session).get(job_id=job_id).attempt == 1  # not retried
+    assert versions_of(registry, alice) == []
+
+
+def test_a_cancel_stops_the_run_and_registers_nothing(sqlite_registry: AdapterRegistry) -> None:
+    registry = sqlite_registry
+    alice = add_user(registry.database, "alice")
+    add_examples(registry.database, alice, pirate_conversations(40))
+    job_id = queue_job(registry, alice, epochs=5)
+    worker = make_worker(registry)
+    run = threading.Thread(target=worker.run_one)
+    run.start()
+    wait_for_event(registry, job_id, "progress")
+    with registry.database.session() as session:
+        JobRepository(session).request_cancel(job_id=job_id, user_id=alice)
+    run.join(timeout=60)
+
+    assert not run.is_alive()
+    state, _, kinds = job_state(registry, job_id)
+    assert state is JobState.CANCELLED and kinds[-1] == "cancelled"
+    assert "trained" not in kinds and versions_of(registry, alice) == []
+
+
+def test_a_worker_that_lost_its_lease_registers_nothing_and_the_job_ends_once(
+    sqlite_registry: AdapterRegistry,
+) -> None:
+    registry = sqlite_registry
+    alice = add_user(registry.database, "alice")
+    add_examples(registry.database, alice, pirate_conversations(12))
+    job_id = queue_job(registry, alice)
+    slow = make_worker(registry, "slow")
+    claim = slow.queue.claim("slow")
+    assert claim is not None
+    # The slow worker's lease runs out and another worker takes the job over.
+    expire_lease(registry, job_id)
+    fast = make_worker(registry, "fast")
+    assert fast.run_one() == job_id
+
+    slow.execute(claim)  # finds its lease gone: writes nothing
+
+    state, _, _ = job_state(registry, job_id)
+    [version] = versions_of(registry, alice)
+    assert state is JobState.SUCCEEDED and version.job_id == job_id
+    with registry.database.session() as session:
+        job = JobRepository(session).get(job_id=job_id)
+        events = JobRepository(session).list_events(job_id=job_id)
+    assert job.attempt == 2 and {e.attempt for e in events} == {2}
+
+
+def test_a_retried_job_whose_version_exists_finishes_without_training_again(
+    sqlite_registry: AdapterRegistry,
+) -> None:
+    registry = sqlite_registry
+    alice = add_user(registry.database, "alice")
+    job_id = queue_job(registry, alice)
+    # An earlier attempt registered this job's version, then died.
+    earlier = registry.register_candidate(
+        random_lora(registry.base_spec(MODEL).shapes, base_model_id=MODEL),
+        kind=AdapterKind.SPECIALIST,
+        user_id=alice,
+        eval_metrics={"promote": True},
+        job_id=job_id,
+    )
+
+    make_worker(registry).run_one()
+
+    state, error, kinds = job_state(registry, job_id)
+    assert (state, error) == (JobState.SUCCEEDED, None)
+    assert kinds == ["resumed", "promoted"]
+    [version] = versions_of(registry, alice)
+    assert version.id == earlier.id and version.state is AdapterState.ACTIVE
+
+
+def wait_for_event(registry: AdapterRegistry, job_id: str, kind: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if kind in job_state(registry, job_id)[2]:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no {kind} event for {job_id} within {timeout} s")
+
+
+def expire_lease(registry: AdapterRegistry, job_id: str) -> None:
+    with registry.database.session() as session:
+        job = session.get(FineTuneJob, job_id)
+        assert job is not None
+        job.lease_expires_at = utc_now() - timedelta(seconds=1)
+
+
+def test_deleting_the_user_mid_run_stops_the_job_and_leaves_nothing(
+    sqlite_registry: AdapterRegistry,
+) -> None:
+    registry = sqlite_registry
+    alice = add_user(registry.database, "alice")
+    add_examples(registry.database, alice, pirate_conversations(40))
+    job_id = queue_job(registry, alice, epochs=5)
+    worker = make_worker(registry)
+    run = threading.Thread(target=worker.run_one)
+    run.start()
+    wait_for_event(registry, job_id, "progress")
+    with registry.database.session() as session:
+        # A user's data goes with them, their jobs and experts included.
+        session.delete(session.get(User, alice))
+    run.join(timeout=60)
+
+    assert not run.is_alive()  # stopped at the next heartbeat, without an error
+    with registry.database.session() as session:
+        assert session.get(FineTuneJob, job_id) is None
+        assert session.scalars(select(Adapter).where(Adapter.user_id == alice)).all() == []
