@@ -39,14 +39,17 @@ def model_dir() -> Any:
 
 
 def random_expert(
-    config: TrainingConfig, generalists: list[tuple[str, LoraWeights]], seed: int
+    config: TrainingConfig,
+    generalists: list[tuple[str, LoraWeights]],
+    seed: int,
+    std: float = 0.05,
 ) -> LoraWeights:
     """An expert (with a gate beside generalists) whose every weight is random."""
     torch.manual_seed(seed)
     model = load_training_base(model_dir(), quantization="none", device=CPU)
     experts = attach_experts(model, config, base_model_id=MODEL, generalists=generalists)
     for parameter in experts.expert_parameters() + experts.gate_parameters():
-        torch.nn.init.normal_(parameter, std=0.05)
+        torch.nn.init.normal_(parameter, std=std)
     return experts.export()
 
 
@@ -113,7 +116,8 @@ def test_a_candidate_that_is_worse_stays_a_candidate_with_the_reasons() -> None:
         tokenize_conversation(tokenizer, messages, max_length=512)
         for messages in pirate_conversations(4)
     ]
-    noisy = random_expert(dataclasses.replace(CONFIG, rank=8), [], seed=3)
+    # Large random weights: noise that wrecks the model.
+    noisy = random_expert(dataclasses.replace(CONFIG, rank=8), [], seed=3, std=0.3)
     scorer = VariantScorer(
         load_evaluation_base(model_dir(), device=CPU),
         [Variant("base"), Variant("current"), Variant("candidate", (noisy,))],
