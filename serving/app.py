@@ -14,6 +14,7 @@ from serving.metrics import Metrics
 from serving.routes import (
     adapters,
     admin_adapters,
+    admin_jobs,
     admin_router,
     admin_users,
     completions,
@@ -87,6 +88,7 @@ def create_app(
     app.include_router(adapters.router)
     app.include_router(admin_users.router)
     app.include_router(admin_adapters.router)
+    app.include_router(admin_jobs.router)
     app.include_router(admin_router.router)
     app.include_router(routing.router)
     return app

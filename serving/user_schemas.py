@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from storage.tables import JobState
+from storage.tables import AdapterKind, JobState
 
 MAX_EXAMPLES_PER_REQUEST = 10_000
 
@@ -109,6 +109,24 @@ class FineTunePublic(BaseModel):
     hyperparameters: dict[str, Any]
     attempt: int
     error: str | None
+
+
+class AdminJobPublic(FineTunePublic):
+    """A job as admins see it: whose, which expert, what queued it."""
+
+    user_id: str | None
+    kind: AdapterKind
+    target: str
+    trigger: str
+    max_attempts: int
+    cancel_requested: bool
+
+
+class GeneralistJobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
 
 class JobEventPublic(BaseModel):

@@ -195,3 +195,33 @@ def test_rate_limits_answer_429_with_retry_after(tmp_path: Path) -> None:
         assert limited.json()["error"]["type"] == "rate_limit_error"
         # Another user has a bucket of their own.
         assert client.post("/v1/chat/completions", json=body, headers=bob_key).status_code == 503
+
+
+def test_admins_see_every_job_cancel_retry_and_queue_generalists(client: TestClient) -> None:
+    ada_id, ada_key = new_user(client, "ada")
+    job = client.post("/v1/fine-tunes", json={}, headers=ada_key).json()
+    assert client.get("/admin/jobs", headers=ada_key).status_code == 403
+
+    listed = client.get("/admin/jobs", headers=ADMIN).json()["data"]
+    assert [(j["id"], j["user_id"], j["kind"], j["trigger"]) for j in listed] == [
+        (job["id"], ada_id, "specialist", "api")
+    ]
+    assert client.post(f"/admin/jobs/{job['id']}/retry", headers=ADMIN).status_code == 409
+    cancelled = client.post(f"/admin/jobs/{job['id']}/cancel", headers=ADMIN).json()
+    assert cancelled["status"] == "cancelled"
+    assert client.get("/admin/jobs?state=queued", headers=ADMIN).json()["data"] == []
+
+    retried = client.post(f"/admin/jobs/{job['id']}/retry", headers=ADMIN).json()
+    assert (retried["status"], retried["error"], retried["finished_at"]) == ("queued", None, None)
+    assert retried["max_attempts"] == retried["attempt"] + 3
+    assert client.get(f"/v1/fine-tunes/{job['id']}", headers=ada_key).json()["status"] == "queued"
+
+    model = listed[0]["model"]
+    generalist = client.post("/admin/jobs", json={"model": model}, headers=ADMIN)
+    assert generalist.status_code == 201
+    body = generalist.json()
+    assert (body["kind"], body["user_id"], body["trigger"]) == ("generalist", None, "admin")
+    assert client.post("/admin/jobs", json={"model": "gpt-9"}, headers=ADMIN).status_code == 404
+    assert client.get("/admin/jobs/ftjob_missing", headers=ADMIN).status_code == 404
+    events = client.get(f"/admin/jobs/{job['id']}/events", headers=ADMIN).json()
+    assert events["data"] == []

@@ -13,6 +13,8 @@ from storage.errors import Conflict, NotFound
 from storage.ids import new_id
 from storage.tables import AdapterKind, FineTuneJob, JobEvent, JobState
 
+DEFAULT_MAX_ATTEMPTS = 3
+
 
 def specialist_target(user_id: str, base_model_id: str) -> str:
     return f"specialist:{user_id}:{base_model_id}"
@@ -35,7 +37,7 @@ class JobRepository:
         hyperparameters: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         trigger: str = "api",
-        max_attempts: int = 3,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> tuple[FineTuneJob, bool]:
         """Queue a job; returns it and whether it is new.
 
@@ -127,6 +129,27 @@ class JobRepository:
             job.cancel_requested = True
         else:
             raise Conflict(f"fine-tune job {job_id} already ended ({job.state.value})")
+        self.session.flush()
+        return job
+
+    def retry(self, *, job_id: str) -> FineTuneJob:
+        """Queue a failed or cancelled job again, with a fresh budget of attempts.
+
+        The same row keeps its history (events, attempt count): attempts go on
+        counting up, so writes of any earlier attempt stay fenced off.
+        """
+        job = self.get(job_id=job_id)
+        if job.state not in (JobState.FAILED, JobState.CANCELLED):
+            raise Conflict(
+                f"fine-tune job {job_id} is {job.state.value}; only a failed or cancelled "
+                "job can be retried"
+            )
+        job.state = JobState.QUEUED
+        job.max_attempts = job.attempt + DEFAULT_MAX_ATTEMPTS
+        job.run_after = utc_now()
+        job.cancel_requested = False
+        job.error = None
+        job.finished_at = None
         self.session.flush()
         return job
 

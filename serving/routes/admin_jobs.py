@@ -1,0 +1,104 @@
+"""``/admin/jobs``: every user's fine-tune jobs; cancel, retry, and queue a generalist."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from serving.deps import AdminDep, SessionDep
+from serving.errors import ApiError
+from serving.schemas import ListPublic
+from serving.user_schemas import AdminJobPublic, GeneralistJobCreate, JobEventPublic
+from storage.repositories import BaseModelRepository, JobRepository
+from storage.tables import AdapterKind, FineTuneJob, JobState
+
+router = APIRouter(prefix="/admin/jobs", tags=["admin"])
+
+
+def admin_job_public(job: FineTuneJob) -> AdminJobPublic:
+    return AdminJobPublic(
+        id=job.id,
+        status=job.state,
+        model=job.base_model_id,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        adapter_id=job.adapter_id,
+        result_version_id=job.result_version_id,
+        hyperparameters=job.hyperparameters,
+        attempt=job.attempt,
+        error=job.error,
+        user_id=job.user_id,
+        kind=job.kind,
+        target=job.target_key,
+        trigger=job.trigger,
+        max_attempts=job.max_attempts,
+        cancel_requested=job.cancel_requested,
+    )
+
+
+@router.get("")
+def list_jobs(
+    _admin: AdminDep,
+    session: SessionDep,
+    state: JobState | None = None,
+    user_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> ListPublic[AdminJobPublic]:
+    jobs = JobRepository(session).list_page(user_id=user_id, state=state, limit=limit)
+    return ListPublic(data=[admin_job_public(j) for j in jobs])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def queue_generalist_job(
+    body: GeneralistJobCreate, _admin: AdminDep, session: SessionDep
+) -> AdminJobPublic:
+    """A generalist of ``model``, trained on every user's data pooled."""
+    if body.model not in {m.id for m in BaseModelRepository(session).list_all()}:
+        raise ApiError(404, f"the model {body.model!r} does not exist", code="model_not_found")
+    job, _ = JobRepository(session).create(
+        kind=AdapterKind.GENERALIST,
+        base_model_id=body.model,
+        user_id=None,
+        hyperparameters=body.hyperparameters.model_dump(exclude_none=True),
+        trigger="admin",
+    )
+    session.commit()
+    return admin_job_public(job)
+
+
+@router.get("/{job_id}")
+def get_job(job_id: str, _admin: AdminDep, session: SessionDep) -> AdminJobPublic:
+    return admin_job_public(JobRepository(session).get(job_id=job_id))
+
+
+@router.get("/{job_id}/events")
+def job_events(
+    job_id: str,
+    _admin: AdminDep,
+    session: SessionDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+) -> ListPublic[JobEventPublic]:
+    jobs = JobRepository(session)
+    jobs.get(job_id=job_id)
+    events = jobs.list_events(job_id=job_id, after_id=after, limit=limit + 1)
+    return ListPublic(
+        data=[JobEventPublic.model_validate(e) for e in events[:limit]],
+        has_more=len(events) > limit,
+    )
+
+
+@router.post("/{job_id}/cancel")
+def cancel_job(job_id: str, _admin: AdminDep, session: SessionDep) -> AdminJobPublic:
+    job = JobRepository(session).request_cancel(job_id=job_id)
+    session.commit()
+    return admin_job_public(job)
+
+
+@router.post("/{job_id}/retry")
+def retry_job(job_id: str, _admin: AdminDep, session: SessionDep) -> AdminJobPublic:
+    job = JobRepository(session).retry(job_id=job_id)
+    session.commit()
+    return admin_job_public(job)
