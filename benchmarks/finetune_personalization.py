@@ -60,7 +60,6 @@ from finetune.conversations import TimeSplit, TokenizedConversation
 from finetune.evaluation import Variant, VariantScorer
 from finetune.experts import attach_experts
 from finetune.training import TrainingReport, train_experts
-from storage.settings import load_settings
 
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[1].parent / "shared" / "data" / "personal" / "reuters_c50"
@@ -238,7 +237,13 @@ def main() -> None:
     transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     started = time.perf_counter()
     device = torch.device(args.device)
-    model_store: Path = args.model_store or load_settings().model_store_dir
+    if args.model_store is not None:
+        model_store: Path = args.model_store
+    else:
+        # Imported here: on a bare GPU host, --model-store avoids the SQL stack.
+        from storage.settings import load_settings
+
+        model_store = load_settings().model_store_dir
     model_dir = model_store / args.model
     tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
     pad_id = int(
