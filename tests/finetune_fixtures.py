@@ -1,4 +1,4 @@
-"""What fine-tune tests share: a registry on a real model store, and a user whose
+"""What registry and fine-tune tests share: a registry on a real model store, and a user whose
 examples have a style a small model picks up in a few steps."""
 
 from __future__ import annotations

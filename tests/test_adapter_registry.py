@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,49 +17,23 @@ from adapters.registry import (
     AdapterRegistry,
     InvalidationEvent,
 )
-from adapters.validation import ValidationLimits
-from storage import migrate
-from storage.blobs import DirectoryBlobStore
-from storage.cache import open_cache
-from storage.database import Database
-from storage.model_catalog import register_prepared_models
-from storage.model_store import load_prepared
 from storage.repositories import AdapterRepository, UserRepository
-from storage.settings import load_settings
 from storage.tables import AdapterKind, AdapterState
 from tests.adapter_factory import random_lora
 from tests.backends import REDIS_URL, postgres_schema
-from tests.server import prepared_model_store
+from tests.finetune_fixtures import registry_on
 
 MODEL = "smollm2-135m-instruct"
 
 
 @pytest.fixture(params=["sqlite+memory", "postgresql+redis"])
 def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AdapterRegistry]:
-    store = prepared_model_store()
-
-    def build(database_url: str, redis_url: str | None) -> Iterator[AdapterRegistry]:
-        settings = load_settings(data_dir=tmp_path, model_store=store, database_url=database_url)
-        database = Database(database_url)
-        migrate.upgrade(database)
-        with database.session() as session:
-            register_prepared_models(session, load_prepared(store), settings=settings)
-        cache = open_cache(redis_url, prefix=f"tailor-test-{secrets.token_hex(4)}:")
-        yield AdapterRegistry(
-            database=database,
-            blobs=DirectoryBlobStore(tmp_path / "blobs"),
-            cache=cache,
-            model_store_dir=store,
-            limits=ValidationLimits(max_rank=16),
-        )
-        cache.close()
-        database.dispose()
-
     if request.param == "sqlite+memory":
-        yield from build(f"sqlite:///{tmp_path / 'tailor.db'}", None)
+        with registry_on(f"sqlite:///{tmp_path / 'tailor.db'}", tmp_path) as found:
+            yield found
     else:
-        with postgres_schema() as url:
-            yield from build(url, REDIS_URL)
+        with postgres_schema() as url, registry_on(url, tmp_path, REDIS_URL) as found:
+            yield found
 
 
 def new_user(registry: AdapterRegistry, name: str) -> str:

@@ -214,13 +214,7 @@ def test_unusable_data_fails_the_job_at_once_with_a_clear_error(
 
 def test_a_cancel_stops_the_run_and_registers_nothing(sqlite_registry: AdapterRegistry) -> None:
     registry = sqlite_registry
-    alice = add_user(registry.database, "alice")
-    add_examples(registry.database, alice, pirate_conversations(40))
-    job_id = queue_job(registry, alice, epochs=5)
-    worker = make_worker(registry)
-    run = threading.Thread(target=worker.run_one)
-    run.start()
-    wait_for_event(registry, job_id, "progress")
+    alice, job_id, run = start_a_long_job(registry)
     with registry.database.session() as session:
         JobRepository(session).request_cancel(job_id=job_id, user_id=alice)
     run.join(timeout=60)
@@ -281,6 +275,17 @@ def test_a_retried_job_whose_version_exists_finishes_without_training_again(
     assert version.id == earlier.id and version.state is AdapterState.ACTIVE
 
 
+def start_a_long_job(registry: AdapterRegistry) -> tuple[str, str, threading.Thread]:
+    """A user's job running in a worker thread, past its first training step."""
+    alice = add_user(registry.database, "alice")
+    add_examples(registry.database, alice, pirate_conversations(40))
+    job_id = queue_job(registry, alice, epochs=5)
+    run = threading.Thread(target=make_worker(registry).run_one)
+    run.start()
+    wait_for_event(registry, job_id, "progress")
+    return alice, job_id, run
+
+
 def wait_for_event(registry: AdapterRegistry, job_id: str, kind: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -301,13 +306,7 @@ def test_deleting_the_user_mid_run_stops_the_job_and_leaves_nothing(
     sqlite_registry: AdapterRegistry,
 ) -> None:
     registry = sqlite_registry
-    alice = add_user(registry.database, "alice")
-    add_examples(registry.database, alice, pirate_conversations(40))
-    job_id = queue_job(registry, alice, epochs=5)
-    worker = make_worker(registry)
-    run = threading.Thread(target=worker.run_one)
-    run.start()
-    wait_for_event(registry, job_id, "progress")
+    alice, job_id, run = start_a_long_job(registry)
     with registry.database.session() as session:
         # A user's data goes with them, their jobs and experts included.
         session.delete(session.get(User, alice))

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, status
 
 from serving.deps import AdminDep, SessionDep
 from serving.errors import ApiError
+from serving.routes.fine_tunes import events_page, job_public
 from serving.schemas import ListPublic
 from serving.user_schemas import AdminJobPublic, GeneralistJobCreate, JobEventPublic
 from storage.repositories import BaseModelRepository, JobRepository
@@ -18,17 +19,7 @@ router = APIRouter(prefix="/admin/jobs", tags=["admin"])
 
 def admin_job_public(job: FineTuneJob) -> AdminJobPublic:
     return AdminJobPublic(
-        id=job.id,
-        status=job.state,
-        model=job.base_model_id,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        adapter_id=job.adapter_id,
-        result_version_id=job.result_version_id,
-        hyperparameters=job.hyperparameters,
-        attempt=job.attempt,
-        error=job.error,
+        **job_public(job).model_dump(exclude={"object"}),
         user_id=job.user_id,
         kind=job.kind,
         target=job.target_key,
@@ -83,11 +74,7 @@ def job_events(
 ) -> ListPublic[JobEventPublic]:
     jobs = JobRepository(session)
     jobs.get(job_id=job_id)
-    events = jobs.list_events(job_id=job_id, after_id=after, limit=limit + 1)
-    return ListPublic(
-        data=[JobEventPublic.model_validate(e) for e in events[:limit]],
-        has_more=len(events) > limit,
-    )
+    return events_page(jobs, job_id=job_id, after=after, limit=limit)
 
 
 @router.post("/{job_id}/cancel")

@@ -35,6 +35,17 @@ def job_public(job: FineTuneJob) -> FineTunePublic:
     )
 
 
+def events_page(
+    jobs: JobRepository, *, job_id: str, after: int, limit: int
+) -> ListPublic[JobEventPublic]:
+    """A job's events after the id ``after``, oldest first (the caller checked access)."""
+    events = jobs.list_events(job_id=job_id, after_id=after, limit=limit + 1)
+    return ListPublic(
+        data=[JobEventPublic.model_validate(e) for e in events[:limit]],
+        has_more=len(events) > limit,
+    )
+
+
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_fine_tune(
     body: FineTuneCreate,
@@ -103,11 +114,7 @@ def fine_tune_events(
     assert user.user_id is not None
     jobs = JobRepository(session)
     jobs.get_for_user(job_id=job_id, user_id=user.user_id)
-    events = jobs.list_events(job_id=job_id, after_id=after, limit=limit + 1)
-    return ListPublic(
-        data=[JobEventPublic.model_validate(e) for e in events[:limit]],
-        has_more=len(events) > limit,
-    )
+    return events_page(jobs, job_id=job_id, after=after, limit=limit)
 
 
 @router.post("/{job_id}/cancel")
