@@ -167,26 +167,16 @@ def build_base(config: Any, *, nf4: bool, device: torch.device) -> Any:
 def random_generalist(config: Any, *, seed: int = 1) -> Any:
     """A frozen generalist of random weights, all seven modules, under peft's tensor names."""
     from adapters.base_shapes import BaseModelShapes
-    from adapters.lora_weights import TARGET_MODULES, LoraWeights, tensor_name
+    from adapters.lora_weights import TARGET_MODULES
+    from tests.adapter_factory import random_lora
 
-    shapes = BaseModelShapes.from_config(config.to_dict())
-    generator = torch.Generator().manual_seed(seed)
-    tensors: dict[str, torch.Tensor] = {}
-    for layer in range(shapes.num_layers):
-        for module in TARGET_MODULES:
-            shape = shapes.modules[module]
-            tensors[tensor_name(layer, module, "lora_A")] = (
-                torch.randn(RANK, shape.in_features, generator=generator) * 0.02
-            )
-            tensors[tensor_name(layer, module, "lora_B")] = (
-                torch.randn(shape.out_features, RANK, generator=generator) * 0.02
-            )
-    return LoraWeights(
+    return random_lora(
+        BaseModelShapes.from_config(config.to_dict()),
         base_model_id="bench",
         rank=RANK,
         alpha=ALPHA,
         target_modules=TARGET_MODULES,
-        tensors=tensors,
+        seed=seed,
     )
 
 

@@ -165,7 +165,6 @@ class ExpertsNow:
 @dataclass
 class PreparedData:
     split: TimeSplit
-    conversations: int
     source_counts: dict[str, int]
 
 
@@ -278,7 +277,7 @@ class FinetuneWorker:
             claim,
             "dataset",
             {
-                "conversations": data.conversations,
+                "conversations": sum(data.source_counts.values()),
                 "sources": data.source_counts,
                 "train": len(data.split.train),
                 "validation": len(data.split.validation),
@@ -408,7 +407,7 @@ class FinetuneWorker:
         sources: dict[str, int] = {}
         for conversation in conversations:
             sources[conversation.source] = sources.get(conversation.source, 0) + 1
-        return PreparedData(split_by_time(tokenized), len(conversations), sources)
+        return PreparedData(split_by_time(tokenized), sources)
 
     def _experts_now(self, claim: ClaimedJob) -> ExpertsNow:
         with self.database.session() as session:
