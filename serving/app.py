@@ -5,16 +5,22 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from serving.dashboard import pages
+from serving.dashboard.sessions import SessionSigner
 from serving.errors import install_error_handlers
 from serving.metrics import Metrics
+from serving.metrics_history import MetricsHistory
 from serving.routes import (
     adapters,
     admin_adapters,
     admin_jobs,
+    admin_overview,
     admin_router,
     admin_users,
     completions,
@@ -27,6 +33,8 @@ from serving.routes import (
 )
 from serving.runtime import ModelRuntime
 from serving.services import Services
+
+DASHBOARD_STATIC = Path(__file__).parent / "dashboard" / "static"
 
 
 def create_app(
@@ -45,7 +53,9 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if runtime is not None:
             runtime.start()
+        history.start()
         yield
+        history.stop()
         if runtime is not None:
             runtime.stop()
         if close_services_on_shutdown:
@@ -61,6 +71,11 @@ def create_app(
     app.state.runtime = runtime
     metrics = Metrics(services, runtime)
     app.state.metrics = metrics
+    history = MetricsHistory(
+        metrics.registry, interval_seconds=services.settings.dashboard_sample_seconds
+    )
+    app.state.metrics_history = history
+    app.state.session_signer = SessionSigner.from_settings(services.settings)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -79,6 +94,10 @@ def create_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     install_error_handlers(app)
+    app.mount("/admin/static", StaticFiles(directory=DASHBOARD_STATIC), name="dashboard-static")
+    # Before the admin API: a browser asking for /admin/users gets the page.
+    app.include_router(pages.pages_router)
+    app.include_router(pages.router)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(completions.router)
@@ -90,5 +109,6 @@ def create_app(
     app.include_router(admin_adapters.router)
     app.include_router(admin_jobs.router)
     app.include_router(admin_router.router)
+    app.include_router(admin_overview.router)
     app.include_router(routing.router)
     return app

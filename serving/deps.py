@@ -10,6 +10,8 @@ from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
 from serving.auth import Principal, authenticate, bearer_token
+from serving.dashboard.session_auth import dashboard_principal
+from serving.dashboard.sessions import COOKIE_NAME, SessionSigner
 from serving.errors import ApiError
 from serving.metrics import Metrics
 from serving.runtime import ModelRuntime
@@ -43,10 +45,24 @@ def get_session(services: ServicesDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
+def get_session_signer(request: Request) -> SessionSigner:
+    signer: SessionSigner = request.app.state.session_signer
+    return signer
+
+
+SessionSignerDep = Annotated[SessionSigner, Depends(get_session_signer)]
+
+
 def get_principal(
+    request: Request,
     services: ServicesDep,
+    signer: SessionSignerDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> Principal:
+    """A Bearer key, or else the dashboard's session cookie (admin routes only)."""
+    cookie = request.cookies.get(COOKIE_NAME)
+    if authorization is None and cookie is not None:
+        return dashboard_principal(request, cookie, services=services, signer=signer)
     token = bearer_token(authorization)
     return authenticate(token, database=services.database, settings=services.settings)
 

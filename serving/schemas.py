@@ -97,6 +97,13 @@ class UserPublic(BaseModel):
         return data
 
 
+class AdminUserDetail(UserPublic):
+    """One user as the dashboard shows them: with how much they have taught Tailor."""
+
+    feedback_count: int
+    example_count: int
+
+
 class UserCreated(BaseModel):
     id: str
     name: str

@@ -122,10 +122,13 @@ class AdminJobPublic(FineTunePublic):
     cancel_requested: bool
 
 
-class GeneralistJobCreate(BaseModel):
+class AdminJobCreate(BaseModel):
+    """``POST /admin/jobs``: a specialist for ``user_id``, or else the model's generalist."""
+
     model_config = ConfigDict(extra="forbid")
 
     model: str
+    user_id: str | None = None
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
 

@@ -45,6 +45,21 @@ class Settings(BaseSettings):
         description="Bootstrap admin key (a Bearer token with admin scope); "
         "unset closes the admin API.",
     )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs the dashboard's session cookies; unset means one derived from "
+        "the admin key (or, with no admin key, a random one per process). Set it when "
+        "several processes serve the dashboard behind one address.",
+    )
+    admin_session_minutes: float = Field(
+        default=480.0, gt=0, le=7 * 24 * 60, description="How long a dashboard sign-in lasts."
+    )
+    dashboard_sample_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="How often the dashboard's overview charts take a point (one hour is kept).",
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     cache_prefix: str = Field(

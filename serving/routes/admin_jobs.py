@@ -1,4 +1,4 @@
-"""``/admin/jobs``: every user's fine-tune jobs; cancel, retry, and queue a generalist."""
+"""``/admin/jobs``: all fine-tune jobs; queue a specialist or a generalist; cancel, retry."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from serving.deps import AdminDep, SessionDep
+from serving.deps import AdminDep, SessionDep, SettingsDep
 from serving.errors import ApiError
 from serving.routes.fine_tunes import events_page, job_public
 from serving.schemas import ListPublic
-from serving.user_schemas import AdminJobPublic, GeneralistJobCreate, JobEventPublic
-from storage.repositories import BaseModelRepository, JobRepository
+from serving.user_schemas import AdminJobCreate, AdminJobPublic, JobEventPublic
+from storage.repositories import BaseModelRepository, JobRepository, UserRepository
 from storage.tables import AdapterKind, FineTuneJob, JobState
 
 router = APIRouter(prefix="/admin/jobs", tags=["admin"])
@@ -42,16 +42,23 @@ def list_jobs(
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def queue_generalist_job(
-    body: GeneralistJobCreate, _admin: AdminDep, session: SessionDep
+def queue_job(
+    body: AdminJobCreate, _admin: AdminDep, session: SessionDep, settings: SettingsDep
 ) -> AdminJobPublic:
-    """A generalist of ``model``, trained on every user's data pooled."""
+    """A specialist of ``user_id`` on their data, or a generalist on every user's data."""
     if body.model not in {m.id for m in BaseModelRepository(session).list_all()}:
         raise ApiError(404, f"the model {body.model!r} does not exist", code="model_not_found")
+    rank = body.hyperparameters.rank
+    if rank is not None and rank > settings.max_adapter_rank:
+        raise ApiError(
+            400, f"rank must be at most {settings.max_adapter_rank}", code="invalid_hyperparameters"
+        )
+    if body.user_id is not None:
+        UserRepository(session).get(user_id=body.user_id)
     job, _ = JobRepository(session).create(
-        kind=AdapterKind.GENERALIST,
+        kind=AdapterKind.GENERALIST if body.user_id is None else AdapterKind.SPECIALIST,
         base_model_id=body.model,
-        user_id=None,
+        user_id=body.user_id,
         hyperparameters=body.hyperparameters.model_dump(exclude_none=True),
         trigger="admin",
     )

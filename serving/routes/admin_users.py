@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, status
 
 from serving.deps import AdminDep, SessionDep
 from serving.schemas import (
+    AdminUserDetail,
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyPublic,
@@ -16,7 +17,12 @@ from serving.schemas import (
     UserCreated,
     UserPublic,
 )
-from storage.repositories import ApiKeyRepository, UserRepository
+from storage.repositories import (
+    ApiKeyRepository,
+    ExampleRepository,
+    FeedbackRepository,
+    UserRepository,
+)
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -46,8 +52,13 @@ def list_users(
 
 
 @router.get("/users/{user_id}")
-def get_user(user_id: str, _admin: AdminDep, session: SessionDep) -> UserPublic:
-    return UserPublic.model_validate(UserRepository(session).get(user_id=user_id))
+def get_user(user_id: str, _admin: AdminDep, session: SessionDep) -> AdminUserDetail:
+    user = UserPublic.model_validate(UserRepository(session).get(user_id=user_id))
+    return AdminUserDetail(
+        **user.model_dump(),
+        feedback_count=FeedbackRepository(session).count(user_id=user_id),
+        example_count=ExampleRepository(session).count(user_id=user_id),
+    )
 
 
 @router.post("/users/{user_id}/keys", status_code=status.HTTP_201_CREATED)

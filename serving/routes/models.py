@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from sqlalchemy.orm import Session
 
 from serving.deps import PrincipalDep, SessionDep
 from serving.schemas import AUTO_MODEL_ID, ListPublic, ModelPublic
@@ -11,10 +12,8 @@ from storage.repositories import BaseModelRepository
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
-@router.get("/models")
-def list_models(_principal: PrincipalDep, session: SessionDep) -> ListPublic[ModelPublic]:
-    models = BaseModelRepository(session).list_all()
-    entries = [
+def model_entries(session: Session) -> list[ModelPublic]:
+    return [
         ModelPublic(
             id=model.id,
             created=int(model.created_at.timestamp()),
@@ -24,8 +23,13 @@ def list_models(_principal: PrincipalDep, session: SessionDep) -> ListPublic[Mod
             chat=model.chat_template is not None,
             cost_per_million_tokens=model.cost_per_million_tokens,
         )
-        for model in models
+        for model in BaseModelRepository(session).list_all()
     ]
+
+
+@router.get("/models")
+def list_models(_principal: PrincipalDep, session: SessionDep) -> ListPublic[ModelPublic]:
+    entries = model_entries(session)
     created = min((entry.created for entry in entries), default=0)
     # "auto" lets the router pick among the models above for each request.
     entries.append(ModelPublic(id=AUTO_MODEL_ID, created=created))

@@ -1,0 +1,432 @@
+// Small SVG charts: lines over time, stacked areas over time, bars.
+//
+// Each call draws a fresh <svg> into `container`, replacing the one before:
+// pages redraw on every poll instead of updating charts in place, which keeps
+// this file short. The SVG is as wide as the container when drawn (its
+// viewBox is set from the container's width, so text keeps its size) and
+// scales with it until the next redraw.
+//
+// Every SVG carries data-points="<number of x points>" so browser tests can
+// watch a chart grow.
+
+import { s, clear, formatClock, formatCompact } from "./dom.js";
+
+// Fixed colours, in order: series keep their colour as long as they keep their place.
+export const PALETTE = [
+  "#2563eb", // blue
+  "#f97316", // orange
+  "#16a34a", // green
+  "#9333ea", // purple
+  "#dc2626", // red
+  "#0891b2", // cyan
+  "#ca8a04", // amber
+  "#db2777", // pink
+  "#4b5563", // grey
+];
+
+const FONT = 11; // px, for the axis labels
+const CHAR = 6.4; // rough width of one character at FONT; SVG text cannot be measured before it is drawn
+const LEGEND_ROW = 18;
+const MARGIN = { top: 8, right: 14, bottom: 24, left: 50 };
+
+const isValue = (v) => typeof v === "number" && Number.isFinite(v);
+const colourOf = (series, i) => series.color || PALETTE[i % PALETTE.length];
+
+// ---------------------------------------------------------------------------
+// Public charts
+
+// lineChart(container, {times, series: [{name, values, color?, dash?, axis?: "right"}],
+//   unit?, rightUnit?, height?, yMin?, yMax?, xFormat?})
+// `times` are unix seconds (or any increasing numbers when `xFormat` says how
+// to print them, e.g. training steps); a null value leaves a gap in its line.
+export function lineChart(container, options) {
+  const { times = [], series = [], height = 220 } = options;
+  const chart = frame(container, times.length, height, series, options.label || "line chart");
+  if (!times.length) return noData(chart);
+
+  const left = series.filter((x) => x.axis !== "right");
+  const right = series.filter((x) => x.axis === "right");
+  const area = plotArea(chart, { rightAxis: right.length > 0 });
+  const x = timeScale(times, area);
+  const yLeft = valueScale(left.flatMap((x) => x.values), area, options);
+  drawGrid(chart, area, yLeft, options.unit);
+  let yRight = null;
+  if (right.length) {
+    yRight = alignedScale(right.flatMap((x) => x.values), area, yLeft.ticks.length - 1);
+    drawRightTicks(chart, area, yRight, options.rightUnit);
+  }
+  drawTimeAxis(chart, area, times, x, options.xFormat || formatClock);
+
+  series.forEach((line, i) => {
+    const y = line.axis === "right" ? yRight : yLeft;
+    drawLine(chart.svg, times, line.values, x, y.at, colourOf(line, i), line.dash);
+  });
+
+  addHover(chart, area, times, x, options.xFormat || formatClock, (i) =>
+    series.map((line, k) => ({
+      name: line.name,
+      colour: colourOf(line, k),
+      text: withUnit(line.values[i], line.axis === "right" ? options.rightUnit : options.unit),
+    })),
+  );
+  return chart.svg;
+}
+
+// stackedAreaChart(container, {times, series, unit?, height?}): the same inputs
+// as lineChart; each series is stacked on the ones before it (null counts as 0),
+// so the top edge is the total.
+export function stackedAreaChart(container, options) {
+  const { times = [], series = [], height = 220 } = options;
+  const chart = frame(container, times.length, height, series, options.label || "stacked area chart");
+  if (!times.length) return noData(chart);
+
+  const area = plotArea(chart, { rightAxis: false });
+  const x = timeScale(times, area);
+  // tops[k][i]: the top of series k at point i (the sum of series 0..k).
+  const tops = [];
+  let below = times.map(() => 0);
+  for (const item of series) {
+    const top = below.map((base, i) => base + (isValue(item.values[i]) ? item.values[i] : 0));
+    tops.push(top);
+    below = top;
+  }
+  const y = valueScale(below, area, { yMin: 0, yMax: options.yMax });
+  drawGrid(chart, area, y, options.unit);
+  drawTimeAxis(chart, area, times, x, options.xFormat || formatClock);
+
+  series.forEach((item, k) => {
+    const top = tops[k];
+    const bottom = k === 0 ? times.map(() => 0) : tops[k - 1];
+    const colour = colourOf(item, k);
+    if (times.length === 1) {
+      // One point has no width: a bar-like tick so it still shows.
+      chart.svg.append(
+        s("line", {
+          x1: x(times[0]), x2: x(times[0]), y1: y.at(bottom[0]), y2: y.at(top[0]),
+          stroke: colour, "stroke-width": 6,
+        }),
+      );
+      return;
+    }
+    const upper = times.map((t, i) => `${x(t)},${y.at(top[i])}`);
+    const lower = times.map((t, i) => `${x(t)},${y.at(bottom[i])}`).reverse();
+    chart.svg.append(
+      s("polygon", { points: [...upper, ...lower].join(" "), fill: colour, "fill-opacity": 0.55 }),
+      s("polyline", { points: upper.join(" "), fill: "none", stroke: colour, "stroke-width": 1.5 }),
+    );
+  });
+
+  addHover(chart, area, times, x, options.xFormat || formatClock, (i) => [
+    ...series.map((item, k) => ({
+      name: item.name,
+      colour: colourOf(item, k),
+      text: withUnit(item.values[i], options.unit),
+    })),
+    { name: "total", colour: null, text: withUnit(below[i], options.unit) },
+  ]);
+  return chart.svg;
+}
+
+// barChart(container, {labels, values, colors?, unit?, height?, baseline?})
+// Bars grow from `baseline` (0 unless said: ratings grow from their starting
+// value, up for better, down for worse).
+export function barChart(container, options) {
+  const { labels = [], values = [], height = 200, baseline = 0 } = options;
+  const chart = frame(container, labels.length, height, [], options.label || "bar chart");
+  if (!labels.length) return noData(chart);
+
+  const area = plotArea(chart, { rightAxis: false });
+  const present = values.filter(isValue);
+  const y = valueScale([...present, baseline], area, {
+    yMin: Math.min(baseline, ...present),
+  });
+  drawGrid(chart, area, y, options.unit);
+  // The baseline, stronger than the grid when it is not the bottom edge.
+  if (baseline > y.lo) {
+    chart.svg.append(
+      s("line", { class: "chart-baseline", x1: area.x0, x2: area.x1, y1: y.at(baseline), y2: y.at(baseline) }),
+    );
+  }
+
+  const slot = (area.x1 - area.x0) / labels.length;
+  const barWidth = Math.min(64, slot * 0.6);
+  const maxChars = Math.max(3, Math.floor(slot / CHAR));
+  labels.forEach((label, i) => {
+    const value = values[i];
+    const centre = area.x0 + slot * (i + 0.5);
+    const colour = (options.colors && options.colors[i]) || PALETTE[i % PALETTE.length];
+    const text = String(label);
+    if (isValue(value)) {
+      const top = Math.min(y.at(value), y.at(baseline));
+      const size = Math.max(1, Math.abs(y.at(value) - y.at(baseline)));
+      chart.svg.append(
+        s(
+          "rect",
+          { x: centre - barWidth / 2, y: top, width: barWidth, height: size, rx: 2, fill: colour },
+          s("title", {}, `${text}: ${withUnit(value, options.unit)}`),
+        ),
+        s(
+          "text",
+          {
+            class: "chart-value",
+            x: centre,
+            y: value >= baseline ? top - 4 : top + size + FONT + 2,
+            "text-anchor": "middle",
+          },
+          withUnit(value, options.unit),
+        ),
+      );
+    }
+    chart.svg.append(
+      s(
+        "text",
+        { class: "chart-label", x: centre, y: area.y0 + FONT + 6, "text-anchor": "middle" },
+        text.length > maxChars ? `${text.slice(0, maxChars - 1)}…` : text,
+        s("title", {}, text),
+      ),
+    );
+  });
+  return chart.svg;
+}
+
+// ---------------------------------------------------------------------------
+// The frame: the <svg>, its legend, and the plot area inside the margins
+
+function frame(container, points, height, series, label) {
+  const width = Math.max(260, Math.round(container.clientWidth || 600));
+  const legend = legendLayout(series, width);
+  const svgHeight = height + legend.height;
+  const svg = s("svg", {
+    class: "chart",
+    viewBox: `0 0 ${width} ${svgHeight}`,
+    width: "100%",
+    role: "img",
+    "aria-label": label,
+    "data-points": points,
+  });
+  for (const item of legend.items) {
+    svg.append(
+      s("rect", { x: item.x, y: item.y - 8, width: 12, height: 3, rx: 1.5, fill: item.colour }),
+      s("text", { class: "chart-legend", x: item.x + 16, y: item.y }, item.name),
+    );
+  }
+  clear(container).append(svg);
+  return { svg, width, height: svgHeight, top: legend.height };
+}
+
+// Legend entries left to right, wrapping into rows when the width runs out.
+function legendLayout(series, width) {
+  if (!series.length) return { items: [], height: 0 };
+  const items = [];
+  let x = MARGIN.left;
+  let row = 0;
+  series.forEach((item, i) => {
+    const size = 16 + String(item.name).length * CHAR + 18;
+    if (x + size > width - MARGIN.right && x > MARGIN.left) {
+      row += 1;
+      x = MARGIN.left;
+    }
+    items.push({ name: String(item.name), colour: colourOf(item, i), x, y: 12 + row * LEGEND_ROW });
+    x += size;
+  });
+  return { items, height: (row + 1) * LEGEND_ROW + 4 };
+}
+
+function plotArea(chart, { rightAxis }) {
+  return {
+    x0: MARGIN.left,
+    x1: chart.width - (rightAxis ? MARGIN.left : MARGIN.right),
+    y0: chart.height - MARGIN.bottom, // the bottom (SVG y grows downwards)
+    y1: chart.top + MARGIN.top,
+  };
+}
+
+function noData(chart) {
+  chart.svg.append(
+    s(
+      "text",
+      { class: "chart-empty", x: chart.width / 2, y: chart.top + (chart.height - chart.top) / 2, "text-anchor": "middle" },
+      "No data yet",
+    ),
+  );
+  return chart.svg;
+}
+
+// ---------------------------------------------------------------------------
+// Scales and axes
+
+// About `count` round-numbered ticks covering [min, max]: steps of 1, 2, 2.5 or 5 x 10^k.
+function niceTicks(min, max, count = 4) {
+  if (!(max > min)) max = min + (min === 0 ? 1 : Math.abs(min) * 0.1);
+  const raw = (max - min) / count;
+  const magnitude = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * magnitude).find((st) => st >= raw * 0.999);
+  const lo = Math.floor(min / step + 1e-9) * step;
+  const hi = Math.ceil(max / step - 1e-9) * step;
+  const ticks = [];
+  for (let v = lo; v <= hi + step / 2; v += step) ticks.push(Number(v.toPrecision(12)));
+  return { lo, hi: Math.max(hi, lo + step), step, ticks };
+}
+
+function valueScale(values, area, { yMin, yMax } = {}) {
+  const present = values.filter(isValue);
+  const dataMin = present.length ? Math.min(...present) : 0;
+  const dataMax = present.length ? Math.max(...present) : 1;
+  const { lo, hi, ticks } = niceTicks(
+    yMin !== undefined ? yMin : Math.min(0, dataMin),
+    yMax !== undefined ? yMax : dataMax,
+  );
+  const at = (v) => area.y0 - ((v - lo) / (hi - lo)) * (area.y0 - area.y1);
+  return { lo, hi, ticks, at };
+}
+
+// A right-hand scale from 0 whose ticks fall on the left scale's grid lines.
+function alignedScale(values, area, intervals) {
+  const present = values.filter(isValue);
+  const max = present.length ? Math.max(...present) : 1;
+  const step = niceTicks(0, max > 0 ? max : 1, intervals).step;
+  const hi = step * intervals;
+  const ticks = Array.from({ length: intervals + 1 }, (_, i) => Number((i * step).toPrecision(12)));
+  const at = (v) => area.y0 - (v / hi) * (area.y0 - area.y1);
+  return { lo: 0, hi, ticks, at };
+}
+
+function timeScale(times, area) {
+  let lo = times[0];
+  let hi = times[times.length - 1];
+  if (hi === lo) {
+    lo -= 1;
+    hi += 1;
+  }
+  return (t) => area.x0 + ((t - lo) / (hi - lo)) * (area.x1 - area.x0);
+}
+
+function drawGrid(chart, area, y, unit) {
+  for (const tick of y.ticks) {
+    const at = y.at(tick);
+    chart.svg.append(
+      s("line", { class: "chart-grid", x1: area.x0, x2: area.x1, y1: at, y2: at }),
+      s("text", { class: "chart-tick", x: area.x0 - 6, y: at + 4, "text-anchor": "end" }, tickText(tick, unit)),
+    );
+  }
+  chart.svg.append(s("line", { class: "chart-axis", x1: area.x0, x2: area.x1, y1: area.y0, y2: area.y0 }));
+}
+
+function drawRightTicks(chart, area, y, unit) {
+  for (const tick of y.ticks) {
+    chart.svg.append(
+      s("text", { class: "chart-tick", x: area.x1 + 6, y: y.at(tick) + 4, "text-anchor": "start" }, tickText(tick, unit)),
+    );
+  }
+}
+
+// A few evenly spaced labels along the x axis, the first and last at the ends.
+function drawTimeAxis(chart, area, times, x, format) {
+  const lo = times[0];
+  const hi = times[times.length - 1];
+  const count = hi === lo ? 1 : Math.max(2, Math.min(7, Math.floor((area.x1 - area.x0) / 90)));
+  let previous = null;
+  for (let i = 0; i < count; i++) {
+    const t = count === 1 ? lo : lo + ((hi - lo) * i) / (count - 1);
+    const label = format(t);
+    if (label === previous) continue; // a short range prints the same second twice
+    previous = label;
+    const anchor = count === 1 ? "middle" : i === 0 ? "start" : i === count - 1 ? "end" : "middle";
+    chart.svg.append(
+      s("text", { class: "chart-tick", x: x(t), y: area.y0 + FONT + 6, "text-anchor": anchor }, label),
+    );
+  }
+}
+
+function tickText(value, unit) {
+  return withUnit(value, unit, formatCompact);
+}
+
+function withUnit(value, unit, format = formatCompact) {
+  if (!isValue(value)) return "no data";
+  if (!unit) return format(value);
+  return unit === "%" ? `${format(value)}%` : `${format(value)} ${unit}`;
+}
+
+// ---------------------------------------------------------------------------
+// Lines
+
+// One <path> per run of values without a gap; a lone value between two gaps is a dot.
+function drawLine(svg, times, values, x, y, colour, dash) {
+  let run = [];
+  const flush = () => {
+    if (run.length === 1) {
+      svg.append(s("circle", { cx: run[0][0], cy: run[0][1], r: 2.5, fill: colour }));
+    } else if (run.length > 1) {
+      const d = run.map(([px, py], i) => `${i ? "L" : "M"}${px.toFixed(1)} ${py.toFixed(1)}`).join(" ");
+      svg.append(
+        s("path", {
+          d,
+          fill: "none",
+          stroke: colour,
+          "stroke-width": 2,
+          "stroke-linejoin": "round",
+          "stroke-linecap": "round",
+          "stroke-dasharray": dash ? "5 4" : null,
+        }),
+      );
+    }
+    run = [];
+  };
+  times.forEach((t, i) => {
+    if (isValue(values[i])) run.push([x(t), y(values[i])]);
+    else flush();
+  });
+  flush();
+}
+
+// ---------------------------------------------------------------------------
+// Hover: a guide line at the nearest point and a box with every series' value there
+
+function addHover(chart, area, times, x, format, rowsAt) {
+  const { svg } = chart;
+  const guide = s("line", { class: "chart-guide", y1: area.y1, y2: area.y0, visibility: "hidden" });
+  const box = s("g", { class: "chart-tooltip", visibility: "hidden" });
+  const overlay = s("rect", {
+    x: area.x0, y: area.y1, width: area.x1 - area.x0, height: area.y0 - area.y1,
+    fill: "transparent",
+  });
+  svg.append(guide, box, overlay);
+
+  overlay.addEventListener("mouseleave", () => {
+    guide.setAttribute("visibility", "hidden");
+    box.setAttribute("visibility", "hidden");
+  });
+  overlay.addEventListener("mousemove", (event) => {
+    const matrix = svg.getScreenCTM();
+    if (!matrix) return;
+    const point = new DOMPoint(event.clientX, event.clientY).matrixTransform(matrix.inverse());
+    // The nearest point by x.
+    let best = 0;
+    for (let i = 1; i < times.length; i++) {
+      if (Math.abs(x(times[i]) - point.x) < Math.abs(x(times[best]) - point.x)) best = i;
+    }
+    const px = x(times[best]);
+    guide.setAttribute("x1", px);
+    guide.setAttribute("x2", px);
+    guide.setAttribute("visibility", "visible");
+
+    const rows = rowsAt(best);
+    const lines = [{ name: format(times[best]), colour: null, text: "" }, ...rows];
+    const width = 20 + Math.max(...lines.map((r) => (r.text ? `${r.name}: ${r.text}` : r.name).length)) * CHAR;
+    const height = 8 + lines.length * 15;
+    const left = px + 10 + width > area.x1 ? px - 10 - width : px + 10;
+    clear(box).append(
+      s("rect", { x: left, y: area.y1, width, height, rx: 4 }),
+      ...lines.map((row, i) =>
+        s(
+          "text",
+          { x: left + 8, y: area.y1 + 16 + i * 15, class: i === 0 ? "chart-tooltip-title" : null },
+          row.colour ? s("tspan", { fill: row.colour }, "● ") : null,
+          row.text ? `${row.name}: ${row.text}` : row.name,
+        ),
+      ),
+    );
+    box.setAttribute("visibility", "visible");
+  });
+}
