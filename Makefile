@@ -8,12 +8,19 @@ INSTALLED := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test models lint typecheck install clean
+.PHONY: run test models browser lint typecheck install clean
+
+# Without TAILOR_ADMIN_KEY the admin API and dashboard are closed; `make run`
+# keeps a random key of its own in var/admin-key (owner-only) instead.
+ADMIN_KEY_FILE := var/admin-key
 
 run: models
-	$(BIN)/tailor serve
+	@test -n "$$TAILOR_ADMIN_KEY" || test -s $(ADMIN_KEY_FILE) || \
+		(umask 077 && $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(32))" > $(ADMIN_KEY_FILE))
+	@test -n "$$TAILOR_ADMIN_KEY" || echo "Dashboard: http://127.0.0.1:$${TAILOR_PORT:-8000}/admin/ (admin key: cat $(ADMIN_KEY_FILE))"
+	TAILOR_ADMIN_KEY="$${TAILOR_ADMIN_KEY:-$$(cat $(ADMIN_KEY_FILE))}" $(BIN)/tailor serve
 
-test: models lint typecheck
+test: models browser lint typecheck
 	TAILOR_TEST_MODEL_STORE=$(CURDIR)/var/models $(BIN)/pytest
 
 install: $(INSTALLED)
@@ -28,6 +35,14 @@ $(INSTALLED): pyproject.toml requirements-models.txt
 
 models: $(INSTALLED)
 	$(BIN)/tailor models prepare
+
+# The dashboard's browser tests drive Debian's Chromium through Playwright;
+# Playwright's own browser download cannot work offline.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		|| (echo "the dashboard tests need Debian's chromium at $(CHROMIUM)" >&2; exit 1)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

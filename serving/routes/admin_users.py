@@ -54,10 +54,13 @@ def list_users(
 @router.get("/users/{user_id}")
 def get_user(user_id: str, _admin: AdminDep, session: SessionDep) -> AdminUserDetail:
     user = UserPublic.model_validate(UserRepository(session).get(user_id=user_id))
-    return AdminUserDetail(
-        **user.model_dump(),
-        feedback_count=FeedbackRepository(session).count(user_id=user_id),
-        example_count=ExampleRepository(session).count(user_id=user_id),
+    return AdminUserDetail.model_validate(
+        {
+            **user.model_dump(exclude={"keys"}),
+            "api_keys": user.keys,
+            "feedback_count": FeedbackRepository(session).count(user_id=user_id),
+            "example_count": ExampleRepository(session).count(user_id=user_id),
+        }
     )
 
 
