@@ -159,6 +159,10 @@ class EvaluationReport:
     def as_metrics(self) -> dict[str, Any]:
         """What the registry stores with the candidate (JSON)."""
         metrics: dict[str, Any] = _finite(asdict(self))
+        # A property, which asdict leaves out; the dashboard shows it.
+        metrics["gain_vs_base"]["significant"] = self.gain_vs_base.significant
+        if self.gain_vs_current is not None:
+            metrics["gain_vs_current"]["significant"] = self.gain_vs_current.significant
         return metrics
 
 

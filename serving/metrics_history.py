@@ -19,6 +19,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 KEPT_SECONDS = 3600.0
+# "Requests" on the charts are generation requests, not every API call.
+COMPLETION_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 logger = logging.getLogger(__name__)
 
 
@@ -50,7 +52,7 @@ def read_registry(registry: CollectorRegistry, *, now: float) -> Reading:
 
 
 def _add_sample(r: Reading, name: str, labels: dict[str, str], value: float) -> None:
-    if name == "tailor_http_requests_total" and labels["route"].startswith("/v1/"):
+    if name == "tailor_http_requests_total" and labels["route"] in COMPLETION_ROUTES:
         r.requests += value
     elif name == "tailor_tokens_total":
         if labels["kind"] == "prompt":

@@ -38,7 +38,10 @@ def test_history_turns_counter_readings_into_rates_per_minute() -> None:
     for _ in range(5):
         requests.labels("POST", "/v1/chat/completions", "200").inc()
         latency.labels("m").observe(0.3)
-    requests.labels("GET", "/admin/users", "200").inc(7)  # admin traffic is not load
+    # Neither admin traffic nor other API calls are generation requests.
+    requests.labels("GET", "/admin/users", "200").inc(7)
+    requests.labels("POST", "/v1/examples", "201").inc(3)
+    requests.labels("POST", "/v1/completions", "200").inc(1)
     tokens.labels("m", "prompt").inc(100)
     tokens.labels("m", "completion").inc(50)
     decisions.labels("m", "score").inc(4)
@@ -47,7 +50,7 @@ def test_history_turns_counter_readings_into_rates_per_minute() -> None:
 
     [point] = history.points_since(0)
     assert point["t"] == 1010.0
-    assert point["requests_per_minute"] == pytest.approx(30.0)
+    assert point["requests_per_minute"] == pytest.approx(36.0)
     assert point["tokens_per_minute"] == pytest.approx(900.0)
     assert point["prompt_tokens_per_minute"] == pytest.approx(600.0)
     assert point["routing_per_minute"] == {"m": pytest.approx(24.0), "n": pytest.approx(6.0)}

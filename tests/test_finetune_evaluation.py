@@ -134,6 +134,7 @@ def test_a_candidate_that_is_worse_stays_a_candidate_with_the_reasons() -> None:
     assert any("generic text NLL rose" in r for r in report.reasons)
     metrics = report.as_metrics()
     assert metrics["promote"] is False and metrics["gain_vs_base"]["gain"] < 0
+    assert metrics["gain_vs_base"]["significant"] is False
 
 
 def test_bad_configurations_are_refused() -> None:

@@ -56,6 +56,7 @@ def page_html(page: Page, *, csrf_token: str) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="csrf-token" content="{token}">
 <title>Tailor · {escape(page.title)}</title>
+<link rel="icon" href="/admin/static/favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="/admin/static/dashboard.css">
 </head>
 <body data-page="{page.name}">
@@ -85,6 +86,7 @@ def login_html(*, next_path: str, error: str | None = None) -> str:
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Tailor · Sign in</title>
+<link rel="icon" href="/admin/static/favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="/admin/static/dashboard.css">
 </head>
 <body class="login">

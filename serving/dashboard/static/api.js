@@ -117,7 +117,6 @@ export function notify(message, kind = "info") {
   const close = h(
     "button",
     { type: "button", class: "notice-close", "aria-label": "Dismiss", onclick: () => dismiss(item) },
-    "×",
   );
   const item = h(
     "div",
@@ -125,7 +124,7 @@ export function notify(message, kind = "info") {
     h("span", { class: "notice-text" }, message),
     close,
   );
-  clear(area).append(item);
+  clear(area, item);
   area.dataset.kind = kind;
   if (kind !== "error") fadeTimer = setTimeout(() => dismiss(item), 8000);
   return item;

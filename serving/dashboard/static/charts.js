@@ -26,6 +26,7 @@ export const PALETTE = [
 
 const FONT = 11; // px, for the axis labels
 const CHAR = 6.4; // rough width of one character at FONT; SVG text cannot be measured before it is drawn
+const LEGEND_CHAR = 7.2; // the same at the legend's 12px
 const LEGEND_ROW = 18;
 const MARGIN = { top: 8, right: 14, bottom: 24, left: 50 };
 
@@ -36,9 +37,10 @@ const colourOf = (series, i) => series.color || PALETTE[i % PALETTE.length];
 // Public charts
 
 // lineChart(container, {times, series: [{name, values, color?, dash?, axis?: "right"}],
-//   unit?, rightUnit?, height?, yMin?, yMax?, xFormat?})
+//   unit?, rightUnit?, height?, yMin?, yMax?, xFormat?, xIntegers?})
 // `times` are unix seconds (or any increasing numbers when `xFormat` says how
-// to print them, e.g. training steps); a null value leaves a gap in its line.
+// to print them, e.g. training steps, with `xIntegers` so labels fall on whole
+// numbers); a null value leaves a gap in its line.
 export function lineChart(container, options) {
   const { times = [], series = [], height = 220 } = options;
   const chart = frame(container, times.length, height, series, options.label || "line chart");
@@ -55,7 +57,7 @@ export function lineChart(container, options) {
     yRight = alignedScale(right.flatMap((x) => x.values), area, yLeft.ticks.length - 1);
     drawRightTicks(chart, area, yRight, options.rightUnit);
   }
-  drawTimeAxis(chart, area, times, x, options.xFormat || formatClock);
+  drawTimeAxis(chart, area, times, x, options.xFormat || formatClock, options.xIntegers);
 
   series.forEach((line, i) => {
     const y = line.axis === "right" ? yRight : yLeft;
@@ -210,7 +212,7 @@ function frame(container, points, height, series, label) {
       s("text", { class: "chart-legend", x: item.x + 16, y: item.y }, item.name),
     );
   }
-  clear(container).append(svg);
+  clear(container, svg);
   return { svg, width, height: svgHeight, top: legend.height };
 }
 
@@ -221,7 +223,7 @@ function legendLayout(series, width) {
   let x = MARGIN.left;
   let row = 0;
   series.forEach((item, i) => {
-    const size = 16 + String(item.name).length * CHAR + 18;
+    const size = 16 + String(item.name).length * LEGEND_CHAR + 18;
     if (x + size > width - MARGIN.right && x > MARGIN.left) {
       row += 1;
       x = MARGIN.left;
@@ -321,13 +323,15 @@ function drawRightTicks(chart, area, y, unit) {
 }
 
 // A few evenly spaced labels along the x axis, the first and last at the ends.
-function drawTimeAxis(chart, area, times, x, format) {
+function drawTimeAxis(chart, area, times, x, format, integers = false) {
   const lo = times[0];
   const hi = times[times.length - 1];
-  const count = hi === lo ? 1 : Math.max(2, Math.min(7, Math.floor((area.x1 - area.x0) / 90)));
+  let count = hi === lo ? 1 : Math.max(2, Math.min(7, Math.floor((area.x1 - area.x0) / 90)));
+  if (integers) count = Math.min(count, hi - lo + 1);
   let previous = null;
   for (let i = 0; i < count; i++) {
-    const t = count === 1 ? lo : lo + ((hi - lo) * i) / (count - 1);
+    let t = count === 1 ? lo : lo + ((hi - lo) * i) / (count - 1);
+    if (integers) t = Math.round(t);
     const label = format(t);
     if (label === previous) continue; // a short range prints the same second twice
     previous = label;
@@ -413,10 +417,10 @@ function addHover(chart, area, times, x, format, rowsAt) {
 
     const rows = rowsAt(best);
     const lines = [{ name: format(times[best]), colour: null, text: "" }, ...rows];
-    const width = 20 + Math.max(...lines.map((r) => (r.text ? `${r.name}: ${r.text}` : r.name).length)) * CHAR;
+    const width = 20 + Math.max(...lines.map((r) => (r.text ? `${r.name}: ${r.text}` : r.name).length)) * LEGEND_CHAR;
     const height = 8 + lines.length * 15;
     const left = px + 10 + width > area.x1 ? px - 10 - width : px + 10;
-    clear(box).append(
+    clear(box, 
       s("rect", { x: left, y: area.y1, width, height, rx: 4 }),
       ...lines.map((row, i) =>
         s(

@@ -48,9 +48,12 @@ function append(el, children) {
   }
 }
 
-// Removes every child of `el` and returns it (so `clear(box).append(...)` reads well).
-export function clear(el) {
+// Removes every child of `el`, puts `children` in instead (by h()'s rules:
+// text as text, null skipped, arrays flattened) and returns `el`.
+// Not el.append(): it would print a null child as the text "null".
+export function clear(el, ...children) {
   while (el.firstChild) el.removeChild(el.firstChild);
+  append(el, children);
   return el;
 }
 
@@ -124,6 +127,14 @@ export function formatCompact(value) {
 
 function trim(value) {
   return String(Number(value.toFixed(value >= 100 || value <= -100 ? 0 : 1)));
+}
+
+// Costs are often tiny (a few tokens of a cheap model): two significant digits
+// below 0.01 instead of a misleading "0".
+export function formatCost(value) {
+  if (value === null || value === undefined || Number.isNaN(value)) return NONE;
+  if (value !== 0 && Math.abs(value) < 0.01) return String(Number(value.toPrecision(2)));
+  return formatNumber(value, 4);
 }
 
 // 0.1234 -> "12.3%".

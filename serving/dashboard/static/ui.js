@@ -71,15 +71,29 @@ export function idText(id) {
 export function select(name, choices, { blank = null, value = "", testid = null, required = false } = {}) {
   const el = h(
     "select",
-    { name, id: name, required, dataset: testid ? { testid } : null },
+    { name, required, dataset: testid ? { testid } : null },
     blank !== null ? h("option", { value: "" }, blank) : null,
     choices.map((c) => h("option", { value: c.value }, c.label)),
   );
-  el.value = value;
+  if (value || blank !== null) el.value = value; // else the first choice stays selected
   return el;
 }
 
-// A labelled form field.
+// A base model's id, kept on one line (the ids are long and hyphenated).
+export function modelName(id) {
+  return h("span", { class: "nowrap" }, id === null || id === undefined ? NONE : id);
+}
+
+// The number in a <input type=number>: null when it is empty, an error when
+// the browser could not read what was typed (its value is then "" too, which
+// would otherwise silently mean "empty").
+export function numberOf(input, label) {
+  if (input.validity && input.validity.badInput) throw new Error(`${label}: not a number`);
+  return input.value.trim() === "" ? null : Number(input.value);
+}
+
+// A labelled form field. Forms are `novalidate`: the server checks every value,
+// and its message (shown in the page) is the one the admin should read.
 export function field(label, control, hint = null) {
   return h("label", { class: "field" }, h("span", { class: "field-label" }, label), control, hint ? h("span", { class: "hint" }, hint) : null);
 }
@@ -183,6 +197,12 @@ export function poll(task, ms) {
   };
 }
 
+// Scrolls to `el` only when it starts below the window (a detail panel under
+// the list on a narrow screen); otherwise the page stays where the admin is.
+export function reveal(el) {
+  if (el.getBoundingClientRect().top > window.innerHeight - 80) el.scrollIntoView({ block: "start" });
+}
+
 // A number with its label, large: the figures on top of cards.
 export function stat(label, value, attrs = {}) {
   return h("div", { class: "stat", ...attrs }, h("div", { class: "stat-value" }, value), h("div", { class: "stat-label" }, label));
@@ -208,7 +228,9 @@ export function evalSummary(metrics) {
     return h("span", { class: "muted" }, metrics && Object.keys(metrics).length ? compactValue(metrics) : "no evaluation");
   }
   const nll = metrics.nll_per_token;
-  const present = ["base", "current", "candidate"].filter((k) => typeof nll[k] === "number");
+  // With no experts before this one, "current" is the base model itself.
+  const noCurrent = metrics.gain_vs_current === null || metrics.gain_vs_current === undefined;
+  const present = ["base", "current", "candidate"].filter((k) => typeof nll[k] === "number" && !(k === "current" && noCurrent));
   const worst = Math.max(...present.map((k) => nll[k]));
   const best = Math.min(...present.map((k) => nll[k]));
   // Bars from the best value's 90% up: plain bars from 0 would all look equal.
@@ -222,15 +244,18 @@ export function evalSummary(metrics) {
       h("span", { class: "nll-value" }, formatNumber(nll[k], 4)),
     ),
   );
-  const gain = (label, g) =>
-    g
-      ? h(
-          "div",
-          { class: "gain" },
-          `${label}: ${formatNumber(g.gain, 4)} (lower ${formatNumber(g.lower, 4)}) `,
-          g.significant ? h("span", { class: "ok" }, "✓ significant") : h("span", { class: "bad" }, "✗ not significant"),
-        )
-      : null;
+  // Significant: the whole interval lies above zero. Stored reports may lack
+  // the flag (it is computed from `lower`), so it is derived the same way.
+  const gain = (label, g) => {
+    if (!g) return null;
+    const significant = typeof g.significant === "boolean" ? g.significant : typeof g.lower === "number" && g.lower > 0;
+    return h(
+      "div",
+      { class: "gain" },
+      `${label}: ${formatNumber(g.gain, 4)} nats/token (lower bound ${formatNumber(g.lower, 4)}) `,
+      significant ? h("span", { class: "ok" }, "✓ significant") : h("span", { class: "bad" }, "✗ not significant"),
+    );
+  };
   const generic = metrics.generic_rise;
   const reasons = Array.isArray(metrics.reasons) ? metrics.reasons : [];
   return h(
@@ -239,7 +264,7 @@ export function evalSummary(metrics) {
     h("div", { class: "eval-caption muted" }, `NLL/token on ${formatNumber(metrics.test_conversations, 0)} test conversations (${formatNumber(metrics.test_tokens, 0)} tokens); lower is better`),
     bars,
     gain("gain vs base", metrics.gain_vs_base),
-    gain("gain vs current", metrics.gain_vs_current),
+    noCurrent ? h("div", { class: "gain muted" }, "no earlier experts: current = base") : gain("gain vs current", metrics.gain_vs_current),
     typeof generic === "number" ? h("div", { class: "gain" }, `generic text NLL rise: ${formatPercent(generic, 2)}`) : null,
     metrics.promote === false
       ? h("div", { class: "reasons" }, h("strong", {}, "Not promoted: "), reasons.length ? h("ul", {}, reasons.map((r) => h("li", {}, r))) : "no reason recorded")

@@ -7,8 +7,8 @@
 import { h, clear, timeEl, formatBytes } from "../dom.js";
 import { api, notify, describe, withQuery } from "../api.js";
 import {
-  app, card, pageHeader, badge, idText, select, field, actionButton, runAction,
-  modelChoices, allUsers, evalSummary,
+  app, card, pageHeader, badge, idText, select, field, actionButton,
+  modelChoices, allUsers, evalSummary, modelName,
 } from "../ui.js";
 
 const root = app();
@@ -19,11 +19,12 @@ const uploadSlot = h("div");
 const filterSlot = h("div", { class: "filters" });
 const listSlot = h("div");
 const countText = h("span", { class: "muted" });
+const refreshButton = actionButton("Refresh", () => loadExperts(), { testid: "refresh-experts" });
 
 root.append(
   pageHeader("Adapters", "LoRA experts per base model: a user's specialists and the shared generalists, with every version."),
   uploadSlot,
-  card("Experts", { aside: countText }, filterSlot, listSlot),
+  card("Experts", { aside: h("div", { class: "head-actions" }, countText, refreshButton) }, filterSlot, listSlot),
 );
 
 const params = () => new URLSearchParams(location.search);
@@ -60,7 +61,7 @@ function drawUpload() {
 
   const form = h(
     "form",
-    { class: "upload-form", dataset: { testid: "upload-form" } },
+    { class: "upload-form", novalidate: true, dataset: { testid: "upload-form" } },
     h(
       "div",
       { class: "inline-form" },
@@ -91,8 +92,8 @@ function drawUpload() {
     submit.disabled = true;
     try {
       const version = await api("POST", "/admin/adapters", body);
-      form.reset();
-      syncKind();
+      // The choices stay (the next version of the same expert is the usual next upload).
+      files.value = "";
       notify(`Uploaded: version v${version.version} (${version.id}) of expert ${version.adapter_id}, a ${version.state}.`, "success");
       await loadExperts();
     } catch (failure) {
@@ -103,7 +104,7 @@ function drawUpload() {
       submit.disabled = false;
     }
   });
-  clear(uploadSlot).append(card("Upload a PEFT adapter", {}, form));
+  clear(uploadSlot, card("Upload a PEFT adapter", {}, form));
 }
 
 // --- Filter --------------------------------------------------------------------------
@@ -123,7 +124,7 @@ function drawFilter() {
   };
   userFilter.addEventListener("change", apply);
   modelFilter.addEventListener("change", apply);
-  clear(filterSlot).append(field("User", userFilter), field("Base model", modelFilter));
+  clear(filterSlot, field("User", userFilter), field("Base model", modelFilter));
 }
 
 // --- The experts and their versions -----------------------------------------------------
@@ -140,7 +141,7 @@ async function loadExperts() {
 function drawExperts(experts) {
   countText.textContent = `${experts.length} expert${experts.length === 1 ? "" : "s"}`;
   if (!experts.length) {
-    clear(listSlot).append(h("p", { class: "muted empty-note" }, "No experts match. Upload one above, or start a fine-tune job."));
+    clear(listSlot, h("p", { class: "muted empty-note" }, "No experts match. Upload one above, or start a fine-tune job."));
     return;
   }
   const highlighted = location.hash.slice(1);
@@ -158,7 +159,7 @@ function drawExperts(experts) {
           h("td", {}, h("strong", {}, expert.name), h("br"), idText(expert.id)),
           h("td", {}, badge(expert.kind)),
           h("td", {}, expert.user_id ? h("a", { href: `/admin/users#${expert.user_id}` }, userName(expert.user_id)) : "everyone"),
-          h("td", {}, expert.base_model),
+          h("td", {}, modelName(expert.base_model)),
           h("td", {}, active ? `v${active.version}` : h("span", { class: "muted" }, "none")),
           h("td", {}, timeEl(expert.created_at)),
           h(
@@ -176,7 +177,7 @@ function drawExperts(experts) {
       ),
     );
   }
-  clear(listSlot).append(h("div", { class: "table-wrap" }, tableEl));
+  clear(listSlot, h("div", { class: "table-wrap" }, tableEl));
   if (highlighted) document.getElementById(highlighted)?.scrollIntoView({ block: "center" });
 }
 

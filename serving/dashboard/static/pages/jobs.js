@@ -6,11 +6,11 @@
 // queued or running asks for its new events every 2 s.
 
 import { h, clear, timeEl, formatNumber, formatDuration, NONE } from "../dom.js";
-import { api, notify, describe, withQuery } from "../api.js";
+import { api, notify, describe, withQuery, ApiFailure } from "../api.js";
 import { lineChart } from "../charts.js";
 import {
   app, card, pageHeader, table, badge, idText, select, field, actionButton, runAction, poll,
-  modelChoices, allUsers, evalSummary, compactValue,
+  modelChoices, allUsers, evalSummary, compactValue, modelName, numberOf, reveal,
 } from "../ui.js";
 
 const LIST_SECONDS = 5;
@@ -34,7 +34,7 @@ root.append(
   formSlot,
   h(
     "div",
-    { class: "split" },
+    { class: "split even" },
     h(
       "div",
       { class: "split-main" },
@@ -63,7 +63,7 @@ function drawForm() {
   const submit = h("button", { type: "submit", class: "btn primary" }, "Start job");
   const form = h(
     "form",
-    { class: "inline-form", dataset: { testid: "start-job-form" } },
+    { class: "inline-form", novalidate: true, dataset: { testid: "start-job-form" } },
     field("Base model", model),
     field("User", user),
     field("Epochs", epochs),
@@ -73,22 +73,28 @@ function drawForm() {
   );
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    // Only what was filled in: the worker has defaults for the rest.
-    const hyperparameters = {};
-    if (epochs.value) hyperparameters.epochs = Number(epochs.value);
-    if (rate.value) hyperparameters.learning_rate = Number(rate.value);
-    if (rank.value) hyperparameters.rank = Number(rank.value);
     const body = { model: model.value };
-    if (user.value) body.user_id = user.value;
-    if (Object.keys(hyperparameters).length) body.hyperparameters = hyperparameters;
-    const job = await runAction(submit, () => api("POST", "/admin/jobs", body), (j) => `Job ${j.id} queued.`);
+    const job = await runAction(
+      submit,
+      () => {
+        // Only what was filled in: the worker has defaults for the rest.
+        const hyperparameters = {};
+        for (const [name, input, label] of [["epochs", epochs, "Epochs"], ["learning_rate", rate, "Learning rate"], ["rank", rank, "Rank"]]) {
+          const value = numberOf(input, label);
+          if (value !== null) hyperparameters[name] = value;
+        }
+        if (user.value) body.user_id = user.value;
+        if (Object.keys(hyperparameters).length) body.hyperparameters = hyperparameters;
+        return api("POST", "/admin/jobs", body);
+      },
+      (j) => `Job ${j.id} queued.`,
+    );
     if (!job) return;
-    form.reset();
-    model.value = body.model;
+    for (const input of [epochs, rate, rank]) input.value = "";
     location.hash = job.id; // opens it
     await refreshLists();
   });
-  clear(formSlot).append(card("Start a job", {}, form));
+  clear(formSlot, card("Start a job", {}, form));
 }
 
 // --- Queue and history ------------------------------------------------------------------
@@ -109,9 +115,12 @@ async function refreshLists() {
     api("GET", withQuery("/admin/jobs", { state: historyState, limit: 100 })),
   ]);
   const open = location.hash.slice(1);
-  clear(queueSlot).append(jobsTable([...running.data, ...queued.data], open, "Nothing queued or running.", false));
-  const finished = recent.data.filter((job) => !LIVE.has(job.status));
-  clear(historySlot).append(jobsTable(finished, open, "No finished jobs yet.", true));
+  // A job that changed state between the two calls could come twice: keep its first row.
+  const queue = [...new Map([...running.data, ...queued.data].map((job) => [job.id, job])).values()];
+  clear(queueSlot, jobsTable(queue, open, "Nothing queued or running.", false));
+  const listed = new Set(queue.map((job) => job.id));
+  const finished = recent.data.filter((job) => !LIVE.has(job.status) && !listed.has(job.id));
+  clear(historySlot, jobsTable(finished, open, "No finished jobs yet.", true));
 }
 
 function jobsTable(jobs, open, empty, finished) {
@@ -124,15 +133,13 @@ function jobsTable(jobs, open, empty, finished) {
       },
     },
     cells: [
-      h("a", { href: `#${job.id}` }, job.id),
-      badge(job.status, { dataset: { testid: `status-${job.id}` } }),
+      [h("a", { href: `#${job.id}` }, job.id), h("div", { class: "muted small" }, modelName(job.model))],
+      [badge(job.status, { dataset: { testid: `status-${job.id}` } }), h("div", { class: "muted small" }, `attempt ${job.attempt}/${job.max_attempts}`)],
       job.user_id ? userName(job.user_id) : h("span", { class: "muted" }, "generalist"),
-      job.model,
-      `${job.attempt}/${job.max_attempts}`,
       timeEl(finished ? job.finished_at : job.created_at),
     ],
   }));
-  return table(["Job", "Status", "For", "Model", "Attempt", finished ? "Finished" : "Created"], rows, { empty });
+  return table(["Job / model", "Status", "For", finished ? "Finished" : "Created"], rows, { empty });
 }
 
 // --- The open job ----------------------------------------------------------------------
@@ -145,7 +152,7 @@ function openJob() {
   if (current) current.stop();
   current = null;
   if (!id) {
-    clear(detailSlot).append(card(null, { class: "placeholder" }, h("p", { class: "muted" }, "Select a job to follow its progress.")));
+    clear(detailSlot, card(null, { class: "placeholder" }, h("p", { class: "muted" }, "Select a job to follow its progress.")));
     return;
   }
   const state = {
@@ -165,7 +172,7 @@ function openJob() {
   };
   current = state;
   const p = state.parts;
-  clear(detailSlot).append(
+  clear(detailSlot, 
     h(
       "section",
       { class: "card detail", dataset: { testid: "job-detail" } },
@@ -184,7 +191,16 @@ function openJob() {
 
 // One round: the job, then its events after the last one we have.
 async function followJob(state) {
-  const job = await api("GET", `/admin/jobs/${encodeURIComponent(state.id)}`);
+  let job;
+  try {
+    job = await api("GET", `/admin/jobs/${encodeURIComponent(state.id)}`);
+  } catch (error) {
+    if (!(error instanceof ApiFailure && error.status === 404)) throw error; // the poll shows it and tries again
+    state.stop(); // no such job: asking again will not help
+    if (state !== current) return;
+    clear(detailSlot, card(null, { class: "placeholder" }, h("p", { class: "error-text" }, `Job ${state.id}: ${error.message}`)));
+    return;
+  }
   for (;;) {
     const page = await api("GET", `/admin/jobs/${encodeURIComponent(state.id)}/events?after=${state.lastEventId}&limit=1000`);
     if (state !== current) return; // another job was opened meanwhile
@@ -192,8 +208,10 @@ async function followJob(state) {
     if (page.data.length) state.lastEventId = page.data[page.data.length - 1].id;
     if (!page.has_more || !page.data.length) break;
   }
+  const changed = state.job !== null && state.job.status !== job.status;
   state.job = job;
   drawJob(state);
+  if (changed) refreshLists().catch(() => {}); // the lists catch up now, not at their next round
   // A finished job changes no more (a retry opens it again).
   if (!LIVE.has(job.status)) state.stop();
 }
@@ -204,12 +222,12 @@ function drawJob(state) {
   if (signature === state.drawn) return;
   state.drawn = signature;
 
-  clear(parts.head).append(
+  clear(parts.head, 
     h("div", {}, h("h2", {}, idText(job.id)), h("div", { class: "muted" }, `${job.kind} · ${job.model}${job.user_id ? ` · ${userName(job.user_id)}` : ""}`)),
     h("div", { class: "head-actions" }, badge(job.status, { dataset: { testid: "job-status" } }), jobActions(job)),
   );
 
-  clear(parts.facts).append(
+  clear(parts.facts, 
     h(
       "dl",
       { class: "facts" },
@@ -238,6 +256,7 @@ function drawJob(state) {
   lineChart(parts.curve, {
     times: steps.map((e) => e.payload.step),
     xFormat: (step) => `step ${Math.round(step)}`,
+    xIntegers: true,
     height: 200,
     label: "Training loss per step",
     series: [
@@ -256,7 +275,7 @@ function fact(label, value) {
 function drawProgress(slot, job, latest) {
   const live = LIVE.has(job.status);
   const fraction = latest && latest.total_steps ? Math.min(1, latest.step / latest.total_steps) : job.status === "succeeded" ? 1 : 0;
-  clear(slot).append(
+  clear(slot, 
     h(
       "div",
       { class: "progress", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100, "aria-valuenow": Math.round(fraction * 100) },
@@ -282,7 +301,7 @@ function drawEvents(slot, events, progressCount) {
     attrs: { dataset: { testid: `event-${e.id}` } },
     cells: [timeEl(e.created_at), String(e.attempt), badge(e.kind), eventDetails(e)],
   }));
-  clear(slot).append(
+  clear(slot, 
     table(["Time", "Attempt", "Kind", "Details"], rows, { empty: "No events yet.", testid: "job-events", class: "events" }),
     progressCount > 1 ? h("p", { class: "hint" }, `${progressCount - 1} earlier progress events are in the loss curve.`) : null,
   );
@@ -342,6 +361,7 @@ function jobActions(job) {
 
 window.addEventListener("hashchange", () => {
   openJob();
+  reveal(detailSlot);
   refreshLists().catch((error) => notify(describe(error), "error"));
 });
 

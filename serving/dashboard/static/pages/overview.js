@@ -4,13 +4,12 @@
 // every `bucket_seconds`. The page keeps the last hour (360 points), asks
 // again every bucket for what came after its newest point, and redraws.
 
-import { h, formatCompact, formatNumber, formatPercent } from "../dom.js";
+import { h, formatCompact, formatCost, formatNumber, formatPercent } from "../dom.js";
 import { api } from "../api.js";
 import { lineChart, stackedAreaChart, barChart } from "../charts.js";
-import { app, card, pageHeader, poll, stat } from "../ui.js";
+import { app, card, poll, stat } from "../ui.js";
 
 const MAX_POINTS = 360;
-const FIRST_WINDOW_SECONDS = 3600;
 const MIN_POLL_SECONDS = 2;
 const JOB_STATES = ["queued", "running", "succeeded", "failed", "cancelled"];
 const JOB_COLOURS = ["#64748b", "#2563eb", "#16a34a", "#dc2626", "#a8a29e"];
@@ -59,7 +58,8 @@ function merge(fresh) {
 }
 
 async function refresh() {
-  const since = points.length ? points[points.length - 1].t : Math.floor(Date.now() / 1000) - FIRST_WINDOW_SECONDS;
+  // The first time everything the server holds (since=0): the browser's clock may differ from the server's.
+  const since = points.length ? points[points.length - 1].t : 0;
   const data = await api("GET", `/admin/overview?since=${encodeURIComponent(since)}`);
   if (data.bucket_seconds) bucketSeconds = data.bucket_seconds;
   merge(data.points || []);
@@ -107,7 +107,7 @@ function draw() {
   });
 
   lineChart(charts.cost, { times, label: "Cost per minute", series: [{ name: "cost/min", values: column("cost_per_minute") }] });
-  totalCost.textContent = latest && typeof latest.cost_total === "number" ? formatNumber(latest.cost_total, 4) : "—";
+  totalCost.textContent = latest && typeof latest.cost_total === "number" ? formatCost(latest.cost_total) : "—";
 
   lineChart(charts.cache, {
     times,
@@ -143,7 +143,7 @@ function drawStats(latest) {
     stat("latency p99", value("latency_p99_s", (v) => `${formatNumber(v, 2)} s`)),
     stat("cache hit rate", value("cache_hit_rate", (v) => formatPercent(v))),
     stat("waiting / running", latest ? `${latest.queue_depth ?? "—"} / ${latest.running_requests ?? "—"}` : "—"),
-    stat("total cost", value("cost_total", (v) => formatNumber(v, 4))),
+    stat("total cost", value("cost_total", formatCost)),
   );
 }
 

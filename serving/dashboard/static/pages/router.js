@@ -5,10 +5,10 @@
 // GET /admin/router always has the mix; the rest only when a learning router
 // runs in this process. Refreshed every 5 s.
 
-import { h, clear, formatNumber, formatPercent, formatCompact, NONE } from "../dom.js";
-import { api } from "../api.js";
+import { h, clear, formatNumber, formatPercent, formatCompact, formatCost, NONE } from "../dom.js";
+import { api, notify, describe } from "../api.js";
 import { barChart } from "../charts.js";
-import { app, card, pageHeader, table, badge, idText, select, field, poll, stat, compactValue } from "../ui.js";
+import { app, card, pageHeader, table, badge, idText, select, field, poll, stat, compactValue, modelName, allUsers } from "../ui.js";
 
 const REFRESH_SECONDS = 5;
 const INITIAL_RATING = 1000; // ELO's starting value: bars grow up or down from it
@@ -27,6 +27,13 @@ windowSelect.addEventListener("change", () => refresh().catch(() => {}));
 const routerName = h("span", { class: "muted" });
 const body = h("div");
 let lastState = null;
+let userNames = new Map(); // user id -> name, for the tables
+
+// A user as "name usr_..." linking to their page (the id alone if unknown).
+function userCell(id) {
+  const name = userNames.get(id);
+  return h("a", { href: `/admin/users#${id}` }, name ? [name, " "] : null, idText(id));
+}
 
 root.append(
   pageHeader("Router", h("span", {}, "How ", h("code", {}, "auto"), " picks a base model for each request. ", routerName), field("Window", windowSelect)),
@@ -46,7 +53,7 @@ function draw(state) {
   const parts = [];
 
   if (!learning) {
-    parts.push(h("div", { class: "callout", dataset: { testid: "no-learning-router" } }, "No learning router in this process: ratings, decisions and their latency are not available. The routing mix below comes from the response log."));
+    parts.push(h("div", { class: "callout", dataset: { testid: "no-learning-router" } }, "There is no learning router in this process: ratings, recent decisions and decision latency are not available. The routing mix below comes from the response log."));
   } else {
     const d = state.decision_ms || {};
     parts.push(
@@ -55,18 +62,20 @@ function draw(state) {
         { class: "stats" },
         h(
           "div",
-          { class: "stat", dataset: { testid: "decision-latency" } },
-          h("div", { class: "stat-value" }, `${ms(d.p50)} / ${ms(d.p99)}`),
-          h("div", { class: "stat-label" }, `decision time p50 / p99 (${formatNumber(d.count, 0)} decisions)`),
+          { class: "stat wide", dataset: { testid: "decision-latency" } },
+          h("div", { class: "stat-value" }, `p50 ${ms(d.p50)} · p99 ${ms(d.p99)}`),
+          h("div", { class: "stat-label" }, `time to decide, over ${formatNumber(d.count, 0)} decisions`),
         ),
         stat("queries with feedback", formatNumber(state.local_queries, 0)),
         stat("users with ratings", formatNumber((state.users || []).length, 0)),
         stat("last feedback id", state.last_feedback_id ?? NONE),
       ),
+      configLine(state.config || {}),
     );
   }
 
   const grid = h("div", { class: "grid" });
+  grid.append(mixCard(state.mix || {}));
   if (learning) {
     const models = Object.keys(state.global).sort();
     grid.append(
@@ -76,7 +85,7 @@ function draw(state) {
         ratings,
         table(
           ["Model", "Rating", "Games"],
-          models.map((m) => [m, formatNumber(state.global[m].rating, 1), formatNumber(state.global[m].games, 0)]),
+          models.map((m) => [modelName(m), formatNumber(state.global[m].rating, 1), formatNumber(state.global[m].games, 0)]),
         ),
       ),
     );
@@ -90,13 +99,10 @@ function draw(state) {
       }),
     );
   }
-  grid.append(mixCard(state.mix || {}));
-  if (learning) {
-    grid.append(loadCard(state), configCard(state.config || {}));
-  }
+  if (learning) grid.append(loadCard(state));
   parts.push(grid);
   if (learning) parts.push(usersCard(state.users || [], Object.keys(state.global).sort()), recentCard(state.recent || []));
-  clear(body).append(...parts);
+  clear(body, ...parts);
 }
 
 const ms = (value) => (typeof value === "number" ? `${formatNumber(value, value < 10 ? 2 : 0)} ms` : NONE);
@@ -106,7 +112,7 @@ function mixCard(mix) {
   const total = models.reduce((sum, [, m]) => sum + m.responses, 0);
   const totalCost = models.reduce((sum, [, m]) => sum + m.cost, 0);
   const rows = models.map(([model, m]) => [
-    model,
+    modelName(model),
     formatNumber(m.responses, 0),
     h(
       "div",
@@ -116,12 +122,12 @@ function mixCard(mix) {
     ),
     formatCompact(m.prompt_tokens),
     formatCompact(m.completion_tokens),
-    formatNumber(m.cost, 4),
+    formatCost(m.cost),
   ]);
   return card(
     `Routing mix, ${windowLabel(mix.window_hours)}`,
-    { aside: h("span", { class: "muted" }, `total cost ${formatNumber(totalCost, 4)}`), testid: "routing-mix" },
-    table(["Model", "Responses", "Share", "Prompt tokens", "Completion tokens", "Cost"], rows, { empty: "No responses in this window." }),
+    { aside: h("span", { class: "muted" }, `total cost ${formatCost(totalCost)}`), testid: "routing-mix", class: "wide" },
+    table(["Model", "Responses", "Share", "Prompt tok.", "Output tok.", "Cost"], rows, { empty: "No responses in this window." }),
   );
 }
 
@@ -135,27 +141,26 @@ function loadCard(state) {
   const lengths = state.output_lengths || {};
   const models = Object.keys(load).sort();
   const rows = models.map((m) => [
-    m,
+    modelName(m),
     formatNumber(load[m].in_flight, 0),
     formatCompact(load[m].queued_tokens),
     formatNumber(load[m].capacity, 0),
     typeof load[m].mean_request_seconds === "number" ? `${formatNumber(load[m].mean_request_seconds, 2)} s` : NONE,
     formatNumber(lengths[m], 0),
   ]);
-  return card("Load and output lengths", {}, table(["Model", "In flight", "Queued tokens", "Capacity", "Mean request", "Lengths learnt"], rows, { empty: "No models." }));
+  return card("Load and output lengths", {}, table(["Model", "In flight", "Queued tok.", "Capacity", "Mean time", "Lengths"], rows, { empty: "No models." }));
 }
 
-function configCard(config) {
-  return card(
-    "Configuration",
-    {},
-    h("dl", { class: "facts" }, Object.entries(config).map(([k, v]) => [h("dt", {}, k), h("dd", {}, compactValue(v))])),
-  );
+// The router's settings on one line (README, "Configuration", says what each is).
+function configLine(config) {
+  const entries = Object.entries(config);
+  if (!entries.length) return null;
+  return h("p", { class: "kv config-line" }, h("span", { class: "kv-key" }, "configuration: "), entries.map(([k, v]) => `${k}=${compactValue(v)}`).join("  "));
 }
 
 function usersCard(users, models) {
   const rows = users.map((u) => [
-    h("a", { href: `/admin/users#${u.user_id}` }, idText(u.user_id)),
+    userCell(u.user_id),
     formatNumber(u.feedback, 0),
     formatNumber(u.weight, 3),
     ...models.map((m) => (typeof u.ratings[m] === "number" ? formatNumber(u.ratings[m], 1) : NONE)),
@@ -169,15 +174,15 @@ function usersCard(users, models) {
 
 function recentCard(recent) {
   const rows = recent.map((d) => [
-    h("a", { href: `/admin/users#${d.user_id}` }, idText(d.user_id)),
-    h("strong", {}, d.model),
+    userCell(d.user_id),
+    h("strong", {}, modelName(d.model)),
     badge(d.reason),
     h(
       "div",
       { class: "scores" },
       Object.entries(d.scores || {})
         .sort((a, b) => b[1] - a[1])
-        .map(([m, v]) => h("div", { class: m === d.model ? "chosen" : null }, `${m} ${formatNumber(v, 4)}`)),
+        .map(([m, v]) => h("div", { class: m === d.model ? "chosen" : null, title: m === d.model ? "chosen" : null }, `${m} ${formatNumber(v, 4)}`)),
     ),
     explanation(d),
   ]);
@@ -219,7 +224,13 @@ function explanation(decision) {
   );
 }
 
-poll(refresh, REFRESH_SECONDS * 1000);
+// Names first (once), then the state every few seconds.
+allUsers()
+  .then((users) => {
+    userNames = new Map(users.map((u) => [u.id, u.name]));
+  })
+  .catch((error) => notify(`Could not load user names: ${describe(error)}`, "error"))
+  .finally(() => poll(refresh, REFRESH_SECONDS * 1000));
 
 let resizeTimer = null;
 window.addEventListener("resize", () => {

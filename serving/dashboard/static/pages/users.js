@@ -12,7 +12,7 @@
 import { h, clear, timeEl, formatNumber } from "../dom.js";
 import { api, notify, describe } from "../api.js";
 import {
-  app, card, pageHeader, table, badge, idText, select, field, actionButton, runAction, modelChoices,
+  app, card, pageHeader, table, badge, idText, select, field, actionButton, runAction, modelChoices, modelName, numberOf, reveal,
 } from "../ui.js";
 
 const PAGE_SIZE = 100;
@@ -33,7 +33,7 @@ let detailToken = 0; // the newest detail load; older answers are dropped
 const nameInput = h("input", { name: "name", type: "text", required: true, maxlength: 200, placeholder: "e.g. ada or billing-service", autocomplete: "off" });
 const createForm = h(
   "form",
-  { class: "inline-form", dataset: { testid: "create-user-form" } },
+  { class: "inline-form", novalidate: true, dataset: { testid: "create-user-form" } },
   field("Name", nameInput),
   h("button", { type: "submit", class: "btn primary" }, "Create user"),
 );
@@ -77,7 +77,7 @@ function showKey({ secret, keyId, owner }) {
   });
   const done = h("button", { type: "button", class: "btn", dataset: { testid: "dismiss-key" } }, "Done, dismiss");
   done.addEventListener("click", dropKey);
-  clear(keySlot).append(
+  clear(keySlot, 
     h(
       "div",
       { class: "key-box", role: "region", "aria-label": "New API key", dataset: { testid: "new-key" } },
@@ -150,7 +150,7 @@ function drawUsers() {
       ],
     };
   });
-  clear(usersBody).append(table(["Name", "Id", "Keys", "Created"], rows, { empty: "No users yet: create the first one above." }));
+  clear(usersBody, table(["Name", "Id", "Keys", "Created"], rows, { empty: "No users yet: create the first one above." }));
   clear(moreSlot);
   if (hasMore) moreSlot.append(actionButton("Load more", loadMore));
 }
@@ -162,7 +162,7 @@ async function loadDetail() {
   const token = ++detailToken;
   drawUsers(); // move the highlight
   if (!id) {
-    clear(detailSlot).append(card(null, { class: "placeholder" }, h("p", { class: "muted" }, "Select a user to see their keys, routing preferences, experts and jobs.")));
+    clear(detailSlot, card(null, { class: "placeholder" }, h("p", { class: "muted" }, "Select a user to see their keys, routing preferences, experts and jobs.")));
     return;
   }
   try {
@@ -172,10 +172,10 @@ async function loadDetail() {
       api("GET", `/admin/jobs?user_id=${encodeURIComponent(id)}&limit=20`),
     ]);
     if (token !== detailToken) return; // another user was selected meanwhile
-    clear(detailSlot).append(drawDetail(user, experts.data, jobs.data));
+    clear(detailSlot, drawDetail(user, experts.data, jobs.data));
   } catch (error) {
     if (token !== detailToken) return;
-    clear(detailSlot).append(card(null, { class: "placeholder" }, h("p", { class: "error-text" }, `Could not load ${id}: ${describe(error)}`)));
+    clear(detailSlot, card(null, { class: "placeholder" }, h("p", { class: "error-text" }, `Could not load ${id}: ${describe(error)}`)));
   }
 }
 
@@ -214,19 +214,22 @@ function keysSection(user) {
   const rows = user.keys.map((key) => ({
     attrs: { class: key.revoked ? "revoked" : null, dataset: { testid: `key-${key.id}` } },
     cells: [
-      idText(key.id),
-      key.scopes.join(", "),
+      [idText(key.id), h("div", { class: "muted small" }, `scopes: ${key.scopes.join(", ")}`)],
       timeEl(key.created_at),
       key.last_used_at ? timeEl(key.last_used_at) : "never",
-      key.revoked ? h("span", {}, badge("revoked"), " ", timeEl(key.revoked_at)) : badge("active"),
       key.revoked
-        ? ""
-        : actionButton("Revoke", () => api("DELETE", `/admin/keys/${encodeURIComponent(key.id)}`).then(async (k) => { await reload(); return k; }), {
-            danger: true,
-            testid: `revoke-${key.id}`,
-            confirmText: `Revoke key ${key.id} of ${user.name}? Clients using it are refused at once.`,
-            success: (k) => `Key ${k.id} revoked.`,
-          }),
+        ? [badge("revoked"), h("div", { class: "muted small" }, timeEl(key.revoked_at))]
+        : h(
+            "div",
+            { class: "cell-actions" },
+            badge("active"),
+            actionButton("Revoke", () => api("DELETE", `/admin/keys/${encodeURIComponent(key.id)}`).then(async (k) => { await reload(); return k; }), {
+              danger: true,
+              testid: `revoke-${key.id}`,
+              confirmText: `Revoke key ${key.id} of ${user.name}? Clients using it are refused at once.`,
+              success: (k) => `Key ${k.id} revoked.`,
+            }),
+          ),
     ],
   }));
   const newKey = actionButton(
@@ -243,7 +246,7 @@ function keysSection(user) {
     "div",
     { class: "subsection" },
     h("div", { class: "subsection-head" }, h("h3", {}, "API keys"), newKey),
-    table(["Key id", "Scopes", "Created", "Last used", "Status", ""], rows, { empty: "No keys." }),
+    table(["Key id", "Created", "Last used", "Status"], rows, { empty: "No keys." }),
   );
 }
 
@@ -258,22 +261,21 @@ function routingSection(user) {
   const save = h("button", { type: "submit", class: "btn primary" }, "Save");
   const form = h(
     "form",
-    { class: "inline-form", dataset: { testid: "routing-form" } },
+    { class: "inline-form", novalidate: true, dataset: { testid: "routing-form" } },
     field("Cost weight (λ)", costWeight),
     field("Max price / 1M tokens", maxPrice),
     field("Latency objective (s)", slo),
     save,
   );
-  const number = (el) => (el.value.trim() === "" ? null : Number(el.value));
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const saved = await runAction(
       save,
       () =>
         api("PATCH", `/admin/users/${encodeURIComponent(user.id)}/routing`, {
-          cost_weight: number(costWeight),
-          max_price: number(maxPrice),
-          latency_slo_seconds: number(slo),
+          cost_weight: numberOf(costWeight, "Cost weight"),
+          max_price: numberOf(maxPrice, "Max price"),
+          latency_slo_seconds: numberOf(slo, "Latency objective"),
         }),
       `Routing preferences of ${user.name} saved.`,
     );
@@ -316,7 +318,7 @@ function expertsSection(user, experts) {
     h("a", { href: `/admin/adapters?user_id=${encodeURIComponent(user.id)}#${expert.id}` }, expert.name),
     idText(expert.id),
     expert.kind,
-    expert.base_model,
+    modelName(expert.base_model),
     expert.version === null ? "—" : `v${expert.version}`,
     badge(expert.state),
   ]);
@@ -332,7 +334,7 @@ function jobsSection(jobs) {
   const rows = jobs.map((job) => [
     h("a", { href: `/admin/jobs#${job.id}` }, job.id),
     badge(job.status),
-    job.model,
+    modelName(job.model),
     timeEl(job.created_at),
     timeEl(job.finished_at),
   ]);
@@ -346,7 +348,10 @@ function jobsSection(jobs) {
 
 // --- Start -------------------------------------------------------------------------
 
-window.addEventListener("hashchange", loadDetail);
+window.addEventListener("hashchange", () => {
+  loadDetail();
+  reveal(detailSlot);
+});
 
 async function start() {
   try {

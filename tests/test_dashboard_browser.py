@@ -1,0 +1,359 @@
+"""The admin dashboard in a real browser: Debian's headless Chromium, driven by Playwright,
+against `tailor serve` with its fine-tune worker.
+
+Each test saves screenshots under test-output/dashboard/ (the README shows one).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from adapters.base_shapes import BaseModelShapes
+from adapters.peft_interop import ADAPTER_CONFIG, ADAPTER_WEIGHTS, export_peft_dir
+from tests.adapter_factory import random_lora
+from tests.adapter_upload import upload_and_promote
+from tests.finetune_fixtures import MODEL, pirate_conversations
+from tests.server import REPO_ROOT, RunningServer, prepared_model_store, running_server
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Without the networking flags Chromium keeps calling Google's hosts, which this
+# closed network refuses; --no-sandbox because the tests may run as root.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = REPO_ROOT / "test-output" / "dashboard"
+ADMIN_KEY = "admin-" + secrets.token_hex(8)
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    env = {
+        "TAILOR_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "TAILOR_MODEL_STORE": str(prepared_model_store()),
+        "TAILOR_ADMIN_KEY": ADMIN_KEY,
+        "TAILOR_ADAPTER_SLOTS": "4",
+        "TAILOR_DASHBOARD_SAMPLE_SECONDS": "1",
+        "TAILOR_FINETUNE_WORKERS": "1",
+        "TAILOR_FINETUNE_DEVICE": "cpu",
+        "TAILOR_FINETUNE_HEARTBEAT_SECONDS": "0.5",
+        "TAILOR_FINETUNE_TRIGGER_NEW_EXAMPLES": "0",
+        "TAILOR_FINETUNE_GENERIC_TEXTS": "6",
+        "TAILOR_FINETUNE_BATCH_SIZE": "2",
+    }
+    with running_server(env, timeout=120) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser, server: RunningServer) -> Iterator[Page]:
+    """A signed-in page: a fresh browser context (cookie jar) per test."""
+    context = browser.new_context(base_url=server.url, viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(20_000)
+    signed_in = context.new_page()
+    sign_in(signed_in, ADMIN_KEY)
+    expect(signed_in).to_have_url(re.compile(r"/admin/$"))
+    yield signed_in
+    context.close()
+
+
+def sign_in(page: Page, key: str) -> None:
+    page.goto("/admin/login")
+    page.fill("input[name=key]", key)
+    page.click("button[type=submit]")
+
+
+def screenshot(page: Page, name: str) -> None:
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def chart_points(page: Page, testid: str) -> int:
+    points = page.get_by_test_id(testid).locator("svg").get_attribute("data-points")
+    return int(points or 0)
+
+
+def wait_for(predicate: Any, *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def new_user(server: RunningServer, name: str) -> dict[str, Any]:
+    created: dict[str, Any] = httpx.post(
+        f"{server.url}/admin/users", json={"name": name}, headers=ADMIN
+    ).json()
+    return created
+
+
+def chat(server: RunningServer, key: str, text: str) -> None:
+    answer = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={"model": "auto", "messages": [{"role": "user", "content": text}], "max_tokens": 4},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def peft_files(folder: Path, *, seed: int) -> list[Path]:
+    shapes = BaseModelShapes.from_model_dir(prepared_model_store() / MODEL)
+    lora = random_lora(shapes, base_model_id=MODEL, rank=8, scale=0.08, seed=seed)
+    export_peft_dir(lora, folder)
+    return [folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS]
+
+
+def test_sign_in_refuses_bad_keys_and_user_keys(browser: Browser, server: RunningServer) -> None:
+    context = browser.new_context(base_url=server.url)
+    page = context.new_page()
+    page.goto("/admin/jobs")
+    expect(page).to_have_url(re.compile(r"/admin/login\?next="))
+    sign_in(page, "not-the-key")
+    expect(page.get_by_role("alert")).to_contain_text("not valid")
+    user_key = new_user(server, "not-an-admin")["api_key"]
+    sign_in(page, user_key)
+    expect(page.get_by_role("alert")).to_contain_text("not an admin key")
+    screenshot(page, "login")
+    # The session cookie is out of the page's reach.
+    sign_in(page, ADMIN_KEY)
+    expect(page).to_have_url(re.compile(r"/admin/$"))
+    assert page.evaluate("document.cookie") == ""
+    cookie = next(c for c in context.cookies() if c["name"] == "tailor_admin_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(re.compile(r"/admin/login"))
+    page.goto("/admin/users")
+    expect(page).to_have_url(re.compile(r"/admin/login\?next="))
+    context.close()
+
+
+def test_create_user_shows_the_key_once_and_revokes_it(page: Page, server: RunningServer) -> None:
+    page.goto("/admin/users")
+    form = page.get_by_test_id("create-user-form")
+    form.locator("input[name=name]").fill("dana")
+    form.locator("button[type=submit]").click()
+    new_key = page.get_by_test_id("new-key")
+    expect(new_key).to_contain_text("tlr_")
+    key = re.search(r"tlr_[A-Za-z0-9_-]+", new_key.inner_text())
+    assert key is not None
+    secret = key.group(0)
+    me = {"Authorization": f"Bearer {secret}"}
+    assert httpx.get(f"{server.url}/v1/models", headers=me).status_code == 200
+    screenshot(page, "users-new-key")
+
+    # Gone for good once the page changes: neither in the page nor in what it reads.
+    page.reload()
+    expect(page.get_by_test_id("create-user-form")).to_be_visible()
+    assert secret not in page.content()
+    assert secret[:12] not in page.content()
+
+    [user] = [
+        u
+        for u in httpx.get(f"{server.url}/admin/users", headers=ADMIN).json()["data"]
+        if u["name"] == "dana"
+    ]
+    page.get_by_test_id(f"user-{user['id']}").click()
+    detail = page.get_by_test_id("user-detail")
+    expect(detail).to_contain_text(user["keys"][0]["id"])
+    assert user["keys"][0]["prefix"] not in page.content()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_test_id(f"revoke-{user['keys'][0]['id']}").click()
+    wait_for(
+        lambda: httpx.get(f"{server.url}/v1/models", headers=me).status_code == 401,
+        timeout=10,
+        what="the revoked key to be refused",
+    )
+    screenshot(page, "users")
+
+
+def test_upload_shows_errors_then_lists_promotes_and_rolls_back(
+    page: Page, server: RunningServer, tmp_path: Path
+) -> None:
+    user = new_user(server, "erin")
+    page.goto("/admin/adapters")
+    form = page.get_by_test_id("upload-form")
+    expect(form.locator("select[name=user_id] option", has_text="erin")).to_have_count(1)
+    form.locator("select[name=user_id]").select_option(user["id"])
+    form.locator("select[name=base_model]").select_option(MODEL)
+
+    # A bad upload: the weights are missing, and the page says so.
+    first = peft_files(tmp_path / "v1", seed=1)
+    form.locator("input[type=file]").set_input_files([str(first[0])])
+    form.locator("button[type=submit]").click()
+    expect(page.get_by_test_id("upload-error")).to_contain_text("adapter_model.safetensors")
+    # A pickle is refused unopened.
+    pickle = tmp_path / "adapter_model.bin"
+    pickle.write_bytes(b"not opened")
+    form.locator("input[type=file]").set_input_files([str(first[0]), str(pickle)])
+    form.locator("button[type=submit]").click()
+    expect(page.get_by_test_id("upload-error")).to_contain_text("pickle")
+    screenshot(page, "adapters-upload-error")
+
+    form.locator("input[type=file]").set_input_files([str(p) for p in first])
+    form.locator("button[type=submit]").click()
+    expert = wait_for_expert(server, user["id"], versions=1)
+    v1 = expert["versions"][0]["id"]
+    expect(page.get_by_test_id(f"expert-{expert['id']}")).to_be_visible()
+    expect(page.get_by_test_id(f"state-{v1}")).to_have_text("candidate")
+
+    page.get_by_test_id(f"promote-{v1}").click()
+    expect(page.get_by_test_id(f"state-{v1}")).to_have_text("active")
+
+    second = peft_files(tmp_path / "v2", seed=2)
+    form.locator("input[type=file]").set_input_files([str(p) for p in second])
+    form.locator("button[type=submit]").click()
+    expert = wait_for_expert(server, user["id"], versions=2)
+    v2 = next(v["id"] for v in expert["versions"] if v["id"] != v1)
+    page.get_by_test_id(f"promote-{v2}").click()
+    expect(page.get_by_test_id(f"state-{v2}")).to_have_text("active")
+    expect(page.get_by_test_id(f"state-{v1}")).not_to_have_text("active")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_test_id(f"rollback-{expert['id']}").click()
+    expect(page.get_by_test_id(f"state-{v1}")).to_have_text("active")
+    expect(page.get_by_test_id(f"state-{v2}")).to_have_text("retired")
+    served = httpx.get(f"{server.url}/admin/adapters", headers=ADMIN).json()["data"]
+    assert next(a for a in served if a["id"] == expert["id"])["active_version_id"] == v1
+    screenshot(page, "adapters")
+
+
+def wait_for_expert(server: RunningServer, user_id: str, *, versions: int) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+
+    def listed() -> bool:
+        experts = httpx.get(
+            f"{server.url}/admin/adapters", params={"user_id": user_id}, headers=ADMIN
+        ).json()["data"]
+        if experts and len(experts[0]["versions"]) >= versions:
+            found.update(experts[0])
+            return True
+        return False
+
+    wait_for(listed, timeout=30, what=f"{versions} uploaded version(s)")
+    return found
+
+
+def test_a_started_job_draws_its_loss_curve_live_and_can_be_cancelled(
+    page: Page, server: RunningServer
+) -> None:
+    user = new_user(server, "pirate")
+    stored = httpx.post(
+        f"{server.url}/v1/examples",
+        json={"examples": [{"messages": m} for m in pirate_conversations(16)]},
+        headers={"Authorization": f"Bearer {user['api_key']}"},
+    )
+    assert stored.status_code == 201, stored.text
+
+    page.goto("/admin/jobs")
+    form = page.get_by_test_id("start-job-form")
+    form.locator("select[name=model]").select_option(MODEL)
+    form.locator("select[name=user_id]").select_option(user["id"])
+    form.locator("input[name=epochs]").fill("4")
+    form.locator("button[type=submit]").click()
+    wait_for(
+        lambda: bool(
+            httpx.get(
+                f"{server.url}/admin/jobs", params={"user_id": user["id"]}, headers=ADMIN
+            ).json()["data"]
+        ),
+        timeout=10,
+        what="the job to be queued",
+    )
+    [job] = httpx.get(
+        f"{server.url}/admin/jobs", params={"user_id": user["id"]}, headers=ADMIN
+    ).json()["data"]
+    page.get_by_test_id(f"job-{job['id']}").click()
+    detail = page.get_by_test_id("job-detail")
+    expect(detail).to_be_visible()
+
+    wait_for(
+        lambda: chart_points(page, "loss-curve") >= 2,
+        timeout=240,
+        what="the first loss points",
+    )
+    first = chart_points(page, "loss-curve")
+    wait_for(
+        lambda: chart_points(page, "loss-curve") > first,
+        timeout=120,
+        what="the loss curve to move",
+    )
+    expect(page.get_by_test_id("job-tokens-per-second")).to_contain_text(re.compile(r"\d"))
+    expect(page.get_by_test_id("job-eta")).to_contain_text(re.compile(r"\d"))
+    screenshot(page, "jobs")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_test_id("cancel-job").click()
+    wait_for(
+        lambda: (
+            httpx.get(f"{server.url}/admin/jobs/{job['id']}", headers=ADMIN).json()["status"]
+            in ("cancelled", "succeeded")
+        ),
+        timeout=60,
+        what="the job to stop",
+    )
+    expect(detail).to_contain_text(re.compile("cancelled|succeeded"))
+
+
+def test_router_page_explains_recent_decisions(page: Page, server: RunningServer) -> None:
+    user = new_user(server, "router-traffic")
+    chat(server, user["api_key"], "Write a haiku about tea.")
+    page.goto("/admin/router")
+    expect(page.get_by_test_id("chart-ratings").locator("svg")).to_be_visible()
+    decisions = page.get_by_test_id("recent-decisions")
+    expect(decisions).to_contain_text(user["id"])
+    expect(page.get_by_test_id("decision-latency")).to_contain_text(re.compile(r"\d"))
+    screenshot(page, "router")
+
+
+def test_overview_charts_update_live(page: Page, server: RunningServer, tmp_path: Path) -> None:
+    # Last in the module, so that the jobs and adapters above show in its charts.
+    user = new_user(server, "overview-traffic")
+    upload_and_promote(
+        server.url, ADMIN, user_id=user["id"], base_model=MODEL, folder=tmp_path / "peft"
+    )
+    for chart in ("requests", "latency", "routing", "cost", "cache", "queue", "jobs"):
+        expect(page.get_by_test_id(f"chart-{chart}").locator("svg")).to_be_visible()
+    before = chart_points(page, "chart-requests")
+    questions = ["Hello there", "What is two plus two?", "Name a colour.", "Say hi."] * 2
+    for text in questions:
+        chat(server, user["api_key"], text)
+        time.sleep(0.5)
+    wait_for(
+        lambda: chart_points(page, "chart-requests") >= before + 4,
+        timeout=30,
+        what="the requests chart to gain points",
+    )
+    # The chats used the user's expert: the cache hit rate has points now.
+    points = httpx.get(f"{server.url}/admin/overview", headers=ADMIN).json()["points"]
+    assert any(p["cache_hit_rate"] is not None for p in points)
+    assert sum(p["jobs"].get("cancelled", 0) + p["jobs"].get("succeeded", 0) for p in points[-1:])
+    screenshot(page, "overview")
