@@ -48,6 +48,9 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	@# The dashboard's scripts are ES modules, served as they are: a syntax error would only show in a browser.
+	@for f in serving/dashboard/static/*.js serving/dashboard/static/pages/*.js; do \
+		node --input-type=module --check < $$f || { echo "syntax error in $$f" >&2; exit 1; }; done
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,12 @@ def test_upload_shows_errors_then_lists_promotes_and_rolls_back(
     expect(page.get_by_test_id(f"state-{v2}")).to_have_text("retired")
     served = httpx.get(f"{server.url}/admin/adapters", headers=ADMIN).json()["data"]
     assert next(a for a in served if a["id"] == expert["id"])["active_version_id"] == v1
+
+    # Download: the browser's session fetches the PEFT files back.
+    with page.expect_download() as started:
+        page.get_by_test_id(f"download-{v1}").click()
+    archive = zipfile.ZipFile(started.value.path())
+    assert set(archive.namelist()) >= {ADAPTER_CONFIG, ADAPTER_WEIGHTS}
     screenshot(page, "adapters")
 
 
@@ -310,17 +317,32 @@ def test_a_started_job_draws_its_loss_curve_live_and_can_be_cancelled(
     expect(page.get_by_test_id("job-eta")).to_contain_text(re.compile(r"\d"))
     screenshot(page, "jobs")
 
-    page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_test_id("cancel-job").click()
+    wait_for(lambda: job_status(server, job["id"]) == "cancelled", timeout=60, what="the cancel")
+    expect(page.get_by_test_id("job-status")).to_have_text("cancelled")
+
+    # Retried, it trains again to the end: the evaluation lands on the Adapters page.
+    page.get_by_test_id("retry-job").click()
+    expect(page.get_by_test_id("job-status")).not_to_have_text("cancelled")
     wait_for(
-        lambda: (
-            httpx.get(f"{server.url}/admin/jobs/{job['id']}", headers=ADMIN).json()["status"]
-            in ("cancelled", "succeeded")
-        ),
-        timeout=60,
-        what="the job to stop",
+        lambda: job_status(server, job["id"]) in ("succeeded", "failed"),
+        timeout=600,
+        what="the retried job to finish",
     )
-    expect(detail).to_contain_text(re.compile("cancelled|succeeded"))
+    assert job_status(server, job["id"]) == "succeeded"
+    expect(page.get_by_test_id("job-status")).to_have_text("succeeded")
+    finished = httpx.get(f"{server.url}/admin/jobs/{job['id']}", headers=ADMIN).json()
+    page.goto(f"/admin/adapters?user_id={user['id']}")
+    version = page.get_by_test_id(f"version-{finished['result_version_id']}")
+    for variant in ("base", "candidate"):
+        expect(version).to_contain_text(variant)
+    screenshot(page, "adapters-evaluated")
+
+
+def job_status(server: RunningServer, job_id: str) -> str:
+    answer = httpx.get(f"{server.url}/admin/jobs/{job_id}", headers=ADMIN, timeout=30)
+    status: str = answer.json()["status"]
+    return status
 
 
 def test_router_page_explains_recent_decisions(page: Page, server: RunningServer) -> None:
