@@ -59,6 +59,7 @@ from finetune.evaluation import (
 )
 from finetune.experts import attach_experts
 from finetune.generic_text import GENERIC_TEXTS
+from finetune.health import Heartbeat
 from finetune.queue import ClaimedJob, JobQueue
 from finetune.training import Progress, train_experts
 from finetune.triggers import JobTrigger, TriggerPolicy
@@ -85,6 +86,8 @@ class WorkerConfig:
     trigger_every_seconds: float = 30.0
     # Promote a candidate that passes the gate (off: admins promote by hand).
     auto_promote: bool = True
+    # Touched at every poll and lease renewal, for a liveness probe (finetune.health).
+    heartbeat_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -113,10 +116,18 @@ class LeaseKeeper:
     once the job is no longer this worker's.
     """
 
-    def __init__(self, queue: JobQueue, claim: ClaimedJob, every_seconds: float) -> None:
+    def __init__(
+        self,
+        queue: JobQueue,
+        claim: ClaimedJob,
+        every_seconds: float,
+        *,
+        on_renewed: Callable[[], None] | None = None,
+    ) -> None:
         self._queue = queue
         self._claim = claim
         self._every = every_seconds
+        self._on_renewed = on_renewed
         self._stop = threading.Event()
         self._cancel = False
         self._lost: LeaseLost | None = None
@@ -139,6 +150,11 @@ class LeaseKeeper:
                 return
             except Exception:  # a database hiccup: try again next beat
                 log.exception("heartbeat of job %s failed", self._claim.job_id)
+                continue
+            # Only a renewed lease counts as alive: a worker that cannot renew
+            # loses its job anyway.
+            if self._on_renewed is not None:
+                self._on_renewed()
 
     def check(self) -> None:
         if self._lost is not None:
@@ -183,6 +199,11 @@ class FinetuneWorker:
         self.config = config
         # Run before each claim (the automatic triggers), errors logged, not raised.
         self.before_claim = before_claim
+        self._heartbeat = Heartbeat(config.heartbeat_file) if config.heartbeat_file else None
+
+    def _beat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.beat()
 
     # The loop -----------------------------------------------------------------------
 
@@ -191,6 +212,7 @@ class FinetuneWorker:
         log.info("fine-tune worker %s started on %s", self.config.name, self.config.torch_device)
         triggered_at = -math.inf
         while not stop.is_set():
+            self._beat()
             now = time.monotonic()
             if (
                 self.before_claim is not None
@@ -216,7 +238,9 @@ class FinetuneWorker:
         """Run a claimed job; every ending is written to the queue (or, with the lease
         lost, nothing is: the job is someone else's now)."""
         try:
-            with LeaseKeeper(self.queue, claim, self.config.heartbeat_seconds) as lease:
+            with LeaseKeeper(
+                self.queue, claim, self.config.heartbeat_seconds, on_renewed=self._beat
+            ) as lease:
                 self._execute(claim, lease)
         except LeaseLost:
             log.warning("job %s: lease lost, stopping without writing", claim.job_id)
@@ -520,6 +544,7 @@ def worker_from_settings(
         auto_promote=settings.finetune_auto_promote,
         trigger_every_seconds=settings.finetune_trigger_check_seconds,
         generic_texts=GENERIC_TEXTS[: settings.finetune_generic_texts],
+        heartbeat_file=settings.finetune_heartbeat_file,
     )
     policy = TriggerPolicy.from_settings(settings)
     trigger = JobTrigger(registry.database, policy) if policy.enabled else None

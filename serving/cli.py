@@ -132,8 +132,27 @@ def worker(
     parent_pid: Annotated[
         int | None, typer.Option(hidden=True, help="Exit when this process is gone.")
     ] = None,
+    check_health: Annotated[
+        bool,
+        typer.Option(
+            "--check-health",
+            help="Do not run a worker: exit 0 if the worker of this container touched "
+            "TAILOR_FINETUNE_HEARTBEAT_FILE recently, else 1 (a liveness probe).",
+        ),
+    ] = False,
+    max_age: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="With --check-health: how old the heartbeat may be, in seconds; "
+            "default TAILOR_FINETUNE_LEASE_SECONDS.",
+        ),
+    ] = None,
 ) -> None:
     """Run a fine-tune worker: claim queued jobs, train, evaluate, promote."""
+    if check_health:
+        _check_worker_health(max_age)
+        return
     from finetune.worker import worker_from_settings
     from serving.services import Services
     from storage.settings import load_settings
@@ -161,6 +180,26 @@ def worker(
         pass
     finally:
         services.close()
+
+
+def _check_worker_health(max_age: float | None) -> None:
+    # Runs every few seconds as a probe: nothing heavy (torch) is imported here.
+    from finetune.health import heartbeat_problem
+    from storage.settings import load_settings
+
+    with _one_line_errors():
+        settings = load_settings()
+    path = settings.finetune_heartbeat_file
+    if path is None:
+        typer.echo("tailor: error: TAILOR_FINETUNE_HEARTBEAT_FILE is unset", err=True)
+        raise typer.Exit(2)
+    # A worker silent for a whole lease has lost its job by then anyway.
+    limit = settings.finetune_lease_seconds if max_age is None else max_age
+    problem = heartbeat_problem(path, limit)
+    if problem is not None:
+        typer.echo(f"tailor: unhealthy: {problem}", err=True)
+        raise typer.Exit(1)
+    typer.echo("tailor: healthy")
 
 
 def _stop_when_orphaned(parent_pid: int, stop: threading.Event) -> None:

@@ -8,12 +8,16 @@ adapters in its slots.
 
 ``build_app`` is the application builder (``import_path`` of the Serve
 config); ``serve_config`` writes that config, from the same settings, for
-``serve deploy`` and the Helm chart.
+``serve deploy``. The Helm chart cannot run Python: it embeds
+``fixed_serve_config`` (``helm/tailor/files/serve-config.yaml``, written by
+``python -m serving.helm_chart``) and fills in the rest from its values as
+``serve_config`` does; ``tests/test_helm_chart.py`` holds both to this code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -25,16 +29,17 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from serving.engine.engine import EngineOverloaded
 from serving.engine.requests import Event, GenerationRequest
-from storage.settings import ENV_PREFIX, Settings, load_settings
+from storage.settings import ENV_PREFIX, RayModelDeployment, Settings, load_settings
 
 APP_NAME = "tailor"
+IMPORT_PATH = "serving.ray_serve:build_app"
 INGRESS_NAME = "TailorIngress"
 # How many expert sets Serve remembers per replica for routing; which adapters
 # stay resident is the replica's slot cache's business.
 MULTIPLEXED_SETS_PER_REPLICA = 256
 # Settings that must never be written into a Serve config (they come from a
 # Secret in the deployment, or the replica's own environment).
-SECRET_SETTINGS = ("ADMIN_KEY", "DATABASE_URL", "REDIS_URL")
+SECRET_SETTINGS = ("ADMIN_KEY", "DATABASE_URL", "REDIS_URL", "SESSION_SECRET")
 
 
 def model_deployment_name(model_id: str) -> str:
@@ -157,16 +162,25 @@ def _wants_gpu(settings: Settings) -> bool:
 
 
 def model_deployment_options(settings: Settings, model_id: str) -> dict[str, Any]:
-    """Resources, autoscaling and back-pressure of one model's deployment."""
+    """Resources, autoscaling and back-pressure of one model's deployment.
+
+    ``TAILOR_RAY_MODEL_DEPLOYMENTS`` overrides a model's resources and bounds;
+    what it leaves out comes from the settings every model shares.
+    """
+    own = settings.ray_model_deployments.get(model_id, RayModelDeployment())
+    num_cpus = settings.ray_num_cpus_per_replica if own.num_cpus is None else own.num_cpus
+    if own.num_gpus is None:
+        num_gpus: float = 1 if _wants_gpu(settings) else 0
+    else:
+        num_gpus = own.num_gpus
+    min_replicas = 1 if own.min_replicas is None else own.min_replicas
+    max_replicas = settings.ray_max_replicas if own.max_replicas is None else own.max_replicas
     return {
         "name": model_deployment_name(model_id),
-        "ray_actor_options": {
-            "num_cpus": settings.ray_num_cpus_per_replica,
-            "num_gpus": 1 if _wants_gpu(settings) else 0,
-        },
+        "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
         "autoscaling_config": {
-            "min_replicas": 1,
-            "max_replicas": settings.ray_max_replicas,
+            "min_replicas": min_replicas,
+            "max_replicas": max_replicas,
             # Scale out before a replica's batch is full.
             "target_ongoing_requests": max(1, settings.max_batch // 2),
         },
@@ -218,27 +232,47 @@ def tailor_environment(settings: Settings, *, include_secrets: bool) -> dict[str
     return env
 
 
-def serve_config(settings: Settings, model_ids: list[str]) -> dict[str, Any]:
-    """The ``serve deploy`` config for these settings (no secrets in it)."""
-    deployments = [
-        dict(INGRESS_OPTIONS),
-        *(model_deployment_options(settings, model_id) for model_id in model_ids),
-    ]
+def fixed_serve_config() -> dict[str, Any]:
+    """The part of the Serve config that no setting changes.
+
+    ``serve_config`` adds the port, the environment and the model deployments;
+    the Helm chart embeds this part as it is and adds the same from its values.
+    """
     return {
         "proxy_location": "EveryNode",
-        "http_options": {"host": "0.0.0.0", "port": settings.port},
+        "http_options": {"host": "0.0.0.0"},
         "applications": [
             {
                 "name": APP_NAME,
                 "route_prefix": "/",
-                "import_path": "serving.ray_serve:build_app",
+                "import_path": IMPORT_PATH,
+                "deployments": [copy.deepcopy(INGRESS_OPTIONS)],
+            }
+        ],
+    }
+
+
+def serve_config(settings: Settings, model_ids: list[str]) -> dict[str, Any]:
+    """The ``serve deploy`` config for these settings (no secrets in it)."""
+    fixed = fixed_serve_config()
+    (application,) = fixed["applications"]
+    return {
+        **fixed,
+        "http_options": {**fixed["http_options"], "port": settings.port},
+        "applications": [
+            {
+                **{key: value for key, value in application.items() if key != "deployments"},
                 "runtime_env": {
                     "env_vars": {
                         **tailor_environment(settings, include_secrets=False),
-                        "TAILOR_MODELS": json.dumps(model_ids),
+                        # Compact, as the chart's toJson writes it.
+                        "TAILOR_MODELS": json.dumps(model_ids, separators=(",", ":")),
                     }
                 },
-                "deployments": deployments,
+                "deployments": [
+                    *application["deployments"],
+                    *(model_deployment_options(settings, model_id) for model_id in model_ids),
+                ],
             }
         ],
     }

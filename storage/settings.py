@@ -11,12 +11,43 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from storage.errors import ConfigurationError
 
 ENV_PREFIX = "TAILOR_"
+
+
+class RayModelDeployment(BaseModel):
+    """One base model's Ray Serve resources and autoscaling bounds (``--ray``, Helm)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_cpus: float | None = Field(default=None, ge=0.0)
+    # Fractions share a GPU between replicas of small models.
+    num_gpus: float | None = Field(default=None, ge=0.0)
+    # 0 lets Serve scale an idle model to nothing.
+    min_replicas: int | None = Field(default=None, ge=0)
+    max_replicas: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds_are_ordered(self) -> RayModelDeployment:
+        if (
+            self.min_replicas is not None
+            and self.max_replicas is not None
+            and self.min_replicas > self.max_replicas
+        ):
+            raise ValueError("min_replicas is above max_replicas")
+        return self
 
 
 class Settings(BaseSettings):
@@ -132,6 +163,12 @@ class Settings(BaseSettings):
         default=4, ge=1, description="Autoscaling ceiling of each model's Ray Serve deployment."
     )
     ray_num_cpus_per_replica: float = Field(default=1.0, ge=0.0)
+    ray_model_deployments: dict[str, RayModelDeployment] = Field(
+        default_factory=dict,
+        description="Per-model overrides of the Ray Serve deployment, JSON: "
+        '{"gemma-3-270m": {"num_gpus": 0.5, "min_replicas": 1, "max_replicas": 8}}; '
+        "what a model leaves out comes from the settings above (the Helm chart sets all four).",
+    )
     device: str = Field(
         default="auto",
         pattern=r"^(auto|cpu|cuda(:\d+)?)$",
@@ -218,6 +255,12 @@ class Settings(BaseSettings):
     )
     finetune_trigger_check_seconds: float = Field(
         default=30.0, gt=0, description="How often a worker looks for jobs to queue by itself."
+    )
+    finetune_heartbeat_file: Path | None = Field(
+        default=None,
+        description="A file the worker touches at every poll and lease renewal, so that "
+        "`tailor worker --check-health` (a Kubernetes probe) can tell a live worker from a "
+        "hung one; unset: none.",
     )
 
     @field_validator("model_costs")
