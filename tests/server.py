@@ -26,6 +26,27 @@ def prepared_model_store() -> Path:
     return store
 
 
+def served_env(data_dir: Path, admin_key: str, **settings: str) -> dict[str, str]:
+    """The settings of a test server over the prepared models, plus ``settings``."""
+    return {
+        "TAILOR_DATA_DIR": str(data_dir),
+        "TAILOR_MODEL_STORE": str(prepared_model_store()),
+        "TAILOR_ADMIN_KEY": admin_key,
+        "TAILOR_ADAPTER_SLOTS": "4",
+        **settings,
+    }
+
+
+# A server's one fine-tune worker, quick to notice cancels and cheap to evaluate.
+CPU_WORKER_SETTINGS = {
+    "TAILOR_FINETUNE_WORKERS": "1",
+    "TAILOR_FINETUNE_DEVICE": "cpu",
+    "TAILOR_FINETUNE_HEARTBEAT_SECONDS": "0.5",
+    "TAILOR_FINETUNE_TRIGGER_NEW_EXAMPLES": "0",
+    "TAILOR_FINETUNE_GENERIC_TEXTS": "6",
+}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

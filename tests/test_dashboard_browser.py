@@ -23,7 +23,14 @@ from adapters.peft_interop import ADAPTER_CONFIG, ADAPTER_WEIGHTS, export_peft_d
 from tests.adapter_factory import random_lora
 from tests.adapter_upload import upload_and_promote
 from tests.finetune_fixtures import MODEL, pirate_conversations
-from tests.server import REPO_ROOT, RunningServer, prepared_model_store, running_server
+from tests.server import (
+    CPU_WORKER_SETTINGS,
+    REPO_ROOT,
+    RunningServer,
+    prepared_model_store,
+    running_server,
+    served_env,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the networking flags Chromium keeps calling Google's hosts, which this
@@ -44,19 +51,13 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    env = {
-        "TAILOR_DATA_DIR": str(tmp_path_factory.mktemp("data")),
-        "TAILOR_MODEL_STORE": str(prepared_model_store()),
-        "TAILOR_ADMIN_KEY": ADMIN_KEY,
-        "TAILOR_ADAPTER_SLOTS": "4",
-        "TAILOR_DASHBOARD_SAMPLE_SECONDS": "1",
-        "TAILOR_FINETUNE_WORKERS": "1",
-        "TAILOR_FINETUNE_DEVICE": "cpu",
-        "TAILOR_FINETUNE_HEARTBEAT_SECONDS": "0.5",
-        "TAILOR_FINETUNE_TRIGGER_NEW_EXAMPLES": "0",
-        "TAILOR_FINETUNE_GENERIC_TEXTS": "6",
-        "TAILOR_FINETUNE_BATCH_SIZE": "2",
-    }
+    env = served_env(
+        tmp_path_factory.mktemp("data"),
+        ADMIN_KEY,
+        TAILOR_DASHBOARD_SAMPLE_SECONDS="1",
+        TAILOR_FINETUNE_BATCH_SIZE="2",
+        **CPU_WORKER_SETTINGS,
+    )
     with running_server(env, timeout=120) as running:
         yield running
 

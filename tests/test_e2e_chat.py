@@ -12,7 +12,7 @@ from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.adapter_upload import chat_personal_and_plain, upload_and_promote
-from tests.server import RunningServer, prepared_model_store, running_server
+from tests.server import RunningServer, running_server, served_env
 
 ADMIN_KEY = "admin-" + secrets.token_hex(8)
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -21,13 +21,7 @@ SMOL = "smollm2-135m-instruct"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    env = {
-        "TAILOR_DATA_DIR": str(tmp_path_factory.mktemp("data")),
-        "TAILOR_MODEL_STORE": str(prepared_model_store()),
-        "TAILOR_ADMIN_KEY": ADMIN_KEY,
-        "TAILOR_ADAPTER_SLOTS": "4",
-        "TAILOR_MAX_ADAPTER_RANK": "8",
-    }
+    env = served_env(tmp_path_factory.mktemp("data"), ADMIN_KEY, TAILOR_MAX_ADAPTER_RANK="8")
     with running_server(env, timeout=120) as running:
         yield running
 

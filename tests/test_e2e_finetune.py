@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.finetune_fixtures import MODEL, pirate_conversations
-from tests.server import RunningServer, prepared_model_store, running_server
+from tests.server import CPU_WORKER_SETTINGS, RunningServer, running_server, served_env
 
 ADMIN_KEY = "admin-" + secrets.token_hex(8)
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -21,18 +21,12 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    env = {
-        "TAILOR_DATA_DIR": str(tmp_path_factory.mktemp("data")),
-        "TAILOR_MODEL_STORE": str(prepared_model_store()),
-        "TAILOR_ADMIN_KEY": ADMIN_KEY,
-        "TAILOR_ADAPTER_SLOTS": "4",
-        "TAILOR_FINETUNE_WORKERS": "1",
-        "TAILOR_FINETUNE_DEVICE": "cpu",
-        "TAILOR_FINETUNE_HEARTBEAT_SECONDS": "0.5",
-        "TAILOR_FINETUNE_TRIGGER_NEW_EXAMPLES": "0",
-        "TAILOR_FINETUNE_GENERIC_TEXTS": "6",
-        "TAILOR_FINETUNE_BATCH_SIZE": "4",
-    }
+    env = served_env(
+        tmp_path_factory.mktemp("data"),
+        ADMIN_KEY,
+        TAILOR_FINETUNE_BATCH_SIZE="4",
+        **CPU_WORKER_SETTINGS,
+    )
     with running_server(env, timeout=120) as running:
         yield running
 

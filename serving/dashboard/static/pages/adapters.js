@@ -165,11 +165,14 @@ function drawExperts(experts) {
           h(
             "td",
             { class: "actions" },
-            actionButton("Roll back", () => api("POST", `/admin/adapters/${encodeURIComponent(expert.id)}/rollback`).then(afterAction), {
-              testid: `rollback-${expert.id}`,
-              title: "Make the previous active version active again",
-              success: (v) => `${expert.name}: back to v${v.version} (${v.id}).`,
-            }),
+            // Only an active version that replaced another has somewhere to roll back to.
+            active && active.replaced_version_id
+              ? actionButton("Roll back", () => api("POST", `/admin/adapters/${encodeURIComponent(expert.id)}/rollback`).then(afterAction), {
+                  testid: `rollback-${expert.id}`,
+                  title: "Make the previous active version active again",
+                  success: (v) => `${expert.name}: back to v${v.version} (${v.id}).`,
+                })
+              : null,
             active ? h("a", { class: "btn", href: `/admin/adapters/${encodeURIComponent(expert.id)}/download`, download: "" }, "Download active") : null,
           ),
         ),
