@@ -134,3 +134,15 @@ def test_a_fine_tune_worker_actor_runs_the_queued_jobs(ray_server: RunningServer
         assert time.monotonic() < deadline, "no worker actor took the job"
         time.sleep(0.5)
     assert state["status"] == "failed" and "at least 10" in state["error"]
+
+
+def test_the_dashboard_is_served_through_ray_serve(ray_server: RunningServer) -> None:
+    with httpx.Client(base_url=ray_server.url) as browser:
+        signed_in = browser.post("/admin/login", data={"key": ADMIN_KEY})
+        assert signed_in.status_code == 303
+        page = browser.get("/admin/jobs", headers={"Accept": "text/html"})
+        assert page.status_code == 200 and '<main id="app">' in page.text
+        script = browser.get("/admin/static/pages/jobs.js")
+        assert script.status_code == 200 and "loss" in script.text
+        overview = browser.get("/admin/overview", headers={"Accept": "application/json"})
+        assert overview.json()["bucket_seconds"] > 0
