@@ -14,6 +14,7 @@ from serving.dashboard.session_auth import dashboard_principal
 from serving.dashboard.sessions import COOKIE_NAME, SessionSigner
 from serving.errors import ApiError
 from serving.metrics import Metrics
+from serving.metrics_history import MetricsHistory
 from serving.runtime import ModelRuntime
 from serving.services import Services
 from storage.settings import Settings
@@ -135,3 +136,11 @@ def get_metrics(request: Request) -> Metrics:
 
 
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+def get_metrics_history(request: Request) -> MetricsHistory:
+    history: MetricsHistory = request.app.state.metrics_history
+    return history
+
+
+MetricsHistoryDep = Annotated[MetricsHistory, Depends(get_metrics_history)]

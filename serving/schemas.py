@@ -193,6 +193,14 @@ class AdapterPublic(BaseModel):
 # Health ----------------------------------------------------------------------
 
 
+class OverviewPublic(BaseModel):
+    """``GET /admin/overview``: chart points (serving.metrics_history), oldest first."""
+
+    bucket_seconds: float
+    now: float
+    points: list[dict[str, Any]]
+
+
 class HealthPublic(BaseModel):
     status: str
 

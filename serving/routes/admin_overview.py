@@ -3,29 +3,29 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
-from serving.deps import AdminDep, SessionDep
-from serving.metrics_history import MetricsHistory
+from serving.deps import AdminDep, MetricsHistoryDep, SessionDep
 from serving.routes.models import model_entries
-from serving.schemas import ListPublic, ModelPublic
+from serving.schemas import ListPublic, ModelPublic, OverviewPublic
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
 @router.get("/overview")
 def overview(
-    request: Request, _admin: AdminDep, since: Annotated[float, Query(ge=0)] = 0.0
-) -> dict[str, Any]:
+    _admin: AdminDep,
+    history: MetricsHistoryDep,
+    since: Annotated[float, Query(ge=0)] = 0.0,
+) -> OverviewPublic:
     """This process's points newer than ``since`` (unix seconds), oldest first."""
-    history: MetricsHistory = request.app.state.metrics_history
-    return {
-        "bucket_seconds": history.interval_seconds,
-        "now": time.time(),
-        "points": history.points_since(since),
-    }
+    return OverviewPublic(
+        bucket_seconds=history.interval_seconds,
+        now=time.time(),
+        points=history.points_since(since),
+    )
 
 
 @router.get("/models")
