@@ -11,7 +11,7 @@ from storage.clock import utc_now
 from storage.database import Database
 from storage.repositories import ApiKeyRepository
 from storage.settings import Settings
-from storage.tables import Scope
+from storage.tables import ApiKey, Scope
 
 # Writing last_used_at on every request would turn each read into a write;
 # once every few minutes is enough to tell live keys from dead ones.
@@ -27,6 +27,12 @@ class Principal:
     user_id: str | None
     key_id: str | None
     scopes: frozenset[Scope]
+
+    @classmethod
+    def of_key(cls, key: ApiKey) -> Principal:
+        return cls(
+            user_id=key.user_id, key_id=key.id, scopes=frozenset(Scope(s) for s in key.scopes)
+        )
 
     @property
     def is_admin(self) -> bool:
@@ -74,6 +80,4 @@ def authenticate(token: str, *, database: Database, settings: Settings) -> Princ
         now = utc_now()
         if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
             key.last_used_at = now
-        return Principal(
-            user_id=key.user_id, key_id=key.id, scopes=frozenset(Scope(s) for s in key.scopes)
-        )
+        return Principal.of_key(key)

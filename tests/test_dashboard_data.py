@@ -138,6 +138,14 @@ def test_admin_queues_a_users_specialist_and_sees_their_counts(
             "/admin/jobs", json={"model": model, "user_id": "usr_missing"}, headers=ADMIN
         )
         assert missing.status_code == 404
+        # The admin and the user routes share one check of the model and the rank.
+        too_big = {"model": model, "hyperparameters": {"rank": 256}}
+        for path, headers in (("/admin/jobs", ADMIN), ("/v1/fine-tunes", bearer(user["api_key"]))):
+            refused = client.post(path, json=too_big, headers=headers)
+            assert refused.status_code == 400
+            assert refused.json()["error"]["code"] == "invalid_hyperparameters"
+            unknown = client.post(path, json={"model": "no-such-model"}, headers=headers)
+            assert unknown.json()["error"]["code"] == "model_not_found"
         generalist = client.post("/admin/jobs", json={"model": model}, headers=ADMIN).json()
         assert generalist["kind"] == "generalist" and generalist["user_id"] is None
         assert len(client.get("/admin/jobs", headers=ADMIN).json()["data"]) == 2

@@ -125,9 +125,7 @@ def session_principal(
         key = db.get(ApiKey, session.key_id)
         if key is None or key.revoked or Scope.ADMIN.value not in key.scopes:
             return None
-        return Principal(
-            user_id=key.user_id, key_id=key.id, scopes=frozenset(Scope(s) for s in key.scopes)
-        )
+        return Principal.of_key(key)
 
 
 def end_session(session: AdminSession, *, cache: Cache, now: float) -> None:

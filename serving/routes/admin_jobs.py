@@ -7,8 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from serving.deps import AdminDep, SessionDep, SettingsDep
-from serving.errors import ApiError
-from serving.routes.fine_tunes import events_page, job_public
+from serving.routes.fine_tunes import events_page, job_hyperparameters, job_public, known_model
 from serving.schemas import ListPublic
 from serving.user_schemas import AdminJobCreate, AdminJobPublic, JobEventPublic
 from storage.repositories import BaseModelRepository, JobRepository, UserRepository
@@ -46,20 +45,15 @@ def queue_job(
     body: AdminJobCreate, _admin: AdminDep, session: SessionDep, settings: SettingsDep
 ) -> AdminJobPublic:
     """A specialist of ``user_id`` on their data, or a generalist on every user's data."""
-    if body.model not in {m.id for m in BaseModelRepository(session).list_all()}:
-        raise ApiError(404, f"the model {body.model!r} does not exist", code="model_not_found")
-    rank = body.hyperparameters.rank
-    if rank is not None and rank > settings.max_adapter_rank:
-        raise ApiError(
-            400, f"rank must be at most {settings.max_adapter_rank}", code="invalid_hyperparameters"
-        )
+    known_model(BaseModelRepository(session).list_all(), body.model)
+    hyperparameters = job_hyperparameters(body.hyperparameters, settings)
     if body.user_id is not None:
         UserRepository(session).get(user_id=body.user_id)
     job, _ = JobRepository(session).create(
         kind=AdapterKind.GENERALIST if body.user_id is None else AdapterKind.SPECIALIST,
         base_model_id=body.model,
         user_id=body.user_id,
-        hyperparameters=body.hyperparameters.model_dump(exclude_none=True),
+        hyperparameters=hyperparameters,
         trigger="admin",
     )
     session.commit()

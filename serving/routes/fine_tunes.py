@@ -5,16 +5,18 @@ The jobs are rows; the worker that runs them is ``finetune``'s (issue #6).
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
 
 from serving.deps import SessionDep, SettingsDep, UserDep
 from serving.errors import ApiError
 from serving.schemas import ListPublic
-from serving.user_schemas import FineTuneCreate, FineTunePublic, JobEventPublic
+from serving.user_schemas import FineTuneCreate, FineTunePublic, Hyperparameters, JobEventPublic
 from storage.repositories import BaseModelRepository, JobRepository
-from storage.tables import AdapterKind, FineTuneJob
+from storage.settings import Settings
+from storage.tables import AdapterKind, BaseModel, FineTuneJob
 
 router = APIRouter(prefix="/v1/fine-tunes", tags=["fine-tunes"])
 
@@ -46,6 +48,23 @@ def events_page(
     )
 
 
+def known_model(models: Sequence[BaseModel], model_id: str) -> str:
+    """``model_id`` if it names a registered base model, else a 404."""
+    if model_id not in {m.id for m in models}:
+        raise ApiError(404, f"the model {model_id!r} does not exist", code="model_not_found")
+    return model_id
+
+
+def job_hyperparameters(hyperparameters: Hyperparameters, settings: Settings) -> dict[str, Any]:
+    """What a job row stores: the values given, once checked against what is served."""
+    rank = hyperparameters.rank
+    if rank is not None and rank > settings.max_adapter_rank:
+        raise ApiError(
+            400, f"rank must be at most {settings.max_adapter_rank}", code="invalid_hyperparameters"
+        )
+    return hyperparameters.model_dump(exclude_none=True)
+
+
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_fine_tune(
     body: FineTuneCreate,
@@ -66,20 +85,13 @@ def create_fine_tune(
         if chosen is None:
             raise ApiError(400, "no base model is registered", code="no_route")
         model_id = chosen.id
-    elif body.model in {m.id for m in models}:
-        model_id = body.model
     else:
-        raise ApiError(404, f"the model {body.model!r} does not exist", code="model_not_found")
-    rank = body.hyperparameters.rank
-    if rank is not None and rank > settings.max_adapter_rank:
-        raise ApiError(
-            400, f"rank must be at most {settings.max_adapter_rank}", code="invalid_hyperparameters"
-        )
+        model_id = known_model(models, body.model)
     job, created = JobRepository(session).create(
         kind=AdapterKind.SPECIALIST,
         base_model_id=model_id,
         user_id=user.user_id,
-        hyperparameters=body.hyperparameters.model_dump(exclude_none=True),
+        hyperparameters=job_hyperparameters(body.hyperparameters, settings),
         idempotency_key=idempotency_key,
     )
     session.commit()
