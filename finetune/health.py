@@ -14,7 +14,6 @@ must not import torch.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -31,10 +30,8 @@ class Heartbeat:
     def beat(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # On an existing file, touch sets its times to now (os.utime).
             self.path.touch()
-            # A utime after touch: touch leaves an existing file's times to the
-            # filesystem's own rules on some mounts.
-            os.utime(self.path)
             self._failing = False
         except OSError:
             # The probe will report the stale file; logging every beat would
