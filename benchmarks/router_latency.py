@@ -32,10 +32,9 @@ from router.query_embedder import (
     use_one_blas_thread,
 )
 from storage.settings import load_settings
+from tests.datasets import DCROUTER
 
-DEFAULT_DATA = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "routing" / "dcrouter"
-)
+DEFAULT_DATA = DCROUTER
 
 
 def percentiles(seconds: list[float]) -> tuple[float, float]:

@@ -17,15 +17,19 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from storage.errors import StorageError
+from serving.console import Console, loud_console, quiet_console
+from storage.errors import ConfigurationError, StorageError
 
 if TYPE_CHECKING:
+    import uvicorn
+
+    from serving.runtime import ModelRuntime
     from storage.settings import Settings
 
 app = typer.Typer(help="Tailor: personalised LLM serving.", no_args_is_help=True)
@@ -47,6 +51,16 @@ def _main() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def _log_to_stderr() -> None:
+    # Not logging.basicConfig: a quiet console has already put its own
+    # handler on the root logger, and basicConfig would then do nothing.
+    handler = logging.StreamHandler()  # sys.stderr now: the terminal, or the quiet log
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
 @contextmanager
 def _one_line_errors() -> Iterator[None]:
     try:
@@ -66,63 +80,139 @@ def serve(
     print_config: Annotated[
         bool, typer.Option("--print-config", help="Print the Ray Serve config (YAML) and exit.")
     ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            help="Print only Tailor's own progress and warnings; everything else (libraries, "
+            "request logs, the fine-tune worker) goes to <data dir>/log/tailor.log.",
+        ),
+    ] = False,
 ) -> None:
     """Run the service (embedded mode: everything in this process)."""
+    from storage.settings import load_settings
+
+    overrides: dict[str, object] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    with _one_line_errors():
+        settings = load_settings(**overrides)
+    if print_config or ray:
+        _serve_on_ray_or_print_config(settings, print_config=print_config)
+        return
+    output = quiet_console(log_path(settings)) if quiet else nullcontext(loud_console())
+    # Errors leave the quiet console first, so that they reach the terminal.
+    with _one_line_errors(), output as console:
+        _serve_embedded(settings, console)
+
+
+def log_path(settings: Settings) -> Path:
+    return settings.data_dir / "log" / "tailor.log"
+
+
+def _serve_embedded(settings: Settings, console: Console) -> None:
+    import uvicorn
+
     from serving.app import create_app
+    from serving.runtime import ModelRuntime
     from serving.services import Services
     from storage.model_catalog import register_prepared_models
     from storage.model_store import load_prepared
-    from storage.settings import load_settings
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    _log_to_stderr()
+    # Bound before anything else starts: a busy port fails in a second, before
+    # workers are started or models loaded.
+    listener = _listen(settings.host, settings.port)
+    services = Services.open(settings)
+    prepared = load_prepared(settings.model_store_dir)
+    with services.database.session() as session:
+        register_prepared_models(session, prepared, settings=settings)
+    if not prepared:
+        console.say("tailor: warning: the model store is empty; run `tailor models prepare`")
+    if settings.admin_key is None:
+        console.say("tailor: note: TAILOR_ADMIN_KEY is unset, so the admin API is closed")
+    console.say(
+        f"tailor: starting: {len(prepared)} base model(s), database {services.database.safe_url}, "
+        f"cache {'redis' if settings.redis_url else 'in-process'}"
     )
-    started = time.perf_counter()
+    runtime = ModelRuntime(services)
+    server = uvicorn.Server(uvicorn.Config(create_app(services, runtime=runtime), log_level="info"))
+    threading.Thread(
+        target=_announce_when_ready,
+        args=(server, runtime, settings, console),
+        name="ready-announcer",
+        daemon=True,
+    ).start()
+    workers = start_worker_processes(settings.finetune_workers)
+    try:
+        server.run(sockets=[listener])
+    finally:
+        stop_worker_processes(workers)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        raise ConfigurationError(
+            "TAILOR_PORT", f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    listener.listen(2048)
+    return listener
+
+
+def _announce_when_ready(
+    server: uvicorn.Server, runtime: ModelRuntime, settings: Settings, console: Console
+) -> None:
+    """Say "ready" once the socket answers HTTP and every base model is loaded."""
+    while not server.started:
+        if server.should_exit:
+            return
+        time.sleep(0.05)
+    while not runtime.loaded.wait(0.1):
+        if runtime.load_error is not None:
+            console.say(f"tailor: error: {runtime.load_error} (GET /readyz says so too)")
+            return
+        if server.should_exit:
+            return
+    url = f"http://{settings.host}:{settings.port}"
+    log = f"; log {console.log_path}" if console.log_path else ""
+    console.say(f"tailor: ready: {url} (dashboard {url}/admin/; {_admin_key_hint(settings)}{log})")
+
+
+def _admin_key_hint(settings: Settings) -> str:
+    if settings.admin_key is None:
+        return "admin API closed: set TAILOR_ADMIN_KEY"
+    if os.environ.get("TAILOR_ADMIN_KEY") or settings.admin_key_file is None:
+        return "admin key: $TAILOR_ADMIN_KEY"
+    return f"admin key in {settings.admin_key_file}"
+
+
+def _serve_on_ray_or_print_config(settings: Settings, *, print_config: bool) -> None:
+    from serving import ray_serve
+    from serving.services import Services
+    from storage.model_catalog import register_prepared_models
+    from storage.model_store import load_prepared
+
     with _one_line_errors():
-        overrides: dict[str, object] = {}
-        if host is not None:
-            overrides["host"] = host
-        if port is not None:
-            overrides["port"] = port
-        settings = load_settings(**overrides)
         services = Services.open(settings)
         prepared = load_prepared(settings.model_store_dir)
         with services.database.session() as session:
             register_prepared_models(session, prepared, settings=settings)
-    if print_config or ray:
-        from serving import ray_serve
+    model_ids = ray_serve.served_model_ids(settings)
+    services.close()
+    if print_config:
+        import yaml
 
-        model_ids = ray_serve.served_model_ids(settings)
-        services.close()
-        if print_config:
-            import yaml
-
-            typer.echo(yaml.safe_dump(ray_serve.serve_config(settings, model_ids), sort_keys=False))
-            return
-        _serve_on_ray(settings, model_ids)
+        typer.echo(yaml.safe_dump(ray_serve.serve_config(settings, model_ids), sort_keys=False))
         return
-    if not prepared:
-        typer.echo(
-            "tailor: warning: the model store is empty; run `tailor models prepare`", err=True
-        )
-    if settings.admin_key is None:
-        typer.echo("tailor: note: TAILOR_ADMIN_KEY is unset, so the admin API is closed", err=True)
-    typer.echo(
-        f"tailor: {len(prepared)} base model(s), database {services.database.safe_url}, "
-        f"cache {'redis' if settings.redis_url else 'in-process'}; "
-        f"ready in {time.perf_counter() - started:.2f} s, "
-        f"listening on http://{settings.host}:{settings.port}"
-    )
-    import uvicorn
-
-    from serving.runtime import ModelRuntime
-
-    app_ = create_app(services, runtime=ModelRuntime(services))
-    workers = start_worker_processes(settings.finetune_workers)
-    try:
-        uvicorn.run(app_, host=settings.host, port=settings.port, log_level="info")
-    finally:
-        stop_worker_processes(workers)
+    _serve_on_ray(settings, model_ids)
 
 
 @app.command()
@@ -157,9 +247,7 @@ def worker(
     from serving.services import Services
     from storage.settings import load_settings
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _log_to_stderr()
     with _one_line_errors():
         settings = load_settings()
         services = Services.open(settings)
@@ -284,29 +372,48 @@ def _raise_keyboard_interrupt(_signum: int, _frame: object) -> None:
 @models_app.command("prepare")
 def models_prepare(
     force: Annotated[bool, typer.Option(help="Convert again even if already prepared.")] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            help="A progress bar per model; library output goes to <data dir>/log/tailor.log.",
+        ),
+    ] = False,
 ) -> None:
     """Fill the model store from the packaged GGUF models (once) and register them."""
     from storage.database import Database
     from storage.migrate import upgrade
     from storage.model_catalog import register_prepared_models
     from storage.model_store import prepare_models, prepare_query_encoder
+    from storage.model_store.progress import PreparationStep
     from storage.settings import load_settings
 
     with _one_line_errors():
         settings = load_settings()
+    output = quiet_console(log_path(settings)) if quiet else nullcontext(loud_console())
+    with _one_line_errors(), output as console:
         started = time.perf_counter()
-        prepared = prepare_models(settings.model_store_dir, force=force, progress=typer.echo)
-        prepare_query_encoder(settings.model_store_dir, force=force, progress=typer.echo)
+
+        def progress(step: PreparationStep) -> None:
+            if quiet:
+                console.step(step)
+            else:
+                console.say(str(step))
+
+        if quiet:
+            console.say(f"tailor: preparing the model store {settings.model_store_dir}")
+        prepared = prepare_models(settings.model_store_dir, force=force, progress=progress)
+        prepare_query_encoder(settings.model_store_dir, force=force, progress=progress)
         database = Database(settings.resolved_database_url)
         upgrade(database)
         with database.session() as session:
             register_prepared_models(session, prepared, settings=settings)
         database.dispose()
-    total = sum(model.size_bytes for model in prepared)
-    typer.echo(
-        f"model store {settings.model_store_dir}: {len(prepared)} model(s), "
-        f"{total / 1e6:.0f} MB, {time.perf_counter() - started:.1f} s"
-    )
+        total = sum(model.size_bytes for model in prepared)
+        console.say(
+            f"tailor: model store {settings.model_store_dir}: {len(prepared)} model(s), "
+            f"{total / 1e6:.0f} MB, {time.perf_counter() - started:.1f} s"
+        )
 
 
 @models_app.command("list")

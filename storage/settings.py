@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         description="Bootstrap admin key (a Bearer token with admin scope); "
         "unset closes the admin API.",
     )
+    admin_key_file: Path | None = Field(
+        default=None,
+        description="A file holding the bootstrap admin key (a mounted secret, or the "
+        "var/admin-key that `make run` writes); read at start-up when TAILOR_ADMIN_KEY "
+        "is unset.",
+    )
     session_secret: SecretStr | None = Field(
         default=None,
         description="Signs the dashboard's session cookies; unset means one derived from "
@@ -293,7 +299,7 @@ def load_settings(**overrides: object) -> Settings:
     that the command line can print one line instead of a traceback.
     """
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "settings"
@@ -303,3 +309,20 @@ def load_settings(**overrides: object) -> Settings:
         match = re.search(r'field "(\w+)"', str(exc))
         field = match.group(1) if match else "settings"
         raise ConfigurationError(f"{ENV_PREFIX}{field.upper()}", "not valid JSON") from None
+    if settings.admin_key is None and settings.admin_key_file is not None:
+        settings = settings.model_copy(
+            update={"admin_key": _read_admin_key(settings.admin_key_file)}
+        )
+    return settings
+
+
+def _read_admin_key(path: Path) -> SecretStr:
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(
+            f"{ENV_PREFIX}ADMIN_KEY_FILE", f"cannot read {path}: {exc}"
+        ) from None
+    if not key:
+        raise ConfigurationError(f"{ENV_PREFIX}ADMIN_KEY_FILE", f"{path} is empty")
+    return SecretStr(key)

@@ -41,7 +41,7 @@ class Store:
 def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     path = tmp_path_factory.mktemp("model-store")
     messages: list[str] = []
-    prepared = prepare_models(path, progress=messages.append)
+    prepared = prepare_models(path, progress=lambda step: messages.append(str(step)))
     return Store(path, {model.id: model for model in prepared}, messages)
 
 
@@ -191,7 +191,7 @@ def test_load_prepared_imports_neither_torch_nor_transformers(store: Store) -> N
 def test_second_prepare_is_a_no_op(store: Store) -> None:
     before = {model_id: _mtimes(model.path) for model_id, model in store.models.items()}
     messages: list[str] = []
-    again = prepare_models(store.path, progress=messages.append)
+    again = prepare_models(store.path, progress=lambda step: messages.append(str(step)))
     assert messages == [f"{SMOLLM2}: already prepared", f"{GEMMA}: already prepared"]
     assert again == list(store.models.values())
     assert {model_id: _mtimes(model.path) for model_id, model in store.models.items()} == before
@@ -227,7 +227,9 @@ def test_deleted_weights_are_prepared_again(store: Store, tmp_path: Path) -> Non
     with pytest.raises(ModelStoreError, match=r"model\.safetensors is missing"):
         load_prepared(copy)
     messages: list[str] = []
-    (again,) = prepare_models(copy, models=PACKAGED_MODELS[:1], progress=messages.append)
+    (again,) = prepare_models(
+        copy, models=PACKAGED_MODELS[:1], progress=lambda step: messages.append(str(step))
+    )
 
     assert messages[0] == f"{SMOLLM2}: model.safetensors is missing; converting again"
     assert messages[-1].startswith(f"{SMOLLM2}: ready (")

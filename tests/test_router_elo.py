@@ -28,10 +28,8 @@ from router.quality_cost import (
     strong_weak_curve,
 )
 from router.query_embedder import OnnxQueryEmbedder
+from tests.datasets import DCROUTER, require
 from tests.server import prepared_model_store
-
-DCROUTER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "routing" / "dcrouter"
-
 
 # ---- ELO -------------------------------------------------------------------------------
 
@@ -205,12 +203,10 @@ def test_entropy_of_picks() -> None:
 
 
 def test_offline_eval_on_a_slice_of_dcrouter(tmp_path: Path) -> None:
-    # The shared data sits beside every checkout (CI's too): missing, it fails.
-    assert DCROUTER.is_dir(), f"the shared routing data is missing at {DCROUTER}"
     lines: list[str] = []
     embedder = OnnxQueryEmbedder.load(prepared_model_store())
     report = run_offline_eval(
-        DCROUTER,
+        require(DCROUTER),
         embedder,
         output=lines.append,
         train_limit=300,
@@ -237,7 +233,7 @@ def test_the_router_eval_command_runs_on_a_data_directory(tmp_path: Path) -> Non
 
     from tests.server import run_tailor
 
-    source = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "routing" / "dcrouter"
+    source = require(DCROUTER)
     for name, count in (("train.json", 60), ("test.json", 20)):
         records = json.loads((source / name).read_text())[:count]
         (tmp_path / name).write_text(json.dumps(records))

@@ -138,7 +138,7 @@ class RedisCache(Cache):
             self._client.publish(self._prefix + channel, message)
 
     def subscribe(self, channel: str) -> Subscription:
-        pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+        pubsub = self._client.pubsub()
         try:
             with self._unavailable_on_connection_error():
                 pubsub.subscribe(self._prefix + channel)

@@ -27,7 +27,7 @@ import struct
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,8 @@ from typing import Any, TypeVar, cast
 
 from storage.errors import ModelStoreError
 from storage.model_store.packaged import PACKAGED_MODELS, PackagedModel
+from storage.model_store.prepare_extra import require_prepare_extra
+from storage.model_store.progress import PreparationStep, Progress
 from storage.model_store.query_encoder import QUERY_ENCODER_DIR
 
 MANIFEST_NAME = "tailor-model.json"
@@ -70,6 +72,10 @@ _SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 _MB = 1_000_000
 
+# Steps of one conversion, as ``progress`` reports them: located, dequantised,
+# written, checked, hashed.
+_STEPS = 5
+
 
 @dataclass(frozen=True)
 class PreparedModel:
@@ -97,7 +103,7 @@ def prepare_models(
     *,
     models: Sequence[PackagedModel] = PACKAGED_MODELS,
     force: bool = False,
-    progress: Callable[[str], None] = print,
+    progress: Progress = print,
 ) -> list[PreparedModel]:
     """Convert each packaged model into ``store_dir/<id>/`` unless already done.
 
@@ -146,7 +152,7 @@ class _Manifest:
 
 
 def _prepare_one(
-    store_dir: Path, model: PackagedModel, *, force: bool, progress: Callable[[str], None]
+    store_dir: Path, model: PackagedModel, *, force: bool, progress: Progress
 ) -> PreparedModel:
     target = store_dir / model.id
     source = model.source()
@@ -154,12 +160,12 @@ def _prepare_one(
         # Checked under the lock: another process may have just finished it.
         reason = _why_not_current(target, model.id, source)
         if reason is None and not force:
-            progress(f"{model.id}: already prepared")
+            progress(PreparationStep(model.id, _STEPS, _STEPS, "already prepared"))
             return _read_manifest(target).model
         if force and target.exists():
-            progress(f"{model.id}: converting again (forced)")
+            progress(PreparationStep(model.id, 0, _STEPS, "converting again (forced)"))
         elif target.exists():
-            progress(f"{model.id}: {reason}; converting again")
+            progress(PreparationStep(model.id, 0, _STEPS, f"{reason}; converting again"))
         _remove_leftovers(store_dir, model.id)
         work = Path(tempfile.mkdtemp(prefix=f".{model.id}.partial-", dir=store_dir))
         try:
@@ -198,22 +204,24 @@ def _files_problem(directory: Path, manifest: _Manifest) -> str | None:
 
 
 def _convert(
-    model: PackagedModel, source: str, work: Path, target: Path, progress: Callable[[str], None]
+    model: PackagedModel, source: str, work: Path, target: Path, progress: Progress
 ) -> PreparedModel:
+    require_prepare_extra(model.id, ("gguf",))
     started = time.perf_counter()
     gguf_dir = work / "gguf"
     gguf_dir.mkdir()
     out = work / "model"
 
-    progress(f"{model.id}: locating GGUF ({source})...")
+    progress(PreparationStep(model.id, 0, _STEPS, f"locating GGUF ({source})..."))
     gguf = model.gguf_path(gguf_dir)
     source_sha256 = _sha256_file(gguf)
 
-    progress(f"{model.id}: dequantising GGUF ({gguf.stat().st_size / _MB:.0f} MB)...")
+    size = gguf.stat().st_size / _MB
+    progress(PreparationStep(model.id, 1, _STEPS, f"dequantising GGUF ({size:.0f} MB)..."))
     chat_template = _dequantise_and_save(model, gguf, out, progress)
     shutil.rmtree(gguf_dir)  # an assembled GGUF is a few hundred MB of scratch
 
-    progress(f"{model.id}: hashing...")
+    progress(PreparationStep(model.id, 4, _STEPS, "hashing..."))
     files = {
         path.name: (path.stat().st_size, _sha256_file(path))
         for path in sorted(out.iterdir())
@@ -240,15 +248,14 @@ def _convert(
         size_bytes=sum(files[name][0] for name in weights),
     )
     _write_manifest(out, _Manifest(prepared, FORMAT_VERSION, files))
-    progress(
-        f"{model.id}: ready ({prepared.size_bytes / _MB:.0f} MB, "
-        f"{time.perf_counter() - started:.1f} s)"
-    )
+    seconds = time.perf_counter() - started
+    ready = f"ready ({prepared.size_bytes / _MB:.0f} MB, {seconds:.1f} s)"
+    progress(PreparationStep(model.id, _STEPS, _STEPS, ready))
     return prepared
 
 
 def _dequantise_and_save(
-    model: PackagedModel, gguf: Path, out: Path, progress: Callable[[str], None]
+    model: PackagedModel, gguf: Path, out: Path, progress: Progress
 ) -> str | None:
     """Write a plain transformers checkpoint of ``gguf`` into ``out``; its chat template."""
     import torch
@@ -279,7 +286,7 @@ def _dequantise_and_save(
     elif not tokenizer.chat_template:
         raise ModelStoreError(f"{model.id}: an instruct model, but its GGUF has no chat template")
 
-    progress(f"{model.id}: writing safetensors...")
+    progress(PreparationStep(model.id, 2, _STEPS, "writing safetensors..."))
     lm.save_pretrained(out)
     tokenizer.save_pretrained(out)
     # safetensors creates its file owner-only (0600); a server running as
@@ -290,7 +297,9 @@ def _dequantise_and_save(
 
     # Catches a transformers release that saves something the plain loader
     # reads differently (quantization leftovers, renamed or dropped tensors).
-    progress(f"{model.id}: checking the saved copy loads without the GGUF...")
+    progress(
+        PreparationStep(model.id, 3, _STEPS, "checking the saved copy loads without the GGUF...")
+    )
     reloaded = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
     reloaded_tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
     ids = tokenizer(_CHECK_TEXT, return_tensors="pt").input_ids

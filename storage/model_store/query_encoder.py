@@ -13,12 +13,12 @@ nothing half-written.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from storage.errors import ModelStoreError
 from storage.model_store.embedder import EMBEDDING_MODEL_ID, load_sentence_embedder
+from storage.model_store.prepare_extra import require_prepare_extra
+from storage.model_store.progress import PreparationStep, Progress
 
 QUERY_ENCODER_DIR = f"{EMBEDDING_MODEL_ID}-query-int8"
 QUERY_ENCODER_FILE = "model.onnx"
@@ -49,18 +49,22 @@ def _mean_pooled(bert: Any) -> Any:
 
 
 def prepare_query_encoder(
-    store_dir: Path, *, force: bool = False, progress: Callable[[str], None] = print
+    store_dir: Path, *, force: bool = False, progress: Progress = print
 ) -> Path:
     """Export and quantise the query encoder unless it is there already (seconds)."""
     target = query_encoder_path(store_dir)
     if target.is_file() and not force:
+        progress(PreparationStep(QUERY_ENCODER_DIR, 1, 1, "already prepared"))
         return target
-    try:
-        import torch
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError as exc:
-        raise ModelStoreError(f"{QUERY_ENCODER_DIR}: needs onnxruntime and onnx ({exc})") from None
-    progress(f"{QUERY_ENCODER_DIR}: exporting MiniLM to ONNX and quantising to int8...")
+    require_prepare_extra(QUERY_ENCODER_DIR, ("onnx", "onnxscript"))
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    progress(
+        PreparationStep(
+            QUERY_ENCODER_DIR, 0, 1, "exporting MiniLM to ONNX and quantising to int8..."
+        )
+    )
     model = load_sentence_embedder()
     bert: Any = model[0].auto_model
     # Plain MatMul/Softmax attention: SDPA's export adds masking ops over the
@@ -90,5 +94,6 @@ def prepare_query_encoder(
             reduce_range=False,
         )
         int8_path.replace(target)
-    progress(f"{QUERY_ENCODER_DIR}: ready ({target.stat().st_size / 1e6:.0f} MB)")
+    ready = f"ready ({target.stat().st_size / 1e6:.0f} MB)"
+    progress(PreparationStep(QUERY_ENCODER_DIR, 1, 1, ready))
     return target
