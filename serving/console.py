@@ -92,7 +92,7 @@ def quiet_console(log_path: Path) -> Iterator[Console]:
     os.dup2(log.fileno(), 2)
     sys.stdout = sys.stderr = log
     warnings_to_terminal = logging.StreamHandler(terminal)
-    warnings_to_terminal.setLevel(logging.WARNING)
+    warnings_to_terminal.addFilter(_worth_the_terminal)
     warnings_to_terminal.setFormatter(
         logging.Formatter("tailor: %(levelname)s %(name)s: %(message)s")
     )

@@ -53,3 +53,34 @@ def test_a_malformed_value_names_its_variable(
         load_settings()
     assert caught.value.setting == variable
     assert str(caught.value).startswith(f"{variable}: ")
+
+
+def test_the_admin_key_is_read_from_its_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("TAILOR_ADMIN_KEY", raising=False)
+    key_file = tmp_path / "admin-key"
+    key_file.write_text("from-the-file\n")
+    monkeypatch.setenv("TAILOR_ADMIN_KEY_FILE", str(key_file))
+    settings = load_settings()
+    assert settings.admin_key is not None
+    assert settings.admin_key.get_secret_value() == "from-the-file"
+    # A key given directly wins over the file.
+    monkeypatch.setenv("TAILOR_ADMIN_KEY", "direct")
+    direct = load_settings().admin_key
+    assert direct is not None and direct.get_secret_value() == "direct"
+
+
+@pytest.mark.parametrize("content", [None, "", "  \n"])
+def test_a_missing_or_empty_admin_key_file_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: str | None
+) -> None:
+    monkeypatch.delenv("TAILOR_ADMIN_KEY", raising=False)
+    key_file = tmp_path / "admin-key"
+    if content is not None:
+        key_file.write_text(content)
+    monkeypatch.setenv("TAILOR_ADMIN_KEY_FILE", str(key_file))
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    assert raised.value.setting == "TAILOR_ADMIN_KEY_FILE"
+    assert str(key_file) in raised.value.problem
