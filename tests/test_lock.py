@@ -9,7 +9,6 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
-from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -62,9 +61,8 @@ def test_a_dependency_changed_without_a_new_lock_is_caught(tmp_path: Path) -> No
 
 def test_every_requirement_of_the_project_is_pinned_within_its_range() -> None:
     pins = locked_pins()
-    environment = {**default_environment(), "extra": ""}
     for requirement in project_requirements():
-        if requirement.marker is not None and not requirement.marker.evaluate(environment):
+        if requirement.marker is not None and not requirement.marker.evaluate():
             continue
         name = canonicalize_name(requirement.name)
         assert name in pins, f"{requirement.name} is not in the lock"
@@ -87,7 +85,7 @@ def test_every_locked_package_has_a_hash() -> None:
 
 def test_the_environment_holds_exactly_the_lock() -> None:
     pins = locked_pins()
-    installed = {
+    installed: dict[str, Version] = {
         canonicalize_name(dist.metadata["Name"]): Version(dist.version)
         for dist in metadata.distributions()
     }
