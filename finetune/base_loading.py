@@ -1,7 +1,8 @@
 """The base model a job trains on: NF4 4-bit (QLoRA) or full precision.
 
 A fresh model object per job: after ``generate()`` has run on a 4-bit model,
-LoRA training on that same object was seen not to learn at all (DESIGN.md), so
+LoRA training on that same object was seen not to learn at all (loss identical
+at every step, no error; a freshly loaded model learnt), so
 training never borrows serving's model.
 """
 

@@ -1,6 +1,6 @@
 """Request and response bodies of the API (``XCreate`` in, ``XPublic`` out).
 
-Kept apart from the ORM tables: what clients see is a contract (API.md),
+Kept apart from the ORM tables: what clients see is a contract (docs/api.md),
 what the database holds may change underneath it.
 """
 
