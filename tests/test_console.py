@@ -24,7 +24,7 @@ def test_everything_but_own_lines_and_warnings_goes_to_the_log(
         sys.stderr.write("a progress bar\n")
         logging.getLogger("transformers.kernels").warning("an optional kernel is missing")
         logging.getLogger("serving.runtime").warning("one of ours")
-        logging.getLogger("torch").error("an error from a library")
+        logging.getLogger("some_library").error("an error from a library")
         console.say("tailor: ready")
     os.write(1, b"after the console\n")
     terminal = capfd.readouterr().out
