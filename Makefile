@@ -75,9 +75,12 @@ lock-upgrade: $(LOCK_TOOLS)/bin/pip-compile
 # Playwright's own browser download cannot work offline.
 CHROMIUM := /usr/bin/chromium
 browser:
-	@test -x $(CHROMIUM) || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
-		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
-		|| (echo "the dashboard tests need Debian's chromium at $(CHROMIUM)" >&2; exit 1)
+	@test -x $(CHROMIUM) || { mkdir -p $(LOG_DIR) \
+		&& echo "tailor: installing Debian's chromium for the browser tests (log: $(LOG_DIR)/chromium.log)" \
+		&& { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+			|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium); \
+		} > $(LOG_DIR)/chromium.log 2>&1; } \
+		|| (echo "the dashboard tests need Debian's chromium at $(CHROMIUM) (log: $(LOG_DIR)/chromium.log)" >&2; exit 1)
 
 # After changing serving/ray_serve.py: the chart's copy of the fixed Serve config
 # (the tests fail until it is rewritten).
