@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Before a model has answered anything: a small CPU model's rough speed.
@@ -68,15 +69,23 @@ class Ticket:
 
 class LoadTracker:
     """``ticket_lifetime``: a ticket never closed (a stream whose client left before
-    it began) stops counting after this long, the longest a request may run."""
+    it began) stops counting after this long, the longest a request may run.
+    ``clock`` (seconds, monotonic) measures it; tests inject a fake one."""
 
-    def __init__(self, *, default_capacity: int = 32, ticket_lifetime: float = 600.0) -> None:
+    def __init__(
+        self,
+        *,
+        default_capacity: int = 32,
+        ticket_lifetime: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if default_capacity < 1:
             raise ValueError("default_capacity must be at least 1")
         if ticket_lifetime <= 0:
             raise ValueError("ticket_lifetime must be positive")
         self.default_capacity = default_capacity
         self.ticket_lifetime = ticket_lifetime
+        self._clock = clock
         self._models: dict[str, _Model] = {}
         self._open: dict[int, tuple[Ticket, float]] = {}  # number -> (ticket, expiry)
         self._numbers = itertools.count(1)
@@ -96,7 +105,7 @@ class LoadTracker:
             self._model(model).capacity = capacity
 
     def started(self, model: str, predicted_tokens: int) -> Ticket:
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             self._expire(now)
             state = self._model(model)
@@ -142,7 +151,7 @@ class LoadTracker:
 
     def snapshot(self, model: str) -> ModelLoad:
         with self._lock:
-            self._expire(time.monotonic())
+            self._expire(self._clock())
             state = self._model(model)
             return ModelLoad(
                 in_flight=state.in_flight,

@@ -271,6 +271,7 @@ def _header_metadata(data: bytes) -> dict[str, str]:
     return metadata
 
 
+@pytest.mark.slow
 def test_exported_directory_loads_in_peft_with_the_same_logits(
     smollm_peft: tuple[Any, PeftAdapter], specs: dict[str, BaseModelSpec], tmp_path: Path
 ) -> None:

@@ -26,22 +26,12 @@ from storage.cache import (
     open_cache,
 )
 from storage.errors import BackendUnavailable, ConfigurationError
+from tests.clock import FakeClock
 
 TEST_REDIS_URL = os.environ.get("TAILOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 UNREACHABLE_URL = "redis://:s3cret@127.0.0.1:1/0"
 
 BINARY_VALUES = [b"", b"\x00", b"a\x00b\x00\x00", bytes(range(256)) * 64, "zé".encode()]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -354,11 +344,17 @@ def test_ping_succeeds(cache: Cache) -> None:
 
 
 def test_in_process_ttl_in_real_time() -> None:
+    # Without an injected clock the TTL runs on the real one: the value is gone
+    # once the TTL has passed, and not before.
+    ttl = 0.3
     cache = InProcessCache(f"t{secrets.token_hex(4)}:")
-    cache.set("k", b"v", ttl_seconds=0.2)
+    set_at = time.monotonic()
+    cache.set("k", b"v", ttl_seconds=ttl)
     assert cache.get("k") == b"v"
-    time.sleep(0.3)
-    assert cache.get("k") is None
+    while cache.get("k") is not None:
+        assert time.monotonic() < set_at + ttl + 10, "the value never expired"
+        time.sleep(0.01)
+    assert time.monotonic() - set_at >= ttl
 
 
 def test_in_process_evicts_least_recently_used() -> None:

@@ -32,6 +32,9 @@ from tests.server import (
     served_env,
 )
 
+# Chromium drives the dashboard of a `tailor serve` process.
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the networking flags Chromium keeps calling Google's hosts, which this
 # closed network refuses; --no-sandbox because the tests may run as root.

@@ -6,17 +6,19 @@ these check the security properties one by one, on both deployments.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from http.cookies import SimpleCookie
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from serving.dashboard.pages import safe_next
-from serving.dashboard.sessions import COOKIE_NAME, CSRF_HEADER
+from serving.dashboard.sessions import COOKIE_NAME, CSRF_HEADER, SessionSigner
+from serving.deps import get_session_signer
 from tests.app_client import ADMIN, ADMIN_KEY, DEPLOYMENTS, app_client, bearer
+from tests.clock import FakeClock
 
 JSON = {"Accept": "application/json"}
 BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
@@ -41,6 +43,15 @@ def csrf_of(html: str) -> str:
     marker = '<meta name="csrf-token" content="'
     start = html.index(marker) + len(marker)
     return html[start : html.index('"', start)]
+
+
+def with_session_clock(client: TestClient, clock: FakeClock) -> SessionSigner:
+    """Makes the app issue and read sessions on ``clock``; returns the signer it uses."""
+    app = client.app
+    assert isinstance(app, FastAPI)
+    signer = SessionSigner.from_settings(app.state.services.settings, clock=clock)
+    app.dependency_overrides[get_session_signer] = lambda: signer
+    return signer
 
 
 def replace_cookie(client: TestClient, value: str) -> None:
@@ -161,14 +172,15 @@ def test_a_forged_or_expired_cookie_is_no_session(tmp_path: Path) -> None:
         page = client.get("/admin/jobs", headers=BROWSER, follow_redirects=False)
         assert page.status_code == 303
 
-    with app_client(
-        "sqlite+memory", tmp_path / "short", real_models=False, admin_session_minutes=1 / 60
-    ) as client:
+    with app_client("sqlite+memory", tmp_path / "expiring", real_models=False) as client:
+        clock = FakeClock()
+        signer = with_session_clock(client, clock)
         sign_in(client)
         kept = client.cookies.get(COOKIE_NAME)
         assert kept is not None
+        clock.advance(signer.lifetime_seconds - 1)
         assert client.get("/admin/users", headers=JSON).status_code == 200
-        time.sleep(1.2)
+        clock.advance(1)
         # The browser drops it at Max-Age; the server refuses it even if kept.
         replace_cookie(client, kept)
         expired = client.get("/admin/users", headers=JSON)

@@ -14,6 +14,8 @@ from openai.types.chat import ChatCompletionMessageParam
 from tests.adapter_upload import chat_personal_and_plain, upload_and_promote
 from tests.server import RunningServer, running_server, served_env
 
+pytestmark = pytest.mark.e2e
+
 ADMIN_KEY = "admin-" + secrets.token_hex(8)
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 SMOL = "smollm2-135m-instruct"

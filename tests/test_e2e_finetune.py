@@ -15,6 +15,8 @@ import pytest
 from tests.finetune_fixtures import MODEL, pirate_conversations
 from tests.server import CPU_WORKER_SETTINGS, RunningServer, running_server, served_env
 
+pytestmark = pytest.mark.e2e
+
 ADMIN_KEY = "admin-" + secrets.token_hex(8)
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 

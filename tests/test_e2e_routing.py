@@ -14,6 +14,8 @@ import pytest
 
 from tests.server import RunningServer, prepared_model_store, running_server
 
+pytestmark = pytest.mark.e2e
+
 ADMIN_KEY = "admin-" + secrets.token_hex(8)
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 SMOL, GEMMA = "smollm2-135m-instruct", "gemma-3-270m"

@@ -36,6 +36,7 @@ def server_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[
             }
 
 
+@pytest.mark.e2e
 def test_a_fresh_server_serves_models_and_the_admin_api(server_env: dict[str, str]) -> None:
     with running_server(server_env) as server:
         print(f"cold start to ready: {server.startup_seconds:.2f} s")
@@ -66,6 +67,7 @@ def test_a_fresh_server_serves_models_and_the_admin_api(server_env: dict[str, st
             assert http.get("/v1/models", headers=user).status_code == 401
 
 
+@pytest.mark.e2e
 def test_data_survives_a_restart(tmp_path: Path) -> None:
     env = {
         "TAILOR_DATA_DIR": str(tmp_path),
@@ -84,6 +86,7 @@ def test_data_survives_a_restart(tmp_path: Path) -> None:
         assert listed.status_code == 200
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("env", "setting", "problem"),
     [
@@ -116,6 +119,7 @@ def test_bad_settings_stop_with_one_line_naming_the_setting(
     assert "hunter2" not in result.stderr
 
 
+@pytest.mark.slow
 def test_db_upgrade_keeps_existing_data(tmp_path: Path) -> None:
     env = {"TAILOR_DATA_DIR": str(tmp_path)}
     created = run_tailor(["admin", "create-user", "ada"], env)

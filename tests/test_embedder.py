@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from storage.model_store import EMBEDDING_DIMENSIONS, load_sentence_embedder
+
+# Every test loads an embedding model.
+pytestmark = pytest.mark.slow
 
 
 def test_minilm_loads_from_its_package_and_embeds_meaningfully() -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from serving.engine.engine import Engine, EngineConfig, EngineOverloaded
-from serving.engine.requests import GenerationRequest, RequestHandle
+from serving.engine.requests import Event, Failed, Finished, GenerationRequest, RequestHandle
 from serving.engine.sampling import SamplingParams
 from tests.server import prepared_model_store
 
@@ -63,6 +64,7 @@ class Loaded:
         return engine
 
 
+# Loading the model and generating on it take seconds: every test that takes it is slow.
 @pytest.fixture(scope="module")
 def smollm() -> Loaded:
     return Loaded("smollm2-135m-instruct")
@@ -81,22 +83,42 @@ def greedy(ids: list[int], max_tokens: int, request_id: str = "r") -> Generation
     )
 
 
+async def finished(events: AsyncIterator[Event]) -> Finished:
+    """The rest of a request's events, up to how it ended."""
+    async for event in events:
+        if isinstance(event, Finished):
+            return event
+        if isinstance(event, Failed):
+            raise event.error
+    raise AssertionError("the events ended without a Finished")
+
+
+@pytest.mark.slow
 def test_greedy_output_in_a_busy_batch_equals_generate_alone(
     smollm: Loaded, engine: Engine
 ) -> None:
     prompts = [smollm.chat_ids(p) for p in CHAT_PROMPTS]
     lengths = [24, 8, 30, 16, 12]
     expected = [smollm.reference(ids, n) for ids, n in zip(prompts, lengths, strict=True)]
-    # Requests arrive while others run, and leave at different steps.
-    handles = []
-    for index, (ids, n) in enumerate(zip(prompts, lengths, strict=True)):
-        handles.append(engine.submit(greedy(ids, n, f"r{index}")))
-        time.sleep(0.05 * index)
-    results = [h.wait(120) for h in handles]
+
+    # Requests arrive while others run, and leave at different steps: each is
+    # sent once the one before it has begun to answer.
+    async def staggered() -> list[Finished]:
+        loop = asyncio.get_running_loop()
+        streams: list[AsyncIterator[Event]] = []
+        for index, (ids, n) in enumerate(zip(prompts, lengths, strict=True)):
+            stream = engine.submit(greedy(ids, n, f"r{index}"), loop=loop).events()
+            first = await anext(stream)
+            assert not isinstance(first, Finished | Failed), first
+            streams.append(stream)
+        return [await finished(stream) for stream in streams]
+
+    results = asyncio.run(asyncio.wait_for(staggered(), 120))
     assert [r.text for r in results] == expected
     assert engine.stats.steps < sum(lengths)  # rows really shared decode steps
 
 
+@pytest.mark.slow
 def test_gemma_base_model_continues_text_as_generate_does() -> None:
     gemma = Loaded("gemma-3-270m")
     engine = gemma.engine()
@@ -112,6 +134,7 @@ def test_gemma_base_model_continues_text_as_generate_does() -> None:
         engine.stop()
 
 
+@pytest.mark.slow
 def test_stop_sequences_end_the_text_before_them(smollm: Loaded, engine: Engine) -> None:
     ids = smollm.chat_ids("Describe the sea in two sentences.")
     full = engine.submit(greedy(ids, 40)).wait(60).text
@@ -125,14 +148,20 @@ def test_stop_sequences_end_the_text_before_them(smollm: Loaded, engine: Engine)
     assert stopped.text == full[: full.find(stop)]
 
 
+@pytest.mark.slow
 def test_length_cancel_and_timeout(smollm: Loaded, engine: Engine) -> None:
     ids = smollm.chat_ids("Tell me a long story about a dragon.")
     assert engine.submit(greedy(ids, 5)).wait(60).reason == "length"
 
-    handle = engine.submit(greedy(ids, 400))
-    time.sleep(0.3)
-    handle.cancel()
-    cancelled = handle.wait(60)
+    async def cancel_once_answering() -> Finished:
+        handle = engine.submit(greedy(ids, 400), loop=asyncio.get_running_loop())
+        stream = handle.events()
+        first = await anext(stream)
+        assert not isinstance(first, Finished | Failed), first
+        handle.cancel()
+        return await finished(stream)
+
+    cancelled = asyncio.run(asyncio.wait_for(cancel_once_answering(), 60))
     assert cancelled.reason == "cancelled" and 0 < cancelled.completion_tokens < 400
 
     late = GenerationRequest(
@@ -145,6 +174,7 @@ def test_length_cancel_and_timeout(smollm: Loaded, engine: Engine) -> None:
     assert timed_out.reason == "timeout" and timed_out.completion_tokens < 400
 
 
+@pytest.mark.slow
 def test_seeded_sampling_does_not_depend_on_the_batch(smollm: Loaded, engine: Engine) -> None:
     ids = smollm.chat_ids("Invent a name for a cat.")
     params = SamplingParams(max_tokens=12, temperature=1.0, top_p=0.9, seed=1234)
@@ -156,6 +186,7 @@ def test_seeded_sampling_does_not_depend_on_the_batch(smollm: Loaded, engine: En
     assert alone == busy
 
 
+@pytest.mark.slow
 def test_bad_requests_and_a_full_queue(smollm: Loaded) -> None:
     engine = smollm.engine(max_queue=2, max_batch=1)
     try:
@@ -189,12 +220,15 @@ def test_sampling_parameters_are_validated() -> None:
             SamplingParams(**bad)
 
 
+@pytest.mark.slow
 def test_admission_orders_by_latency_objective_then_predicted_length(smollm: Loaded) -> None:
     engine = smollm.engine(max_batch=1)
     try:
         ids = smollm.chat_ids("Tell me a long story about a dragon.")
         blocker = engine.submit(greedy(ids, 40, "blocker"))  # holds the only row
+        started = time.monotonic()
         while engine.stats.waiting:
+            assert time.monotonic() - started < 60, "the blocker was never admitted"
             time.sleep(0.005)
         window = math.floor(time.monotonic()) + 100.0
 

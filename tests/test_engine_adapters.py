@@ -23,6 +23,8 @@ from storage.tables import AdapterKind
 from tests.adapter_factory import random_lora
 from tests.test_engine import Loaded
 
+pytestmark = pytest.mark.slow
+
 MODEL = "smollm2-135m-instruct"
 TOKENS = 16
 

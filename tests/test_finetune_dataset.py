@@ -31,7 +31,14 @@ CHAT = [
 ]
 
 
-@pytest.fixture(scope="module", params=["smollm2-135m-instruct", "gemma-3-270m"])
+# Loading a tokenizer takes seconds (Gemma's most): every test that takes one is slow.
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(name, marks=pytest.mark.slow)
+        for name in ("smollm2-135m-instruct", "gemma-3-270m")
+    ],
+)
 def tokenizer(request: pytest.FixtureRequest) -> Any:
     return AutoTokenizer.from_pretrained(prepared_model_store() / request.param)
 

@@ -53,6 +53,7 @@ def random_expert(
     return experts.export()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("generalist_count", [0, 1, 2])
 def test_the_training_model_computes_what_serving_serves(generalist_count: int) -> None:
     generalists = [
@@ -110,6 +111,7 @@ def test_top_k_keeps_the_best_experts_of_each_token() -> None:
     torch.testing.assert_close(gate_weights(logits, top_k=3), logits.softmax(dim=-1))
 
 
+@pytest.mark.slow
 def test_a_candidate_that_is_worse_stays_a_candidate_with_the_reasons() -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir())
     test = [

@@ -26,6 +26,9 @@ from tests.test_finetune_worker import (
     wait_for_event,
 )
 
+# Each test starts `tailor worker` processes and kills one mid-job.
+pytestmark = pytest.mark.e2e
+
 LEASE_SECONDS = 3
 
 

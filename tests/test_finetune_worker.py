@@ -38,6 +38,9 @@ from tests.backends import REDIS_URL, postgres_schema
 from tests.finetune_fixtures import MODEL, add_examples, add_user, pirate_conversations, registry_on
 from tests.server import prepared_model_store
 
+# Every test runs the worker in process, which loads a tokenizer or a model: a second or more.
+pytestmark = pytest.mark.slow
+
 FAST = TrainingConfig(epochs=2, batch_size=4, rank=8, alpha=16.0)
 
 

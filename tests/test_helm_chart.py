@@ -540,6 +540,7 @@ def test_a_model_asking_for_gpus_the_workers_lack_is_refused() -> None:
         render({"models": [{"id": "a"}, {"id": "a"}]})
 
 
+@pytest.mark.slow
 def test_fine_tune_workers_are_probed_through_their_heartbeat(tmp_path: Path) -> None:
     deployment = only(render(CUSTOM_VALUES), "Deployment")
     assert deployment["spec"]["replicas"] == 3

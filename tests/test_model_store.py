@@ -37,6 +37,7 @@ class Store:
     messages: list[str]
 
 
+# Preparing both models takes about a minute: every test that takes the store is slow.
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     path = tmp_path_factory.mktemp("model-store")
@@ -57,6 +58,7 @@ def _mtimes(directory: Path) -> dict[str, int]:
     return {path.name: path.stat().st_mtime_ns for path in directory.iterdir()}
 
 
+@pytest.mark.slow
 def test_prepares_both_packaged_models_with_progress(store: Store) -> None:
     assert list(store.models) == [model.id for model in PACKAGED_MODELS] == [SMOLLM2, GEMMA]
     for model_id in (SMOLLM2, GEMMA):
@@ -73,6 +75,7 @@ def test_prepares_both_packaged_models_with_progress(store: Store) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_smollm2_answers_a_chat_question(store: Store) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -96,6 +99,7 @@ def test_smollm2_answers_a_chat_question(store: Store) -> None:
     assert "Paris" in answer, answer
 
 
+@pytest.mark.slow
 def test_gemma_continues_english_text(store: Store) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -128,6 +132,7 @@ def test_gemma_continues_english_text(store: Store) -> None:
     assert english < 100 and shuffled > 10 * english, (english, shuffled)
 
 
+@pytest.mark.slow
 def test_metadata_describes_the_models(store: Store) -> None:
     smollm2, gemma = store.models[SMOLLM2], store.models[GEMMA]
     assert (smollm2.architecture, gemma.architecture) == ("llama", "gemma3")
@@ -149,6 +154,7 @@ def test_metadata_describes_the_models(store: Store) -> None:
     )
 
 
+@pytest.mark.slow
 def test_parameter_count_matches_the_loaded_model(store: Store) -> None:
     from transformers import AutoModelForCausalLM
 
@@ -158,6 +164,7 @@ def test_parameter_count_matches_the_loaded_model(store: Store) -> None:
     assert model.parameter_count == sum(p.numel() for p in loaded.parameters())
 
 
+@pytest.mark.slow
 def test_manifest_hashes_match_the_files(store: Store) -> None:
     for model in store.models.values():
         manifest = json.loads((model.path / "tailor-model.json").read_text())
@@ -172,10 +179,12 @@ def test_manifest_hashes_match_the_files(store: Store) -> None:
         assert weights.stat().st_mode & 0o044 == 0o044
 
 
+@pytest.mark.slow
 def test_load_prepared_returns_the_same_metadata(store: Store) -> None:
     assert load_prepared(store.path) == sorted(store.models.values(), key=lambda m: m.id)
 
 
+@pytest.mark.slow
 def test_load_prepared_imports_neither_torch_nor_transformers(store: Store) -> None:
     script = (
         "import sys; from pathlib import Path; "
@@ -188,6 +197,7 @@ def test_load_prepared_imports_neither_torch_nor_transformers(store: Store) -> N
     subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent)
 
 
+@pytest.mark.slow
 def test_second_prepare_is_a_no_op(store: Store) -> None:
     before = {model_id: _mtimes(model.path) for model_id, model in store.models.items()}
     messages: list[str] = []
@@ -214,6 +224,7 @@ def test_missing_or_corrupt_manifest_is_an_error(tmp_path: Path) -> None:
     assert issubclass(ModelStoreError, StorageError)
 
 
+@pytest.mark.slow
 def test_deleted_weights_are_prepared_again(store: Store, tmp_path: Path) -> None:
     smollm2 = store.models[SMOLLM2]
     copy = tmp_path / "store"

@@ -89,7 +89,11 @@ class Wrapped:
     model: nn.Module
 
 
-@pytest.fixture(scope="module", params=[SMOLLM2, GEMMA])
+# Loading a base model takes seconds: every test that takes one is slow.
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(name, marks=pytest.mark.slow) for name in (SMOLLM2, GEMMA)],
+)
 def base(request: pytest.FixtureRequest) -> Base:
     name: str = request.param
     path = MODEL_STORE / name

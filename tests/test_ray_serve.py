@@ -25,6 +25,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 SMOL = "smollm2-135m-instruct"
 
 
+@pytest.mark.slow
 def test_the_serve_config_is_valid_for_ray_and_holds_no_secrets(tmp_path: Path) -> None:
     env = {
         "TAILOR_DATA_DIR": str(tmp_path),
@@ -77,6 +78,8 @@ def ray_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServ
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True, check=False)
 
 
+@pytest.mark.e2e
+@pytest.mark.ray
 def test_chat_through_ray_serve_with_the_users_adapter(
     ray_server: RunningServer, tmp_path: Path
 ) -> None:
@@ -111,6 +114,8 @@ def test_chat_through_ray_serve_with_the_users_adapter(
     assert personal["choices"][0]["message"]["content"] != plain["choices"][0]["message"]["content"]
 
 
+@pytest.mark.e2e
+@pytest.mark.ray
 def test_a_fine_tune_worker_actor_runs_the_queued_jobs(ray_server: RunningServer) -> None:
     created = httpx.post(f"{ray_server.url}/admin/users", json={"name": "bo"}, headers=ADMIN)
     me = {"Authorization": f"Bearer {created.json()['api_key']}"}
@@ -136,6 +141,8 @@ def test_a_fine_tune_worker_actor_runs_the_queued_jobs(ray_server: RunningServer
     assert state["status"] == "failed" and "at least 10" in state["error"]
 
 
+@pytest.mark.e2e
+@pytest.mark.ray
 def test_the_dashboard_is_served_through_ray_serve(ray_server: RunningServer) -> None:
     with httpx.Client(base_url=ray_server.url) as browser:
         signed_in = browser.post("/admin/login", data={"key": ADMIN_KEY})

@@ -202,6 +202,7 @@ def test_entropy_of_picks() -> None:
 # ---- end to end on a slice of dcrouter --------------------------------------------------
 
 
+@pytest.mark.slow
 def test_offline_eval_on_a_slice_of_dcrouter(tmp_path: Path) -> None:
     lines: list[str] = []
     embedder = OnnxQueryEmbedder.load(prepared_model_store())
@@ -228,6 +229,7 @@ def test_offline_eval_on_a_slice_of_dcrouter(tmp_path: Path) -> None:
     assert any(tmp_path.glob("minilm-int8-*.npy"))
 
 
+@pytest.mark.slow
 def test_the_router_eval_command_runs_on_a_data_directory(tmp_path: Path) -> None:
     import json
 

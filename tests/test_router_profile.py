@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
 
 from router.length_predictor import OutputLengthPredictor
 from router.load import LoadTracker
+from tests.clock import FakeClock
 
 
 def unit(seed: int, dimensions: int = 6) -> np.ndarray:
@@ -91,7 +91,11 @@ def test_predicted_latency_grows_with_the_queue_beyond_capacity() -> None:
 
 
 def test_a_ticket_never_closed_stops_counting_after_its_lifetime() -> None:
-    tracker = LoadTracker(ticket_lifetime=0.01)
+    clock = FakeClock()
+    tracker = LoadTracker(ticket_lifetime=60, clock=clock)
     tracker.started("m", 10)
-    time.sleep(0.02)
-    assert tracker.snapshot("m").in_flight == 0
+    clock.advance(60)
+    assert tracker.snapshot("m").in_flight == 1
+    clock.advance(0.001)
+    load = tracker.snapshot("m")
+    assert (load.in_flight, load.queued_tokens) == (0, 0)

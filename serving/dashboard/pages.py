@@ -1,14 +1,13 @@
 """``/admin/``: the dashboard's pages, sign-in and sign-out.
 
 ``/admin/users``, ``/admin/adapters``, ``/admin/jobs`` and ``/admin/router``
-are both pages and admin API lists (API.md). A browser's navigation (it asks
+are both pages and admin API lists (docs/api.md). A browser's navigation (it asks
 for HTML and sends no Authorization header) gets the page; everything else
 falls through to the JSON route of the same path.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Annotated
 from urllib.parse import quote
@@ -90,7 +89,7 @@ def login(
     if not principal.is_admin:
         return _login_refused(next_path, "That key is not an admin key.", 403)
     lifetime = signer.lifetime_seconds
-    cookie = signer.issue(principal, settings=services.settings, now=time.time())
+    cookie = signer.issue(principal, settings=services.settings)
     response = RedirectResponse(next_path, status_code=303)
     response.set_cookie(
         COOKIE_NAME,
@@ -116,7 +115,7 @@ def logout(
         session, _ = signed_in
         # Another site must not be able to sign an admin out either.
         check_same_site(request, signer, session, token=csrf_token)
-        end_session(session, cache=services.cache, now=time.time())
+        end_session(session, cache=services.cache, now=signer.now())
     response = RedirectResponse("/admin/login", status_code=303)
     response.delete_cookie(COOKIE_NAME, path=COOKIE_PATH)
     return response

@@ -8,8 +8,6 @@ a form field from the sign-out form), and its Origin, when sent, is ours.
 
 from __future__ import annotations
 
-import time
-
 from fastapi import Request
 
 from serving.auth import Principal
@@ -31,7 +29,7 @@ def read_session(
     """The live session in ``cookie`` and its principal, or None."""
     if cookie is None:
         return None
-    session = signer.read(cookie, now=time.time())
+    session = signer.read(cookie)
     if session is None:
         return None
     principal = session_principal(

@@ -14,6 +14,8 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from serving.auth import BOOTSTRAP_ADMIN, Principal
@@ -41,16 +43,30 @@ class AdminSession:
 
 
 class SessionSigner:
-    """Issues and reads session cookies with one secret."""
+    """Issues and reads session cookies with one secret.
 
-    def __init__(self, secret: bytes, *, lifetime_seconds: float) -> None:
+    ``clock`` is wall-clock time (seconds since the epoch), not monotonic: the
+    expiry travels in the cookie and must mean the same in every process that
+    reads it. Tests inject a fake one.
+    """
+
+    def __init__(
+        self,
+        secret: bytes,
+        *,
+        lifetime_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if len(secret) < 16:
             raise ValueError("the session secret must be at least 16 bytes")
         self._secret = secret
         self.lifetime_seconds = lifetime_seconds
+        self._clock = clock
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SessionSigner:
+    def from_settings(
+        cls, settings: Settings, *, clock: Callable[[], float] = time.time
+    ) -> SessionSigner:
         if settings.session_secret is not None:
             secret = settings.session_secret.get_secret_value().encode()
         elif settings.admin_key is not None:
@@ -60,9 +76,12 @@ class SessionSigner:
             secret = hmac.new(admin_key, b"tailor dashboard session", hashlib.sha256).digest()
         else:
             secret = secrets.token_bytes(32)
-        return cls(secret, lifetime_seconds=settings.admin_session_minutes * 60)
+        return cls(secret, lifetime_seconds=settings.admin_session_minutes * 60, clock=clock)
 
-    def issue(self, principal: Principal, *, settings: Settings, now: float) -> str:
+    def now(self) -> float:
+        return self._clock()
+
+    def issue(self, principal: Principal, *, settings: Settings) -> str:
         fingerprint = None
         if principal.key_id is None:
             fingerprint = key_fingerprint(settings)
@@ -70,12 +89,12 @@ class SessionSigner:
             "sid": secrets.token_urlsafe(18),
             "kid": principal.key_id,
             "fp": fingerprint,
-            "exp": now + self.lifetime_seconds,
+            "exp": self._clock() + self.lifetime_seconds,
         }
         body = _b64(json.dumps(payload, separators=(",", ":")).encode())
         return f"{body}.{self._sign(body)}"
 
-    def read(self, cookie: str, *, now: float) -> AdminSession | None:
+    def read(self, cookie: str) -> AdminSession | None:
         """The session in a cookie, or None if it is forged, malformed or expired."""
         body, _, signature = cookie.partition(".")
         if not body or not hmac.compare_digest(signature, self._sign(body)):
@@ -90,7 +109,7 @@ class SessionSigner:
             )
         except (ValueError, KeyError, TypeError):
             return None
-        if session.expires_at <= now:
+        if session.expires_at <= self._clock():
             return None
         return session
 
