@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -85,9 +86,12 @@ def test_every_locked_package_has_a_hash() -> None:
 
 def test_the_environment_holds_exactly_the_lock() -> None:
     pins = locked_pins()
+    # The venv's own site-packages only: Ray puts its vendored packages on
+    # sys.path once imported, and they are no installed distributions.
+    site_packages = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
     installed: dict[str, Version] = {
         canonicalize_name(dist.metadata["Name"]): Version(dist.version)
-        for dist in metadata.distributions()
+        for dist in metadata.distributions(path=site_packages)
     }
     installed.pop("tailor")  # this project itself, installed editable beside the lock
     installed.pop("pip")  # the virtual environment's own installer, from ensurepip
