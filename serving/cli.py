@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -100,6 +101,12 @@ def serve(
     with _one_line_errors():
         settings = load_settings(**overrides)
     if print_config or ray:
+        if find_spec("ray") is None:
+            typer.echo(
+                "tailor: error: --ray and --print-config need Ray: pip install 'tailor[ray]'",
+                err=True,
+            )
+            raise typer.Exit(2)
         _serve_on_ray_or_print_config(settings, print_config=print_config)
         return
     output = quiet_console(log_path(settings)) if quiet else nullcontext(loud_console())
