@@ -383,7 +383,7 @@ def models_prepare(
         bool,
         typer.Option(
             "--quiet",
-            help="A progress bar per model; library output goes to <data dir>/log/tailor.log.",
+            help="Only the progress bars; library output goes to <data dir>/log/tailor.log.",
         ),
     ] = False,
 ) -> None:
@@ -392,7 +392,6 @@ def models_prepare(
     from storage.migrate import upgrade
     from storage.model_catalog import register_prepared_models
     from storage.model_store import prepare_models, prepare_query_encoder
-    from storage.model_store.progress import PreparationStep
     from storage.settings import load_settings
 
     with _one_line_errors():
@@ -400,17 +399,9 @@ def models_prepare(
     output = quiet_console(log_path(settings)) if quiet else nullcontext(loud_console())
     with _one_line_errors(), output as console:
         started = time.perf_counter()
-
-        def progress(step: PreparationStep) -> None:
-            if quiet:
-                console.step(step)
-            else:
-                console.say(str(step))
-
-        if quiet:
-            console.say(f"tailor: preparing the model store {settings.model_store_dir}")
-        prepared = prepare_models(settings.model_store_dir, force=force, progress=progress)
-        prepare_query_encoder(settings.model_store_dir, force=force, progress=progress)
+        console.say(f"tailor: preparing the model store {settings.model_store_dir}")
+        prepared = prepare_models(settings.model_store_dir, force=force, progress=console.step)
+        prepare_query_encoder(settings.model_store_dir, force=force, progress=console.step)
         database = Database(settings.resolved_database_url)
         upgrade(database)
         with database.session() as session:

@@ -44,10 +44,6 @@ class Console:
         self._interactive = terminal.isatty()
         self._bar_open = False
 
-    @property
-    def stream(self) -> TextIO:
-        return self._terminal
-
     def say(self, line: str) -> None:
         self._end_bar()
         self._terminal.write(f"{line}\n")
