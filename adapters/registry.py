@@ -33,7 +33,7 @@ from storage.blobs import DirectoryBlobStore, sha256_of
 from storage.cache import Cache
 from storage.clock import utc_now
 from storage.database import Database
-from storage.errors import Conflict, NotFound
+from storage.errors import BackendUnavailable, Conflict, NotFound
 from storage.repositories import AdapterRepository, BaseModelRepository
 from storage.tables import Adapter, AdapterKind, AdapterState, AdapterVersion
 
@@ -67,6 +67,7 @@ class WeightCounters:
     hot_copy_misses: int = 0
     hot_copies_dropped: int = 0  # a cached copy that no longer hashed to its name
     blob_reads: int = 0
+    cache_unavailable: int = 0  # hot-copy reads or writes skipped: the cache was down
 
 
 @dataclass
@@ -370,20 +371,40 @@ class AdapterRegistry:
             )
 
     def weights_bytes(self, sha256: str) -> bytes:
-        """A version's file: the hot copy if it is intact, else the blob store."""
+        """A version's file: the hot copy if it is intact, else the blob store.
+
+        The blob store is the source of truth and the cache only a copy, so a
+        cache outage slows loads down but never fails them.
+        """
         key = HOT_COPY_PREFIX + sha256
-        data = self.cache.get(key)
+        data = self._hot_copy(key)
         if data is not None:
             if sha256_of(data) == sha256:
                 self.counters.hot_copy_hits += 1
                 return data
-            self.cache.delete(key)
+            self._drop_hot_copy(key)
             self.counters.hot_copies_dropped += 1
         self.counters.hot_copy_misses += 1
         data = self.blobs.get(sha256)  # verifies the digest itself
         self.counters.blob_reads += 1
-        self.cache.set(key, data, ttl_seconds=self.hot_copy_ttl_seconds)
+        try:
+            self.cache.set(key, data, ttl_seconds=self.hot_copy_ttl_seconds)
+        except BackendUnavailable:
+            self.counters.cache_unavailable += 1
         return data
+
+    def _hot_copy(self, key: str) -> bytes | None:
+        try:
+            return self.cache.get(key)
+        except BackendUnavailable:
+            self.counters.cache_unavailable += 1
+            return None
+
+    def _drop_hot_copy(self, key: str) -> None:
+        try:
+            self.cache.delete(key)
+        except BackendUnavailable:
+            self.counters.cache_unavailable += 1
 
     def load_weights(self, *, sha256: str, base_model_id: str) -> LoraWeights:
         """A version's weights, validated again as they are loaded."""

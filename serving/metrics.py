@@ -71,6 +71,7 @@ class _StateCollector(Collector):
         hot.add_metric(["shared_cache"], weights.hot_copy_hits)
         hot.add_metric(["blob_store"], weights.blob_reads)
         hot.add_metric(["damaged_copy_dropped"], weights.hot_copies_dropped)
+        hot.add_metric(["cache_unavailable"], weights.cache_unavailable)
         yield hot
 
         jobs = GaugeMetricFamily(

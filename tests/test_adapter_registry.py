@@ -17,6 +17,7 @@ from adapters.registry import (
     AdapterRegistry,
     InvalidationEvent,
 )
+from storage.cache import open_cache
 from storage.repositories import AdapterRepository, UserRepository
 from storage.tables import AdapterKind, AdapterState
 from tests.adapter_factory import random_lora
@@ -24,6 +25,8 @@ from tests.backends import REDIS_URL, postgres_schema
 from tests.finetune_fixtures import registry_on
 
 MODEL = "smollm2-135m-instruct"
+# Nothing listens on port 1: every call fails to connect at once.
+UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"
 
 
 @pytest.fixture(params=["sqlite+memory", "postgresql+redis"])
@@ -212,3 +215,26 @@ def test_expert_sets_hold_generalists_and_only_the_users_specialist(
     assert other.specialist is not None and other.specialist.version_id == theirs.id
     registry.retire(version_id=mine.id, user_id=ada)
     assert registry.expert_set(base_model_id=MODEL, user_id=ada).specialist is None
+
+
+def test_weights_load_from_the_blob_store_while_the_cache_is_down(tmp_path: Path) -> None:
+    """Redis is only a copy: an outage slows loads down, never fails them."""
+    database_url = f"sqlite:///{tmp_path / 'tailor.db'}"
+    with registry_on(database_url, tmp_path, REDIS_URL) as registry:
+        ada = new_user(registry, "ada")
+        version = registry.register_candidate(
+            lora(registry), kind=AdapterKind.SPECIALIST, user_id=ada
+        )
+        assert version.sha256 is not None
+        expected = registry.blobs.get(version.sha256)
+        # The same registry, its cache now a Redis that nothing listens on.
+        registry.cache.close()
+        registry.cache = open_cache(UNREACHABLE_REDIS_URL, prefix="tailor-test-down:")
+        try:
+            assert registry.weights_bytes(version.sha256) == expected
+            loaded = registry.load_weights(sha256=version.sha256, base_model_id=MODEL)
+        finally:
+            registry.cache.close()
+    assert loaded.tensors.keys() == lora(registry).tensors.keys()
+    assert registry.counters.blob_reads == 2
+    assert registry.counters.cache_unavailable == 4  # two reads, two writes skipped
