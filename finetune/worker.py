@@ -382,7 +382,11 @@ class FinetuneWorker:
     def _finish(self, claim: ClaimedJob, version: AdapterVersion, *, promote: bool) -> None:
         if version.state is AdapterState.CANDIDATE and promote and self.config.auto_promote:
             try:
-                self.registry.promote(version_id=version.id)
+                # The candidate was judged against its parent, the version
+                # active when the job started: promote only over that one.
+                self.registry.promote(
+                    version_id=version.id, expected_active_version_id=version.parent_version_id
+                )
                 self.queue.add_event(claim, "promoted", {"version_id": version.id})
             except InvalidTransition as error:
                 # Someone promoted or retired by hand meanwhile: theirs stands.

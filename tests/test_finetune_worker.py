@@ -278,6 +278,37 @@ def test_a_retried_job_whose_version_exists_finishes_without_training_again(
     assert version.id == earlier.id and version.state is AdapterState.ACTIVE
 
 
+def test_a_version_promoted_by_hand_meanwhile_is_not_replaced_by_the_job(
+    sqlite_registry: AdapterRegistry,
+) -> None:
+    """The job's candidate was judged against the version active when it started;
+    an admin's promotion since then stands."""
+    registry = sqlite_registry
+    alice = add_user(registry.database, "alice")
+    job_id = queue_job(registry, alice)
+    shapes = registry.base_spec(MODEL).shapes
+    earlier = registry.register_candidate(
+        random_lora(shapes, base_model_id=MODEL, seed=1),
+        kind=AdapterKind.SPECIALIST,
+        user_id=alice,
+        eval_metrics={"promote": True},
+        job_id=job_id,
+    )
+    by_hand = registry.register_candidate(
+        random_lora(shapes, base_model_id=MODEL, seed=2),
+        kind=AdapterKind.SPECIALIST,
+        user_id=alice,
+    )
+    registry.promote(version_id=by_hand.id)
+
+    make_worker(registry).run_one()
+
+    state, _, kinds = job_state(registry, job_id)
+    assert state is JobState.SUCCEEDED and kinds == ["resumed", "not_promoted"]
+    states = {v.id: v.state for v in versions_of(registry, alice)}
+    assert states == {by_hand.id: AdapterState.ACTIVE, earlier.id: AdapterState.CANDIDATE}
+
+
 def start_a_long_job(registry: AdapterRegistry) -> tuple[str, str, threading.Thread]:
     """A user's job running in a worker thread, past its first training step."""
     alice = add_user(registry.database, "alice")
