@@ -16,7 +16,30 @@ it costs memory or reaches a parser we do not control:
    shape against the base model's real shapes; A/B pairs complete;
 5. only then the ``safetensors`` library reads the values (never
    ``torch.load``), cross-checked against the header, and every value must be
-   finite.
+   finite;
+6. finite is not enough: weights must also be of a size training produces
+   (``check_magnitudes``), since e.g. all-1e38 weights are finite yet turn every
+   logit into infinity or NaN.
+
+The magnitude limits, and why they are what they are. Validation knows the
+base model's shapes (from ``config.json``) but not its weights, so the update
+is bounded in absolute terms, not relative to the base weight it is added to:
+
+- every stored value, and every ``lora_B`` value times ``alpha / rank`` (what
+  serving multiplies), is at most ``MAX_WEIGHT_ABS`` = 1e4 in magnitude.
+  Trained LoRA values measured stay below 0.25, the test fixtures' below 5
+  (a random gate); at 1e4 a product of two values, summed over any rank and
+  hidden size, stays far inside float32's and bfloat16's range (3.4e38);
+- the update ``delta W = (alpha / rank) * B @ A`` of each wrapped module has an
+  RMS per element, ``||delta W||_F / sqrt(out_features * in_features)``, of at
+  most ``MAX_UPDATE_RMS`` = 1.0. ``||B @ A||_F`` is computed exactly from the
+  small rank x rank products: ``||B A||_F^2 = sum((B^T B) * (A A^T))``. Base
+  weights have an RMS of 0.01-0.4 (Gemma 3 270M: 0.012-0.04; SmolLM2 135M:
+  0.047-0.40). Measured updates: real fine-tunes 5e-4-2e-3 (0.036 at ten
+  times the default learning rate), the largest random fixture in the tests
+  0.27 (noise that wrecks the model on purpose), a run diverged at a hundred
+  times the default learning rate 2.5. An update of RMS 1 would outweigh
+  every base weight measured, which no fine-tune that still writes text makes.
 
 Returned tensors are float32, contiguous, on the CPU, and own their memory:
 float16 and bfloat16 convert exactly; float64 (only if a deployment allows
@@ -71,6 +94,10 @@ _DTYPES: dict[str, tuple[str, int]] = {
     "F64": ("float64", 8),
 }
 
+# The magnitude limits of ``check_magnitudes``; the module docstring says why.
+MAX_WEIGHT_ABS = 1e4
+MAX_UPDATE_RMS = 1.0
+
 # LoRA weights are real numbers; these are the dtypes a deployment may allow.
 FLOAT_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16"})
 
@@ -88,12 +115,25 @@ class ValidationLimits:
     allowed_dtypes: frozenset[str] = frozenset({"float32", "float16", "bfloat16"})
     max_gate_experts: int = 8
     """Rows of a CoMiGS gate: the generalists it scores plus the expert itself."""
+    max_weight_abs: float = MAX_WEIGHT_ABS
+    """The largest magnitude of any value, and of any ``lora_B`` value times alpha/rank."""
+    max_update_rms: float = MAX_UPDATE_RMS
+    """The largest RMS per element of a module's update ``(alpha/rank) * B @ A``."""
 
     def __post_init__(self) -> None:
         for name in ("max_file_bytes", "max_rank", "max_gate_experts"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ValidationLimits.{name} must be a positive integer: {value!r}")
+        for name in ("max_weight_abs", "max_update_rms"):
+            value = getattr(self, name)
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ValueError(f"ValidationLimits.{name} must be a positive number: {value!r}")
         if not isinstance(self.allowed_dtypes, frozenset) or not self.allowed_dtypes:
             raise ValueError("ValidationLimits.allowed_dtypes must be a non-empty frozenset")
         unknown = self.allowed_dtypes - FLOAT_DTYPES
@@ -242,7 +282,7 @@ def validate_containers(
     tensors: dict[str, torch.Tensor] = {}
     for container in containers:
         tensors.update(_load_values(container))
-    return LoraWeights(
+    weights = LoraWeights(
         base_model_id=base.id,
         rank=expected.rank,
         alpha=float(expected.alpha),
@@ -250,6 +290,79 @@ def validate_containers(
         tensors=tensors,
         gate_experts=expected.gate_experts,
     )
+    check_magnitudes(weights, limits)
+    return weights
+
+
+def check_magnitudes(weights: LoraWeights, limits: ValidationLimits) -> None:
+    """Refuse weights that are finite but far larger than training produces.
+
+    Checks every value against ``limits.max_weight_abs`` and every wrapped
+    module's update ``(alpha/rank) * B @ A`` against ``limits.max_update_rms``
+    (the module docstring explains both). Also refuses NaN and infinity, so
+    it suits weights that never were a file, e.g. a fine-tune's result.
+    Raises ``InvalidAdapter`` naming the tensor or module, its measured value
+    and the limit. Costs a few rank x rank products per module.
+    """
+    limit = limits.max_weight_abs
+    peaks = {name: _peak(weights.tensors[name]) for name in sorted(weights.tensors)}
+    for name, peak in peaks.items():
+        if not peak <= limit:  # also true for NaN
+            raise InvalidAdapter(f"tensor {name}: {_too_large(peak, limit)}")
+    scale = weights.scale
+    for name in sorted(weights.tensors):
+        match = TENSOR_NAME.match(name)
+        if match is None or match["kind"] != "lora_A":
+            continue
+        b_name = tensor_name(int(match["layer"]), match["module"], "lora_B")
+        if b_name not in weights.tensors:
+            continue  # a missing half is _check_pairs' refusal, not this one's
+        module = name.removeprefix("base_model.model.model.").removesuffix(".lora_A.weight")
+        a, b = weights.tensors[name], weights.tensors[b_name]
+        scaled_peak = scale * peaks[b_name]
+        if not scaled_peak <= limit:
+            raise InvalidAdapter(
+                f"tensor {b_name}: times alpha/rank ({scale:.4g}), {_too_large(scaled_peak, limit)}"
+            )
+        rms = scale * _product_frobenius(b, a) / math.sqrt(a.shape[1] * b.shape[0])
+        if not rms <= limits.max_update_rms:
+            raise InvalidAdapter(
+                f"module {module}: its update (alpha/rank) * B @ A has an RMS of {rms:.4g} "
+                f"per element, over the limit of {limits.max_update_rms:.4g}; a fine-tune's "
+                "update is far smaller than the base weights it adds to (typically RMS "
+                "0.01-0.4), so these weights are corrupt or their training diverged"
+            )
+
+
+def _peak(tensor: torch.Tensor) -> float:
+    """The largest magnitude in ``tensor``; NaN if it holds a NaN (aminmax propagates it)."""
+    if tensor.numel() == 0:
+        return 0.0
+    # One pass, no copy: this runs on every load of every adapter.
+    low, high = torch.aminmax(tensor.detach())
+    return max(-float(low), float(high)) if not math.isnan(float(low)) else math.nan
+
+
+def _too_large(peak: float, limit: float) -> str:
+    if not math.isfinite(peak):
+        return "holds NaN or infinite values"
+    return (
+        f"holds a value of magnitude {peak:.4g}, over the limit of {limit:.4g}; "
+        "far beyond any trained adapter's weights"
+    )
+
+
+def _product_frobenius(b: torch.Tensor, a: torch.Tensor) -> float:
+    """``||b @ a||_F`` exactly, without forming the out x in product.
+
+    ``||B A||_F^2 = trace(A^T B^T B A) = sum((B^T B) * (A A^T))``: two rank x
+    rank Gram matrices. In float64, which holds the squares of values up to
+    ``MAX_WEIGHT_ABS`` summed over any model's sizes with room to spare.
+    """
+    a64, b64 = a.detach().to("cpu", torch.float64), b.detach().to("cpu", torch.float64)
+    squared = float(((b64.T @ b64) * (a64 @ a64.T)).sum())
+    # Rounding can leave a zero product a hair below zero.
+    return math.sqrt(max(squared, 0.0))
 
 
 def _not_safetensors(label: str, data: bytes, header_len: int) -> str:

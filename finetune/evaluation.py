@@ -10,7 +10,11 @@ A candidate is promoted only if, on the user's test split (newest data),
   and the active specialist), by a paired bootstrap whose 95% lower bound of
   the per-token NLL gain is above zero;
 - its NLL on a fixed generic text set rises by at most 1% over the base
-  model's (it must not forget how to write ordinary text).
+  model's (it must not forget how to write ordinary text);
+- every score is finite. A candidate whose logits overflow or turn NaN (its
+  weights finite but absurd, a fine-tune that diverged) has no meaningful NLL:
+  it is held back with that reason, never compared, and never raises, so the
+  worker records the reason instead of failing.
 """
 
 from __future__ import annotations
@@ -58,6 +62,11 @@ class Scores:
     @property
     def per_token(self) -> float:
         return sum(self.nll) / sum(self.tokens)
+
+    @property
+    def non_finite(self) -> int:
+        """How many conversations scored NaN or infinity."""
+        return sum(1 for value in self.nll if not math.isfinite(value))
 
 
 class VariantScorer:
@@ -178,17 +187,70 @@ def evaluate_candidate(
     candidate = scorer.score("candidate", test)
     has_current = "current" in scorer.variants and bool(scorer.variants["current"].experts)
     current = scorer.score("current", test) if has_current else base
-    interval = _interval_args(rules)
-    gain_base = paired_gain_interval(base.nll, candidate.nll, base.tokens, **interval)
-    gain_current = (
-        paired_gain_interval(current.nll, candidate.nll, base.tokens, **interval)
-        if has_current
-        else None
-    )
-    generic_base = scorer.score("base", generic).per_token
-    generic_candidate = scorer.score("candidate", generic).per_token
-    rise = generic_candidate / generic_base - 1.0
+    gain_base = _gain(base, candidate, rules)
+    gain_current = _gain(current, candidate, rules) if has_current else None
+    generic_base = scorer.score("base", generic)
+    generic_candidate = scorer.score("candidate", generic)
+    rise = generic_candidate.per_token / generic_base.per_token - 1.0
 
+    # Once a score is NaN or infinite no comparison means anything: those
+    # reasons replace the rules' (a NaN compares false and would pass them).
+    scored = [
+        ("the candidate", "test split", candidate),
+        ("the candidate", "generic text", generic_candidate),
+        ("the base model", "test split", base),
+        ("the base model", "generic text", generic_base),
+    ]
+    if has_current:
+        scored.append(("the current experts", "test split", current))
+    reasons = _non_finite_reasons(scored) or _rule_reasons(gain_base, gain_current, rise, rules)
+    return EvaluationReport(
+        test_conversations=len(test),
+        test_tokens=sum(base.tokens),
+        nll_per_token={
+            "base": base.per_token,
+            "current": current.per_token,
+            "candidate": candidate.per_token,
+        },
+        gain_vs_base=gain_base,
+        gain_vs_current=gain_current,
+        generic_nll_per_token={
+            "base": generic_base.per_token,
+            "candidate": generic_candidate.per_token,
+        },
+        generic_rise=rise,
+        promote=not reasons,
+        reasons=reasons,
+    )
+
+
+def _gain(baseline: Scores, candidate: Scores, rules: GateRules) -> GainInterval:
+    if baseline.non_finite or candidate.non_finite:
+        # No interval exists; a NaN one is never significant and stores as null.
+        nan = math.nan
+        return GainInterval(nan, nan, nan, resamples=rules.resamples, confidence=rules.confidence)
+    return paired_gain_interval(
+        baseline.nll,
+        candidate.nll,
+        baseline.tokens,
+        confidence=rules.confidence,
+        resamples=rules.resamples,
+    )
+
+
+def _non_finite_reasons(scored: Sequence[tuple[str, str, Scores]]) -> list[str]:
+    return [
+        f"{who}'s NLL on the {where} is not finite ({scores.non_finite} of "
+        f"{len(scores.nll)} conversations scored NaN or infinity): its logits overflow or are "
+        "NaN, so nothing can be compared"
+        for who, where, scores in scored
+        if scores.non_finite
+    ]
+
+
+def _rule_reasons(
+    gain_base: GainInterval, gain_current: GainInterval | None, rise: float, rules: GateRules
+) -> list[str]:
     reasons: list[str] = []
     if not gain_base.significant:
         reasons.append(
@@ -204,25 +266,7 @@ def evaluate_candidate(
         reasons.append(
             f"generic text NLL rose {rise:.2%} (at most {rules.max_generic_rise:.0%} allowed)"
         )
-    return EvaluationReport(
-        test_conversations=len(test),
-        test_tokens=sum(base.tokens),
-        nll_per_token={
-            "base": base.per_token,
-            "current": current.per_token,
-            "candidate": candidate.per_token,
-        },
-        gain_vs_base=gain_base,
-        gain_vs_current=gain_current,
-        generic_nll_per_token={"base": generic_base, "candidate": generic_candidate},
-        generic_rise=rise,
-        promote=not reasons,
-        reasons=reasons,
-    )
-
-
-def _interval_args(rules: GateRules) -> dict[str, Any]:
-    return {"confidence": rules.confidence, "resamples": rules.resamples}
+    return reasons
 
 
 def _finite(value: Any) -> Any:

@@ -8,7 +8,11 @@ and results are refused with ``LeaseLost``, so a job that outlived its worker
 still finishes exactly once.
 
 A job whose lease expired counts as a failed attempt (its worker died) and goes
-back to the queue, unless it has used all its attempts. Failures retry with
+back to the queue, unless it has used all its attempts. Every claim sweeps
+such jobs first, and ``requeue_expired`` sweeps them without claiming, so that
+the API server can free them while no worker runs; both lock the rows they end
+(where the database can) and skip rows another sweeper holds, so an attempt
+is ended once, and never after a new lease was granted. Failures retry with
 exponential backoff up to ``max_attempts``, then the job ends ``failed`` with
 its error. At most one job per expert (``target_key``) runs at a time: claims
 skip such jobs, and a partial unique index makes it hold even under races.
@@ -55,6 +59,15 @@ class ClaimedJob:
     hyperparameters: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class ExpiredLease:
+    """A job whose worker went silent: its attempt, and the state the job is in now."""
+
+    job_id: str
+    attempt: int
+    state: JobState
+
+
 class JobQueue:
     def __init__(
         self,
@@ -77,8 +90,7 @@ class JobQueue:
         """The oldest runnable job, now leased to ``worker``; None when there is none."""
         if not worker:
             raise ValueError("a worker needs a name")
-        with self.database.session() as session:
-            self._requeue_expired(session)
+        self.requeue_expired()
         # A concurrent claimer may take a candidate first: try the next ones.
         for _ in range(5):
             with self.database.session() as session:
@@ -126,14 +138,30 @@ class JobQueue:
             query = query.with_for_update(skip_locked=True)
         return session.scalar(query)
 
-    def _requeue_expired(self, session: Session) -> None:
-        expired = session.scalars(
-            select(FineTuneJob).where(
+    def requeue_expired(self) -> list[ExpiredLease]:
+        """End every running attempt whose lease has expired, as ``claim`` does first.
+
+        Each counts as a failed, retryable attempt: back to ``queued`` after a
+        backoff, or ``failed`` once the job has used all its attempts (``cancelled``
+        if a cancel was asked for). Returns what happened to each job.
+        """
+        with self.database.session() as session:
+            query = select(FineTuneJob).where(
                 FineTuneJob.state == JobState.RUNNING, FineTuneJob.lease_expires_at < utc_now()
             )
-        )
-        for job in expired:
-            self._end_attempt(session, job, LOST_WORKER_ERROR, retryable=True)
+            if session.get_bind().dialect.name == "postgresql":
+                # Locking re-checks the condition, so a job re-leased meanwhile is
+                # left alone; one another sweeper holds is that sweeper's to end.
+                query = query.with_for_update(skip_locked=True)
+            ended = []
+            for job in session.scalars(query).all():
+                attempt = job.attempt
+                error = LOST_WORKER_ERROR
+                if attempt >= job.max_attempts:
+                    error += f", on its last attempt ({attempt} of {job.max_attempts})"
+                state = self._end_attempt(session, job, error, retryable=True)
+                ended.append(ExpiredLease(job_id=job.id, attempt=attempt, state=state))
+            return ended
 
     # The owner's writes (all fenced) --------------------------------------------------
 

@@ -8,8 +8,11 @@ One job, start to end:
    for a generalist), tokenized as served and split by time;
 3. train the expert on a freshly loaded NF4 base: for a specialist, beside
    the frozen active generalists, with the CoMiGS gate (``finetune.training``);
-4. score base / current / candidate as serving would serve them on the test
-   split and the generic text set (``finetune.evaluation``);
+4. refuse weights no healthy training produces (``check_magnitudes``: a run
+   that diverged fails with that reason, nothing is stored), then score base /
+   current / candidate as serving would serve them on the test split and the
+   generic text set (``finetune.evaluation``; a non-finite score holds the
+   candidate back);
 5. register the candidate in the same transaction that checks the lease, so a
    worker that lost its job registers nothing; promote it if it passed.
 
@@ -34,10 +37,11 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from adapters.errors import AdapterError, InvalidTransition
+from adapters.errors import AdapterError, InvalidAdapter, InvalidTransition
 from adapters.expert_sets import ExpertRef, resolve_expert_set
 from adapters.lora_weights import LoraWeights
 from adapters.registry import AdapterRegistry
+from adapters.validation import check_magnitudes
 from finetune.base_loading import load_evaluation_base, load_training_base
 from finetune.config import TrainingConfig
 from finetune.conversations import (
@@ -339,15 +343,23 @@ class FinetuneWorker:
                 "tokens": report.tokens,
                 "seconds": round(report.seconds, 2),
                 "tokens_per_second": round(report.tokens_per_second, 1),
-                "first_loss": round(report.first_loss, 5),
-                "last_loss": round(report.last_loss, 5),
+                "first_loss": _json_loss(report.first_loss),
+                "last_loss": _json_loss(report.last_loss),
             },
         )
         lease.check()
+        try:
+            check_magnitudes(weights, self.registry.limits)
+        except InvalidAdapter as error:
+            # Not retryable (the execute handler): the same data and seed diverge again.
+            raise InvalidAdapter(
+                f"training diverged (last loss {report.last_loss:.4g}); the trained weights "
+                f"are unusable and were not stored: {error.reason}"
+            ) from None
 
         evaluation = self._evaluate(model_dir, tokenizer, data.split.test, weights, now, claim)
         metrics = evaluation.as_metrics() | {
-            "training": {"steps": report.steps, "last_loss": report.last_loss},
+            "training": {"steps": report.steps, "last_loss": _json_loss(report.last_loss)},
             "quantization": config.quantization,
         }
         self.queue.add_event(claim, "evaluation", metrics)
@@ -405,7 +417,7 @@ class FinetuneWorker:
             now = time.monotonic()
             final = progress.step == progress.total_steps
             if final or progress.step == 1 or now - last >= self.config.progress_every_seconds:
-                self.queue.add_event(claim, "progress", progress.payload())
+                self.queue.add_event(claim, "progress", _json_safe(progress.payload()))
                 last = now
 
         return write
@@ -491,6 +503,19 @@ class FinetuneWorker:
         scorer = VariantScorer(model, variants, pad_id=_pad_id(tokenizer))
         generic = generic_conversations(tokenizer, self.config.generic_texts)
         return evaluate_candidate(scorer, test, generic, rules=self.config.gate)
+
+
+def _json_loss(loss: float) -> float | None:
+    # JSON has no NaN or infinity (PostgreSQL refuses them): a diverged run's
+    # loss is stored as null, and its reason says what happened.
+    return round(loss, 5) if math.isfinite(loss) else None
+
+
+def _json_safe(payload: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value
+        for key, value in payload.items()
+    }
 
 
 def _pooled_conversations(session: Any) -> list[Conversation]:

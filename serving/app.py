@@ -16,6 +16,7 @@ from serving.dashboard.sessions import SessionSigner
 from serving.errors import install_error_handlers
 from serving.metrics import Metrics
 from serving.metrics_history import MetricsHistory
+from serving.request_limits import install_request_limits
 from serving.routes import (
     adapters,
     admin_adapters,
@@ -76,6 +77,9 @@ def create_app(
     )
     app.state.metrics_history = history
     app.state.session_signer = SessionSigner.from_settings(services.settings)
+
+    # Inside the request counter, so that refused requests are counted too.
+    install_request_limits(app, services)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):  # type: ignore[no-untyped-def]

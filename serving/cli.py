@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -30,7 +29,10 @@ from storage.errors import ConfigurationError, StorageError
 if TYPE_CHECKING:
     import uvicorn
 
+    from finetune.lease_sweeper import LeaseSweeper
     from serving.runtime import ModelRuntime
+    from serving.services import Services
+    from serving.worker_supervisor import WorkerSupervisor
     from storage.settings import Settings
 
 app = typer.Typer(help="Tailor: personalised LLM serving.", no_args_is_help=True)
@@ -144,19 +146,42 @@ def _serve_embedded(settings: Settings, console: Console) -> None:
         f"tailor: starting: {len(prepared)} base model(s), database {services.database.safe_url}, "
         f"cache {'redis' if settings.redis_url else 'in-process'}"
     )
-    runtime = ModelRuntime(services)
-    server = uvicorn.Server(uvicorn.Config(create_app(services, runtime=runtime), log_level="info"))
+    workers = worker_supervisor(settings)
+    runtime = ModelRuntime(services, workers=workers)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(services, runtime=runtime),
+            log_level="info",
+            # uvicorn's default believes X-Forwarded-* from loopback; Tailor
+            # only from the proxies named in TAILOR_FORWARDED_ALLOW_IPS.
+            proxy_headers=settings.forwarded_allow_ips is not None,
+            forwarded_allow_ips=settings.forwarded_allow_ips or "",
+        )
+    )
     threading.Thread(
         target=_announce_when_ready,
         args=(server, runtime, settings, console),
         name="ready-announcer",
         daemon=True,
     ).start()
-    workers = start_worker_processes(settings.finetune_workers)
+    # Even with no worker here: a job whose worker died is freed when its lease
+    # runs out, not when some worker next claims.
+    sweeper = lease_sweeper(settings, services)
+    sweeper.start()
+    if workers is not None:
+        workers.start()
+    # uvicorn raises the SIGTERM it handled again once the server has shut down,
+    # which by default ends the process before the workers are stopped; as a
+    # KeyboardInterrupt (what Ctrl-C becomes too) it reaches the finally below.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         server.run(sockets=[listener])
+    except KeyboardInterrupt:
+        pass
     finally:
-        stop_worker_processes(workers)
+        sweeper.stop()
+        if workers is not None:
+            workers.stop()
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -306,37 +331,50 @@ def _stop_when_orphaned(parent_pid: int, stop: threading.Event) -> None:
             return
 
 
-def start_worker_processes(count: int) -> list[subprocess.Popen[bytes]]:
-    """The embedded mode's fine-tune workers, as child processes of the server.
+def worker_supervisor(settings: Settings) -> WorkerSupervisor | None:
+    """The embedded mode's fine-tune workers, as supervised child processes (not
+    started yet); None when ``TAILOR_FINETUNE_WORKERS`` is 0.
 
     Processes, not threads: training holds the GIL and CPU for minutes, and a
-    worker that crashes or is killed must not take the API down with it.
+    worker that crashes or is killed must not take the API down with it. The
+    supervisor reaps and restarts them (``serving.worker_supervisor``).
     """
-    return [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "serving.cli",
-                "worker",
-                "--name",
-                f"{socket.gethostname()}:{os.getpid()}:worker-{index}",
-                "--parent-pid",
-                str(os.getpid()),
-            ]
+    from serving.worker_supervisor import WorkerSpec, WorkerSupervisor
+
+    if settings.finetune_workers == 0:
+        return None
+    specs = []
+    for index in range(settings.finetune_workers):
+        name = f"worker-{index}"
+        # Its own heartbeat file per worker, whatever TAILOR_FINETUNE_HEARTBEAT_FILE
+        # says: the supervisor reads it to tell a live worker from a hung one.
+        heartbeat = settings.data_dir / "run" / f"finetune-{name}.heartbeat"
+        command = (
+            sys.executable,
+            "-m",
+            "serving.cli",
+            "worker",
+            "--name",
+            f"{socket.gethostname()}:{os.getpid()}:{name}",
+            "--parent-pid",
+            str(os.getpid()),
         )
-        for index in range(count)
-    ]
+        env = {**os.environ, "TAILOR_FINETUNE_HEARTBEAT_FILE": str(heartbeat)}
+        specs.append(WorkerSpec(name=name, command=command, env=env, heartbeat_file=heartbeat))
+    # Silent for a whole lease: the worker's job is lost by then anyway.
+    return WorkerSupervisor(specs, heartbeat_max_age_seconds=settings.finetune_lease_seconds)
 
 
-def stop_worker_processes(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+def lease_sweeper(settings: Settings, services: Services) -> LeaseSweeper:
+    from finetune.lease_sweeper import LeaseSweeper, sweep_interval
+    from finetune.queue import JobQueue
+
+    queue = JobQueue(
+        services.database,
+        lease_seconds=settings.finetune_lease_seconds,
+        retry_base_seconds=settings.finetune_retry_base_seconds,
+    )
+    return LeaseSweeper(queue, interval_seconds=sweep_interval(settings.finetune_lease_seconds))
 
 
 def _serve_on_ray(settings: Settings, model_ids: list[str]) -> None:
@@ -346,6 +384,7 @@ def _serve_on_ray(settings: Settings, model_ids: list[str]) -> None:
 
     from serving import ray_serve
     from serving.ray_workers import start_finetune_actors, stop_finetune_actors
+    from serving.services import Services
 
     env = ray_serve.tailor_environment(settings, include_secrets=True)
     env["TAILOR_MODELS"] = json.dumps(model_ids)
@@ -353,6 +392,10 @@ def _serve_on_ray(settings: Settings, model_ids: list[str]) -> None:
     # SIGTERM ends the process through the finally below, so Ray goes down too.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     workers: list[object] = []
+    services = Services.open(settings)
+    # As in the embedded mode: a dead worker's job is freed when its lease ends.
+    sweeper = lease_sweeper(settings, services)
+    sweeper.start()
     try:
         ray_serve_api.start(http_options={"host": settings.host, "port": settings.port})
         ray_serve_api.run(
@@ -367,6 +410,8 @@ def _serve_on_ray(settings: Settings, model_ids: list[str]) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        sweeper.stop()
+        services.close()
         stop_finetune_actors(workers)
         ray_serve_api.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()

@@ -3,14 +3,20 @@
 Shared by ``/v1/chat/completions`` and ``/v1/completions``: route the request
 to a base model, resolve the caller's experts, tokenize, submit, and log the
 response with its routing decision and experts so feedback can refer to it.
+
+Invariant: the router's load ticket opened by ``submit`` is closed exactly
+once however the request ends (answered, failed in the engine, an error while
+logging it, the client gone, the stream closed before it began), or the
+router would believe the model busier than it is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,15 +26,23 @@ from router import BudgetNotMet, NoRoute, RouteRequest, RoutingDecision
 from router.load import Ticket
 from router.state_sync import embedding_bytes
 from serving.backend import EventStream
-from serving.engine.engine import EngineOverloaded, EngineStopped
+from serving.engine.engine import (
+    EngineOverloaded,
+    EngineStopped,
+    InvalidSampling,
+    RequestFailed,
+)
 from serving.engine.requests import Failed, Finished, GenerationRequest, TextDelta
 from serving.engine.sampling import SamplingParams
 from serving.errors import ApiError, error_body
 from serving.metrics import Metrics
 from serving.openai_schemas import ChatCompletionCreate, CompletionCreate, SamplingFields
 from serving.runtime import ModelRuntime, ServedModel
+from storage.errors import BackendUnavailable
 from storage.ids import new_id
 from storage.repositories import ResponseRepository, UserRepository
+
+logger = logging.getLogger(__name__)
 
 Endpoint = Literal["chat.completions", "completions"]
 DEFAULT_MAX_TOKENS = 256
@@ -304,17 +318,41 @@ async def run_to_completion(
             elif isinstance(event, Finished):
                 finished = event
             elif isinstance(event, Failed):
-                raise event.error
+                raise generation_error(prepared, event.error)
     finally:
-        events.cancel()  # a no-op when done; stops the work if the client left
-        finish_load(runtime, ticket, finished, first_token, time.perf_counter() - started)
-    assert finished is not None
+        try:
+            events.cancel()  # a no-op when done; stops the work if the client left
+        finally:
+            finish_load(runtime, ticket, finished, first_token, time.perf_counter() - started)
+    if finished is None:
+        # The events ended without a final one: nothing to answer with.
+        raise generation_error(prepared, None)
     total = time.perf_counter() - started
     await asyncio.to_thread(record, runtime, prepared, finished, total * 1000)
     observe(
         runtime, metrics, prepared, finished, first_token_seconds=first_token, total_seconds=total
     )
     return _final_body(prepared, finished)
+
+
+def generation_error(prepared: PreparedCompletion, error: BaseException | None) -> ApiError:
+    """What the caller is told when the engine failed their request."""
+    if isinstance(error, EngineStopped):
+        return ApiError(
+            503,
+            f"{prepared.model.model_id} is not serving right now; try again shortly",
+            code="not_ready",
+            headers={"Retry-After": "5"},
+        )
+    if isinstance(error, InvalidSampling):
+        return ApiError(400, str(error), code="invalid_sampling")
+    if isinstance(error, RequestFailed):
+        # Its message says what failed for this request and is safe to show.
+        logger.warning("request %s failed: %s", prepared.response_id, error)
+        return ApiError(500, str(error), code="generation_failed")
+    # Anything else (a backend's own error) may carry internals: log it, say little.
+    logger.error("request %s failed in the backend", prepared.response_id, exc_info=error)
+    return ApiError(500, "generation failed for this request", code="generation_failed")
 
 
 def finish_load(
@@ -374,14 +412,96 @@ def _sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data)}\n\n"
 
 
-async def stream(
+def stream(
     runtime: ModelRuntime,
     metrics: Metrics,
     prepared: PreparedCompletion,
     events: EventStream,
     ticket: Ticket,
+) -> ClosingStream:
+    """Server-sent events: one chunk per text delta, a last one with the finish reason, [DONE].
+
+    The ticket is closed when the events end, and also when the body is closed
+    before it was ever iterated (an async generator's ``finally`` would not run then).
+    """
+    closer = _StreamEnd(runtime, events, ticket)
+    return ClosingStream(_stream_events(metrics, prepared, events, closer), closer.close)
+
+
+class _StreamEnd:
+    """Cancels a stream's work and closes its ticket, once."""
+
+    def __init__(self, runtime: ModelRuntime, events: EventStream, ticket: Ticket) -> None:
+        self._runtime = runtime
+        self._events = events
+        self._ticket = ticket
+        self._done = False
+
+    @property
+    def runtime(self) -> ModelRuntime:
+        return self._runtime
+
+    def close(
+        self,
+        finished: Finished | None = None,
+        first_token_seconds: float | None = None,
+        total_seconds: float = 0.0,
+    ) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            # The engine drops the row when the client left mid-answer.
+            self._events.cancel()
+        finally:
+            finish_load(self._runtime, self._ticket, finished, first_token_seconds, total_seconds)
+
+
+class ClosingStream:
+    """An async iterator over ``body`` whose ``aclose`` runs ``close`` even if never started."""
+
+    def __init__(self, body: AsyncIterator[str], close: Callable[[], None]) -> None:
+        self._body = body
+        self._close = close
+
+    def __aiter__(self) -> ClosingStream:
+        return self
+
+    async def __anext__(self) -> str:
+        return await anext(self._body)
+
+    async def aclose(self) -> None:
+        try:
+            aclose = getattr(self._body, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            self._close()
+
+
+async def _record_in_stream(
+    runtime: ModelRuntime, prepared: PreparedCompletion, finished: Finished, latency_ms: float
+) -> dict[str, Any] | None:
+    """Record a streamed answer; None, or the error event to end the stream with."""
+    try:
+        await asyncio.to_thread(record, runtime, prepared, finished, latency_ms)
+    except BackendUnavailable as exc:
+        logger.error("could not record %s: %s", prepared.response_id, exc)
+        return error_body(
+            503,
+            "the answer could not be saved: a backing service is unavailable; try again shortly",
+            "backend_unavailable",
+        )
+    except Exception:
+        logger.exception("could not record %s", prepared.response_id)
+        return error_body(500, "the answer could not be saved", "internal_error")
+    return None
+
+
+async def _stream_events(
+    metrics: Metrics, prepared: PreparedCompletion, events: EventStream, end: _StreamEnd
 ) -> AsyncIterator[str]:
-    """Server-sent events: one chunk per text delta, a last one with the finish reason, [DONE]."""
+    runtime = end.runtime
     started = time.perf_counter()
     chat = prepared.endpoint == "chat.completions"
     kind = "chat.completion.chunk" if chat else "text_completion"
@@ -410,7 +530,13 @@ async def stream(
             elif isinstance(event, Finished):
                 finished = event
                 total = time.perf_counter() - started
-                await asyncio.to_thread(record, runtime, prepared, event, total * 1000)
+                unsaved = await _record_in_stream(runtime, prepared, event, total * 1000)
+                if unsaved is not None:
+                    # The text went out, but without its record feedback
+                    # could not refer to it: say so, as the non-streaming
+                    # path does with its status.
+                    yield _sse(unsaved)
+                    break
                 observe(
                     runtime,
                     metrics,
@@ -424,9 +550,9 @@ async def stream(
                 last["tailor"] = tailor_extra(prepared, event)
                 yield _sse(last)
             else:
-                yield _sse(error_body(500, "generation failed"))
+                failure = generation_error(prepared, event.error)
+                yield _sse(error_body(failure.status, failure.message, failure.code))
         yield "data: [DONE]\n\n"
     finally:
-        # Runs when the client disconnects too: the engine drops the row.
-        events.cancel()
-        finish_load(runtime, ticket, finished, first_token, time.perf_counter() - started)
+        # Runs when the client disconnects too.
+        end.close(finished, first_token, time.perf_counter() - started)

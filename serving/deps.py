@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Query, Request
 from sqlalchemy.orm import Session
 
 from serving.auth import Principal, authenticate, bearer_token
@@ -19,6 +19,11 @@ from serving.runtime import ModelRuntime
 from serving.services import Services
 from storage.settings import Settings
 from storage.tables import Scope
+
+# Row ids are 64-bit signed integers (storage.tables.RowId): a cursor past
+# them would overflow the database's integer rather than find nothing.
+MAX_ROW_ID = 2**63 - 1
+CursorQuery = Annotated[int, Query(ge=0, le=MAX_ROW_ID)]
 
 
 def get_services(request: Request) -> Services:

@@ -8,11 +8,12 @@ response.
 from __future__ import annotations
 
 import logging
+from html import escape
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.errors import (
@@ -22,9 +23,15 @@ from adapters.errors import (
     InvalidTransition,
     SlotsExhausted,
 )
+from serving.dashboard.shell import SECURITY_HEADERS
 from storage.errors import BackendUnavailable, Conflict, InvalidInput, NotFound
 
 logger = logging.getLogger(__name__)
+
+# How long a client should wait before retrying during a database or cache
+# outage: long enough not to hammer a server that is restarting, short enough
+# that a blip costs little.
+BACKEND_RETRY_AFTER_SECONDS = 5
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -58,6 +65,18 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """A request body that went past its byte limit while it streamed in.
+
+    Raised from the ASGI ``receive`` of ``serving.request_limits``; an
+    HTTPException because FastAPI lets those out of its body parsing
+    unchanged (any other error there becomes a 400).
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is over the {limit} byte limit")
+
+
 def error_body(status: int, message: str, code: str | None = None) -> dict[str, Any]:
     return {
         "error": {
@@ -72,6 +91,25 @@ def error_response(
     status: int, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse(error_body(status, message, code), status_code=status, headers=headers)
+
+
+def _backend_unavailable_response(request: Request, exc: BackendUnavailable) -> Response:
+    # The message names the setting to look at, never the URL: the host and
+    # user of the database are no business of an API caller (the log and
+    # /readyz carry the full reason).
+    message = f"a backing service ({exc.setting}) is unavailable; try again shortly"
+    headers = {"Retry-After": str(BACKEND_RETRY_AFTER_SECONDS)}
+    # A browser opening a dashboard page gets a page, as the dashboard's
+    # routes decide (serving.dashboard.pages.wants_html); scripts get JSON.
+    accept = request.headers.get("accept", "")
+    if "authorization" not in request.headers and "text/html" in accept:
+        html = (
+            "<!doctype html><html lang=en><meta charset=utf-8>"
+            "<title>Tailor: unavailable</title>"
+            f"<h1>Service unavailable</h1><p>{escape(message)}.</p>"
+        )
+        return HTMLResponse(html, status_code=503, headers={**SECURITY_HEADERS, **headers})
+    return error_response(503, message, code="backend_unavailable", headers=headers)
 
 
 def _describe_validation_error(exc: RequestValidationError) -> str:
@@ -112,13 +150,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(400, str(exc))
 
     @app.exception_handler(BackendUnavailable)
-    async def _unavailable(_request: Request, exc: BackendUnavailable) -> JSONResponse:
-        logger.error("backend unavailable: %s", exc)
-        return error_response(503, "a backing service is unavailable; try again shortly")
+    async def _unavailable(request: Request, exc: BackendUnavailable) -> Response:
+        logger.error("backend unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return _backend_unavailable_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(422, _describe_validation_error(exc), code="invalid_body")
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return error_response(413, str(exc.detail), code="too_large")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from storage.errors import BackendUnavailable
 from storage.tables import FineTuneJob, JobState
 
 if TYPE_CHECKING:
@@ -77,14 +78,50 @@ class _StateCollector(Collector):
         jobs = GaugeMetricFamily(
             "tailor_finetune_jobs", "Fine-tune jobs by state", labels=["state"]
         )
-        with self._services.database.session() as session:
-            rows = session.execute(
-                select(FineTuneJob.state, func.count()).group_by(FineTuneJob.state)
-            )
-            counts = {state: count for state, count in rows}
-        for state in JobState:
-            jobs.add_metric([state.value], counts.get(state, 0))
-        yield jobs
+        database_up = GaugeMetricFamily(
+            "tailor_database_up", "1 when the last scrape could read the database, else 0"
+        )
+        try:
+            with self._services.database.session() as session:
+                rows = session.execute(
+                    select(FineTuneJob.state, func.count()).group_by(FineTuneJob.state)
+                )
+                counts = {state: count for state, count in rows}
+        except BackendUnavailable:
+            # A scrape during an outage still returns every other series: they
+            # are what an operator looks at then.
+            database_up.add_metric([], 0)
+        else:
+            database_up.add_metric([], 1)
+            for state in JobState:
+                jobs.add_metric([state.value], counts.get(state, 0))
+            yield jobs
+        yield database_up
+        yield from self._workers()
+
+    def _workers(self) -> Iterator[Metric]:
+        # Only where this process supervises worker processes (embedded mode):
+        # elsewhere it knows nothing about them, and a zero would be a lie.
+        supervisor = self._runtime.workers if self._runtime is not None else None
+        if supervisor is None:
+            return
+        states = supervisor.states()
+        workers = GaugeMetricFamily(
+            "tailor_finetune_workers",
+            "Fine-tune worker processes of this server, alive or dead (waiting to restart)",
+            labels=["state"],
+        )
+        workers.add_metric(["alive"], sum(state.alive for state in states))
+        workers.add_metric(["dead"], sum(not state.alive for state in states))
+        yield workers
+        restarts = CounterMetricFamily(
+            "tailor_finetune_worker_restarts",
+            "Restarts of each fine-tune worker process after it died",
+            labels=["worker"],
+        )
+        for state in states:
+            restarts.add_metric([state.name], state.restarts)
+        yield restarts
 
 
 class Metrics:

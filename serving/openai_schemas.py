@@ -3,23 +3,45 @@
 Unknown fields are ignored, as OpenAI clients send options Tailor does not
 use; options that would change the meaning of a request and that Tailor does
 not support (``n`` > 1) are refused by the route with 400.
+
+Every schema derives from ``RequestBody`` (no NUL, no lone surrogate), and
+numbers and strings are bounded so that nothing reaching the tokenizer, the
+engine or the stored request log is unbounded: the prompt's characters
+(``MAX_PROMPT_CHARACTERS``, checked before anything is tokenised), the stop
+sequences, the seed (a signed 64-bit integer) and the token counts; floats
+must be finite, as the request log (JSONB on PostgreSQL) cannot hold
+``Infinity`` or ``NaN``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, ConfigDict, Field, field_validator
+
+from serving.request_text import RequestBody
+
+# Characters of all messages (or prompts) of one request. The models served
+# take at most 32K tokens of context, and a token is usually 3-4 characters:
+# a longer prompt would not fit anyway, and refusing it costs no tokenisation.
+MAX_PROMPT_CHARACTERS = 200_000
+MAX_MESSAGES = 10_000
+MAX_STOP_CHARACTERS = 1_000
+MAX_TOKENS_LIMIT = 2**31 - 1
+SEED_MIN = -(2**63)
+SEED_MAX = 2**63 - 1
+# Base model ids are String(100) in storage; `auto` is shorter.
+MAX_MODEL_ID_CHARACTERS = 100
 
 
-class ContentPart(BaseModel):
+class ContentPart(RequestBody):
     model_config = ConfigDict(extra="ignore")
 
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(RequestBody):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant", "developer"]
@@ -32,16 +54,20 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-class SamplingFields(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class SamplingFields(RequestBody):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
-    model: str = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    model: str = Field(min_length=1, max_length=MAX_MODEL_ID_CHARACTERS)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: (
+        Annotated[str, Field(max_length=MAX_STOP_CHARACTERS)]
+        | list[Annotated[str, Field(max_length=MAX_STOP_CHARACTERS)]]
+        | None
+    ) = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     stream: bool = False
     n: int = Field(default=1, ge=1)
     # Tailor's own: apply the caller's experts (default) or the bare base model;
@@ -75,11 +101,24 @@ class SamplingFields(BaseModel):
 
 
 class ChatCompletionCreate(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+
+    @field_validator("messages")
+    @classmethod
+    def _not_too_long(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        _check_characters(sum(len(m.text) for m in messages))
+        return messages
 
 
 class CompletionCreate(SamplingFields):
     prompt: str | list[str]
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_too_long(cls, prompt: str | list[str]) -> str | list[str]:
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        _check_characters(sum(len(p) for p in prompts))
+        return prompt
 
     @property
     def prompt_text(self) -> str:
@@ -88,3 +127,8 @@ class CompletionCreate(SamplingFields):
         if len(self.prompt) != 1:
             raise ValueError("give one prompt per request")
         return self.prompt[0]
+
+
+def _check_characters(count: int) -> None:
+    if count > MAX_PROMPT_CHARACTERS:
+        raise ValueError(f"{count} characters in all; at most {MAX_PROMPT_CHARACTERS} are accepted")

@@ -49,6 +49,11 @@ def finetune_actor_options(settings: Settings, index: int) -> dict[str, Any]:
         "num_cpus": 1,
         # run() blocks for the actor's life; stop() must still get through.
         "max_concurrency": 2,
+        # A worker that dies (OOM, a crashed node) comes back, and its run()
+        # call is sent again to the new process; the job it held is freed by
+        # the lease sweeper of `tailor serve --ray` when its lease runs out.
+        "max_restarts": -1,
+        "max_task_retries": -1,
     }
 
 

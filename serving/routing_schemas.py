@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serving.request_text import RequestBody
 from storage.tables import User
 
 
@@ -25,10 +26,13 @@ class RoutingPreferencesPublic(BaseModel):
         )
 
 
-class RoutingPreferencesUpdate(BaseModel):
-    """PATCH: the fields sent are set (null clears one), the others stay."""
+class RoutingPreferencesUpdate(RequestBody):
+    """PATCH: the fields sent are set (null clears one), the others stay.
 
-    model_config = ConfigDict(extra="forbid")
+    Finite numbers only: an infinite price would be stored, then shown as null.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     cost_weight: float | None = Field(default=None, ge=0.0)
     max_price: float | None = Field(default=None, ge=0.0)

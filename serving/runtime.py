@@ -31,6 +31,7 @@ from serving.backend import GenerationBackend, LocalBackend
 from serving.engine.engine import Engine
 from serving.model_host import HostedModel, load_hosted_model
 from serving.services import Services
+from serving.worker_supervisor import WorkerSupervisor
 from storage.repositories import BaseModelRepository
 from storage.tables import BaseModel
 
@@ -55,8 +56,12 @@ class ModelRuntime:
         router: Router | None = None,
         backend: GenerationBackend | None = None,
         embedder: Embedder | None = None,
+        workers: WorkerSupervisor | None = None,
     ) -> None:
         self.services = services
+        # The fine-tune worker processes this process supervises (embedded mode),
+        # for /readyz and /metrics; None where workers run elsewhere.
+        self.workers = workers
         settings = services.settings
         # Until the learning router is built (with the models), `auto` is refused
         # as "not ready" anyway; this one only answers if a caller skips that check.

@@ -1,7 +1,9 @@
 """Request and response bodies of the API (``XCreate`` in, ``XPublic`` out).
 
 Kept apart from the ORM tables: what clients see is a contract (docs/api.md),
-what the database holds may change underneath it.
+what the database holds may change underneath it. Request bodies derive from
+``RequestBody`` (no NUL, no lone surrogate) and stored strings are bounded by
+their columns.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serving.request_text import RequestBody
 from serving.routing_schemas import RoutingPreferencesPublic
 from storage.tables import Adapter, AdapterKind, AdapterState, Scope, User
 
@@ -31,11 +34,13 @@ class ListPublic(BaseModel, Generic[T]):
 # Users and keys ------------------------------------------------------------
 
 
-class UserCreate(BaseModel):
+class UserCreate(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
-    scopes: list[Scope] = Field(default_factory=lambda: [Scope.USER], min_length=1)
+    name: str = Field(min_length=1, max_length=200)  # users.name is String(200)
+    scopes: list[Scope] = Field(
+        default_factory=lambda: [Scope.USER], min_length=1, max_length=len(Scope)
+    )
 
     @field_validator("name")
     @classmethod
@@ -46,10 +51,12 @@ class UserCreate(BaseModel):
         return value
 
 
-class ApiKeyCreate(BaseModel):
+class ApiKeyCreate(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
-    scopes: list[Scope] = Field(default_factory=lambda: [Scope.USER], min_length=1)
+    scopes: list[Scope] = Field(
+        default_factory=lambda: [Scope.USER], min_length=1, max_length=len(Scope)
+    )
 
 
 class ApiKeyPublic(BaseModel):

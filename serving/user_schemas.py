@@ -1,23 +1,37 @@
-"""Bodies of the user endpoints beyond completions: feedback, examples, fine-tunes."""
+"""Bodies of the user endpoints beyond completions: feedback, examples, fine-tunes.
+
+Request schemas derive from ``RequestBody`` (no NUL, no lone surrogate);
+strings that are stored are bounded by their columns in ``storage.tables``.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serving.request_text import RequestBody
 from storage.tables import AdapterKind, JobState
 
 MAX_EXAMPLES_PER_REQUEST = 10_000
 
 
-class FeedbackCreate(BaseModel):
+# Column lengths of storage.tables: responses.id, users.id, base_models.id.
+RESPONSE_ID_CHARACTERS = 64
+USER_ID_CHARACTERS = 32
+MODEL_ID_CHARACTERS = 100
+
+
+class FeedbackCreate(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
-    response_id: str = Field(min_length=1, max_length=64)
-    rating: Literal[-1, 0, 1] | None = None
-    preferred_over: str | None = Field(default=None, min_length=1, max_length=64)
+    response_id: str = Field(min_length=1, max_length=RESPONSE_ID_CHARACTERS)
+    # Strict: `true` or "1" is not a rating.
+    rating: Annotated[int, Field(strict=True, ge=-1, le=1)] | None = None
+    preferred_over: str | None = Field(
+        default=None, min_length=1, max_length=RESPONSE_ID_CHARACTERS
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> FeedbackCreate:
@@ -38,14 +52,14 @@ class FeedbackPublic(BaseModel):
     created_at: datetime
 
 
-class ExampleMessage(BaseModel):
+class ExampleMessage(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant"]
     content: str = Field(min_length=1)
 
 
-class Example(BaseModel):
+class Example(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     messages: list[ExampleMessage] = Field(min_length=1)
@@ -81,18 +95,18 @@ class ExamplesPage(BaseModel):
     has_more: bool
 
 
-class Hyperparameters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Hyperparameters(RequestBody):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epochs: int | None = Field(default=None, ge=1, le=20)
     learning_rate: float | None = Field(default=None, gt=0.0, le=0.01)
     rank: int | None = Field(default=None, ge=1, le=256)
 
 
-class FineTuneCreate(BaseModel):
+class FineTuneCreate(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = "auto"
+    model: str = Field(default="auto", min_length=1, max_length=MODEL_ID_CHARACTERS)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
 
@@ -122,13 +136,13 @@ class AdminJobPublic(FineTunePublic):
     cancel_requested: bool
 
 
-class AdminJobCreate(BaseModel):
+class AdminJobCreate(RequestBody):
     """``POST /admin/jobs``: a specialist for ``user_id``, or else the model's generalist."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str
-    user_id: str | None = None
+    model: str = Field(min_length=1, max_length=MODEL_ID_CHARACTERS)
+    user_id: str | None = Field(default=None, min_length=1, max_length=USER_ID_CHARACTERS)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
 

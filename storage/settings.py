@@ -7,6 +7,7 @@ configuration.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Literal
@@ -99,6 +100,11 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    forwarded_allow_ips: str | None = Field(
+        default=None,
+        description="Proxies whose X-Forwarded-For and X-Forwarded-Proto are believed: "
+        "comma-separated IPs or CIDRs, or *; unset: none, the connecting address is the client.",
+    )
     cache_prefix: str = Field(
         default="tailor:",
         description="Prefix of every cache key and channel, "
@@ -185,6 +191,12 @@ class Settings(BaseSettings):
     max_context_tokens: int = Field(
         default=4096, ge=64, description="Cap on prompt plus output tokens per request."
     )
+    max_request_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted (413 beyond, before it is parsed); "
+        "POST /v1/examples and adapter uploads keep their own larger limits.",
+    )
     request_timeout_seconds: float = Field(default=300.0, gt=0)
     # The slot pool is preallocated at max_adapter_rank for every wrapped
     # module: 16 slots of rank 16 cost about 0.3 GB for SmolLM2-135M in
@@ -268,6 +280,31 @@ class Settings(BaseSettings):
         "`tailor worker --check-health` (a Kubernetes probe) can tell a live worker from a "
         "hung one; unset: none.",
     )
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _proxies_are_addresses(cls, value: object) -> object:
+        # Checked here because uvicorn takes a malformed entry as a literal
+        # name that no peer matches, which would fail silently.
+        if not isinstance(value, str):
+            return value
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        if not entries:
+            return None
+        if entries == ["*"]:
+            return "*"
+        for entry in entries:
+            try:
+                if "/" in entry:
+                    ipaddress.ip_network(entry)
+                else:
+                    ipaddress.ip_address(entry)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (e.g. 10.0.0.0/8); "
+                    "* alone trusts every peer"
+                ) from None
+        return ",".join(entries)
 
     @field_validator("model_costs")
     @classmethod

@@ -406,3 +406,26 @@ class JobEvent(Base):
     kind: Mapped[str] = mapped_column(String(20))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
+
+
+class AdminSessionRecord(Base):
+    """A dashboard sign-in: the record that says whether its cookie still counts.
+
+    A session is live only while its row exists, is not ended and has not
+    expired; the signed cookie merely names the row. Sign-out sets
+    ``ended_at``, so that it outlives any cache flush or restart.
+    """
+
+    __tablename__ = "admin_sessions"
+
+    # The random id in the cookie; the cookie's signature, not this id, is the secret.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The stored admin key that signed in, or None for the bootstrap key.
+    key_id: Mapped[str | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), default=None, index=True
+    )
+    # For the bootstrap key: a hash of it, so that rotating it ends its sessions.
+    key_fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)

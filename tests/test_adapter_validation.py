@@ -198,6 +198,11 @@ def test_limits_are_validated() -> None:
         ValidationLimits(max_rank=0)
     with pytest.raises(ValueError, match="allowed_dtypes"):
         ValidationLimits(allowed_dtypes=frozenset({"int8"}))
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="max_update_rms"):
+            ValidationLimits(max_update_rms=bad)
+        with pytest.raises(ValueError, match="max_weight_abs"):
+            ValidationLimits(max_weight_abs=bad)
     assert ValidationLimits().max_file_bytes == 64 << 20
 
 

@@ -20,7 +20,7 @@ from starlette.types import Scope
 
 from serving.auth import authenticate
 from serving.dashboard.session_auth import check_same_site, read_session
-from serving.dashboard.sessions import COOKIE_NAME, COOKIE_PATH, end_session
+from serving.dashboard.sessions import COOKIE_NAME, COOKIE_PATH, begin_session, end_session
 from serving.dashboard.shell import PAGES, SECURITY_HEADERS, Page, login_html, page_html
 from serving.deps import ServicesDep, SessionSignerDep
 from serving.errors import ApiError
@@ -72,6 +72,9 @@ def login(
     next: Annotated[str, Form(max_length=2000)] = "/admin/",
 ) -> Response:
     next_path = safe_next(next)
+    # The connecting address: the server rewrites it from X-Forwarded-For only
+    # when the peer is a proxy listed in TAILOR_FORWARDED_ALLOW_IPS, so a client
+    # cannot pick its own bucket by sending the header.
     client = request.client.host if request.client else "unknown"
     bucket = services.cache.take_tokens(
         f"admin-login:{client}",
@@ -89,7 +92,9 @@ def login(
     if not principal.is_admin:
         return _login_refused(next_path, "That key is not an admin key.", 403)
     lifetime = signer.lifetime_seconds
-    cookie = signer.issue(principal, settings=services.settings)
+    cookie = begin_session(
+        principal, signer=signer, database=services.database, settings=services.settings
+    )
     response = RedirectResponse(next_path, status_code=303)
     response.set_cookie(
         COOKIE_NAME,
@@ -115,7 +120,7 @@ def logout(
         session, _ = signed_in
         # Another site must not be able to sign an admin out either.
         check_same_site(request, signer, session, token=csrf_token)
-        end_session(session, cache=services.cache, now=signer.now())
+        end_session(session, database=services.database, now=signer.now())
     response = RedirectResponse("/admin/login", status_code=303)
     response.delete_cookie(COOKIE_NAME, path=COOKIE_PATH)
     return response

@@ -32,9 +32,7 @@ def read_session(
     session = signer.read(cookie)
     if session is None:
         return None
-    principal = session_principal(
-        session, database=services.database, settings=services.settings, cache=services.cache
-    )
+    principal = session_principal(session, database=services.database, settings=services.settings)
     return None if principal is None else (session, principal)
 
 

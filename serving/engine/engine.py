@@ -12,6 +12,15 @@ predicted output length. Deadlines are compared in windows of
 SLO_WINDOW_SECONDS, so that among requests due at about the same time the
 shortest predicted answer goes first (it frees its row soonest), while a
 request due clearly earlier is never passed by a shorter one due later.
+
+Failures are isolated per request: whatever goes wrong with one row (its
+generator, its adapter lease, its sampling, its detokenizing, non-finite
+logits from a broken adapter) fails that request alone (``RequestFailed``)
+and the batch goes on. A prefill forward that fails is retried one prompt at
+a time, so that only the prompt that cannot be run fails; a decode forward
+that fails fails the rows of that batch. Invariant: every request taken from
+the queue ends with exactly one final event (Finished or Failed) and gives
+back its adapter slots, whatever fails.
 """
 
 from __future__ import annotations
@@ -28,12 +37,19 @@ from typing import Any, Protocol
 
 import torch
 
-from adapters.errors import SlotsExhausted
+from adapters.errors import AdapterError, SlotsExhausted
 from adapters.slot_cache import AdapterSlotCache, SlotLease
 from serving.engine.detokenize import Decoder, IncrementalDetokenizer
 from serving.engine.kv_cache import BatchKVCache
-from serving.engine.requests import Failed, Finished, GenerationRequest, RequestHandle, TextDelta
-from serving.engine.sampling import new_generator, sample_token
+from serving.engine.requests import (
+    Event,
+    Failed,
+    Finished,
+    GenerationRequest,
+    RequestHandle,
+    TextDelta,
+)
+from serving.engine.sampling import MAX_SEED, MIN_SEED, new_generator, sample_token
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +64,22 @@ class EngineOverloaded(Exception):
 
 class EngineStopped(Exception):
     """The engine is not running."""
+
+
+class RequestFailed(Exception):
+    """One request failed in the engine; the others go on.
+
+    The message says what failed for this request and is safe to show to its
+    caller (the original error is in the server log, and in ``__cause__``).
+    """
+
+
+class InvalidSampling(RequestFailed):
+    """The request's sampling parameters could not be used (its caller is to blame)."""
+
+
+class NonFiniteLogits(RequestFailed):
+    """The model produced NaN or infinite logits for this request."""
 
 
 class RoutedModel(Protocol):
@@ -79,6 +111,7 @@ class EngineStats:
     generated_tokens: int = 0
     prefilled_tokens: int = 0
     finished: int = 0
+    failed: int = 0
 
 
 @dataclass
@@ -86,7 +119,7 @@ class _Row:
     handle: RequestHandle
     detokenizer: IncrementalDetokenizer
     generator: torch.Generator | None
-    lease: SlotLease | None
+    lease: SlotLease | None  # None once given back
     pending_token: int  # sampled, not yet fed to the model
     kv_length: int  # this row's real tokens in the cache
     generated: int = 0
@@ -136,6 +169,8 @@ class Engine:
         self._device = next(model.parameters()).device
         model_config: Any = model.config
         self._num_layers = int(model_config.num_hidden_layers)
+        vocab_size = getattr(model_config, "vocab_size", None)
+        self._vocab_size = vocab_size if isinstance(vocab_size, int) else None
         self._waiting: list[_Waiting] = []
         self._arrivals = itertools.count()
         self._rows: list[_Row] = []
@@ -172,6 +207,10 @@ class Engine:
             )
         if not request.prompt_ids:
             raise ValueError("the prompt is empty")
+        if self._vocab_size is not None and not all(
+            0 <= token < self._vocab_size for token in request.prompt_ids
+        ):
+            raise ValueError(f"the prompt has token ids outside {self.model_id}'s vocabulary")
         handle = RequestHandle(request, loop=loop)
         with self._wake:
             if self._stopping or self._thread is None:
@@ -210,61 +249,150 @@ class Engine:
                     if self._rows:
                         self._decode_step()
             except Exception as exc:  # never let one bad step kill the engine
-                logger.exception("engine step failed; failing the running requests")
-                self._fail_all(exc)
-        self._fail_all(EngineStopped(f"the engine of {self.model_id} stopped"))
+                logger.exception("an engine step of %s failed; failing its batch", self.model_id)
+                self._fail_all(
+                    f"the engine of {self.model_id} failed while running this request", exc
+                )
+        self._fail_all(f"the engine of {self.model_id} stopped", None, stopped=True)
 
     def _admit(self) -> None:
         """Move waiting requests into the batch, prefilling them together."""
-        admitted: list[tuple[RequestHandle, SlotLease | None]] = []
+        admitted: list[_Row] = []
         longest = 0
-        while len(self._rows) + len(admitted) < self.config.max_batch:
-            with self._wake:
-                if not self._waiting:
-                    break
-                entry = self._waiting[0]
-                prompt_length = len(entry.handle.request.prompt_ids)
-                # The prefill batch is padded to its longest prompt, so the
-                # budget bounds rows x longest; the first request always fits.
-                padded = (len(admitted) + 1) * max(longest, prompt_length)
-                if admitted and padded > self.config.prefill_budget:
-                    break
-                heapq.heappop(self._waiting)
-                self.stats.waiting = len(self._waiting)
-            handle = entry.handle
-            if handle.cancelled or _past(handle.request.deadline):
-                self._finish_unstarted(handle, "cancelled" if handle.cancelled else "timeout")
-                continue
-            lease = None
-            if self.slots is not None and handle.request.experts is not None:
+        try:
+            while len(self._rows) + len(admitted) < self.config.max_batch:
+                with self._wake:
+                    if not self._waiting:
+                        break
+                    entry = self._waiting[0]
+                    prompt_length = len(entry.handle.request.prompt_ids)
+                    # The prefill batch is padded to its longest prompt, so the
+                    # budget bounds rows x longest; the first request always fits.
+                    padded = (len(admitted) + 1) * max(longest, prompt_length)
+                    if admitted and padded > self.config.prefill_budget:
+                        break
+                    heapq.heappop(self._waiting)
+                    self.stats.waiting = len(self._waiting)
+                handle = entry.handle
+                if handle.cancelled or _past(handle.request.deadline):
+                    self._finish_unstarted(handle, "cancelled" if handle.cancelled else "timeout")
+                    continue
                 try:
-                    lease = self.slots.acquire(handle.request.experts)
+                    row = self._new_row(handle)
                 except SlotsExhausted:
                     # Every slot is busy: wait for running requests to finish.
                     with self._wake:
                         heapq.heappush(self._waiting, entry)
                         self.stats.waiting = len(self._waiting)
                     break
-                except Exception as exc:
-                    handle.publish(Failed(exc))
-                    continue
-            admitted.append((handle, lease))
-            longest = max(longest, prompt_length)
-        if admitted:
-            self._prefill(admitted)
+                if row is not None:
+                    admitted.append(row)
+                    longest = max(longest, prompt_length)
+            if admitted:
+                self._prefill(admitted)
+        except BaseException as exc:
+            # Whatever escaped, no request taken from the queue is left without an end.
+            for row in admitted:
+                self._fail_row(
+                    row, RequestFailed("the engine failed while admitting this request"), exc
+                )
+            raise
 
-    def _prefill(self, admitted: list[tuple[RequestHandle, SlotLease | None]]) -> None:
-        """One forward over the new prompts, left-padded, then merge them in."""
-        lengths = [len(handle.request.prompt_ids) for handle, _ in admitted]
+    def _new_row(self, handle: RequestHandle) -> _Row | None:
+        """The request's row, or None when it cannot start (it has failed then).
+
+        Raises ``SlotsExhausted`` (holding nothing) when its adapters must wait.
+        """
+        request = handle.request
+        params = request.params
+        try:
+            generator = new_generator(params)
+        except Exception as exc:
+            # SamplingParams refuses such seeds: only a caller that skipped
+            # the validation gets here, and it alone fails.
+            self._fail_handle(
+                handle,
+                InvalidSampling(
+                    f"seed {params.seed} cannot seed the sampler: "
+                    f"it must be an integer from {MIN_SEED} to {MAX_SEED}"
+                ),
+                exc,
+            )
+            return None
+        lease = None
+        if self.slots is not None and request.experts is not None:
+            try:
+                lease = self.slots.acquire(request.experts)
+            except SlotsExhausted:
+                raise
+            except Exception as exc:
+                detail = f": {exc}" if isinstance(exc, AdapterError) else ""
+                self._fail_handle(
+                    handle, RequestFailed(f"loading this request's adapters failed{detail}"), exc
+                )
+                return None
+        return _Row(
+            handle=handle,
+            detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop),
+            generator=generator,
+            lease=lease,
+            pending_token=-1,
+            kv_length=len(request.prompt_ids),
+        )
+
+    def _prefill(self, rows: list[_Row]) -> None:
+        """One forward over the new prompts, then merge them into the batch."""
+        forward = self._prefill_or_retry(rows)
+        if forward is None:
+            return
+        logits, cache = forward
+        self.stats.prefilled_tokens += sum(row.kv_length for row in rows)
+        keep = self._accept_tokens(rows, logits)
+        if keep:
+            if len(keep) < len(rows):
+                cache.select_rows(torch.tensor(keep, dtype=torch.long, device=self._device))
+            self._cache.append_rows(cache)
+            self._rows.extend(rows[index] for index in keep)
+        self.stats.running = len(self._rows)
+
+    def _prefill_or_retry(self, rows: list[_Row]) -> tuple[torch.Tensor, BatchKVCache] | None:
+        """The prompts' forward; None when it failed.
+
+        A batch of prompts that fails is retried one prompt at a time (each
+        merged on its own), so that only a prompt that cannot be run fails.
+        """
+        try:
+            return self._prefill_forward(rows)
+        except Exception as exc:
+            if len(rows) == 1:
+                logger.exception("the prefill of %s failed", rows[0].handle.request.request_id)
+                self._fail_row(
+                    rows[0], RequestFailed("the model failed on this request's prompt"), exc
+                )
+                return None
+            logger.warning(
+                "a prefill of %d prompts on %s failed; retrying them one by one",
+                len(rows),
+                self.model_id,
+                exc_info=True,
+            )
+        # Outside the handler: a retry's own failure is not a consequence of this one.
+        for row in rows:
+            self._prefill([row])
+        return None
+
+    def _prefill_forward(self, rows: list[_Row]) -> tuple[torch.Tensor, BatchKVCache]:
+        """The prompts left-padded to one width: their last logits and their cache."""
+        lengths = [row.kv_length for row in rows]
         width = max(lengths)
-        ids = torch.zeros((len(admitted), width), dtype=torch.long)
-        mask = torch.zeros((len(admitted), width), dtype=torch.long)
-        for index, (handle, _) in enumerate(admitted):
-            ids[index, width - lengths[index] :] = torch.tensor(handle.request.prompt_ids)
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for index, row in enumerate(rows):
+            ids[index, width - lengths[index] :] = torch.tensor(row.handle.request.prompt_ids)
             mask[index, width - lengths[index] :] = 1
         positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
         cache = BatchKVCache(self._num_layers)
-        with self._routing([lease for _, lease in admitted]):
+        with self._routing([row.lease for row in rows]):
             output = self.model(
                 input_ids=ids.to(self._device),
                 attention_mask=mask.to(self._device),
@@ -273,27 +401,7 @@ class Engine:
                 use_cache=True,
                 logits_to_keep=1,
             )
-        self.stats.prefilled_tokens += sum(lengths)
-        logits = output.logits[:, -1]
-        keep: list[int] = []
-        for index, (handle, lease) in enumerate(admitted):
-            params = handle.request.params
-            row = _Row(
-                handle=handle,
-                detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop),
-                generator=new_generator(params),
-                lease=lease,
-                pending_token=-1,
-                kv_length=lengths[index],
-            )
-            if self._accept_token(row, logits[index]):
-                keep.append(index)
-                self._rows.append(row)
-        if keep:
-            if len(keep) < len(admitted):
-                cache.select_rows(torch.tensor(keep, dtype=torch.long, device=self._device))
-            self._cache.append_rows(cache)
-        self.stats.running = len(self._rows)
+        return output.logits[:, -1], cache
 
     def _decode_step(self) -> None:
         rows = self._rows
@@ -301,23 +409,26 @@ class Engine:
         kv_lengths = torch.tensor([row.kv_length + 1 for row in rows], device=self._device)
         columns = torch.arange(length, device=self._device)
         attention_mask = (columns.unsqueeze(0) >= length - kv_lengths.unsqueeze(1)).long()
-        with self._routing([row.lease for row in rows]):
-            output = self.model(
-                input_ids=torch.tensor([[row.pending_token] for row in rows], device=self._device),
-                attention_mask=attention_mask,
-                position_ids=(kv_lengths - 1).unsqueeze(1),
-                past_key_values=self._cache,
-                use_cache=True,
-            )
+        try:
+            with self._routing([row.lease for row in rows]):
+                output = self.model(
+                    input_ids=torch.tensor(
+                        [[row.pending_token] for row in rows], device=self._device
+                    ),
+                    attention_mask=attention_mask,
+                    position_ids=(kv_lengths - 1).unsqueeze(1),
+                    past_key_values=self._cache,
+                    use_cache=True,
+                )
+        except Exception as exc:
+            # The cache may hold half a step: the batch cannot go on.
+            logger.exception("a decode step of %s failed; failing its batch", self.model_id)
+            self._fail_all("the model failed on a decode step of this request's batch", exc)
+            return
         self.stats.steps += 1
-        logits = output.logits[:, -1]
-        # One argmax for the batch instead of one per greedy row.
-        greedy: list[int] = logits.argmax(dim=-1).tolist()
-        keep: list[int] = []
-        for index, row in enumerate(rows):
+        for row in rows:
             row.kv_length += 1
-            if self._accept_token(row, logits[index], greedy[index]):
-                keep.append(index)
+        keep = self._accept_tokens(rows, output.logits[:, -1])
         if len(keep) < len(rows):
             self._rows = [rows[i] for i in keep]
             self._cache.select_rows(torch.tensor(keep, dtype=torch.long, device=self._device))
@@ -339,14 +450,39 @@ class Engine:
         gate_slots = [lease.gate_slot if lease else 0 for lease in leases]
         return self.lora.routing(expert_slots, gate_slots, check=False)
 
-    def _accept_token(self, row: _Row, logits: torch.Tensor, greedy: int | None = None) -> bool:
+    def _accept_tokens(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
+        """Take each row's next token from ``logits [rows, vocab]``; the indices that go on.
+
+        A row whose logits are not finite, or whose token cannot be taken,
+        fails alone.
+        """
+        # One check and one argmax for the batch, not one per row.
+        finite: list[bool] = torch.isfinite(logits).all(dim=-1).tolist()
+        greedy: list[int] = logits.argmax(dim=-1).tolist()
+        keep: list[int] = []
+        for index, row in enumerate(rows):
+            if not finite[index]:
+                self._fail_row(row, _non_finite(row))
+                continue
+            try:
+                goes_on = self._accept_token(row, logits[index], greedy[index])
+            except Exception as exc:
+                logger.exception("request %s failed", row.handle.request.request_id)
+                self._fail_row(
+                    row, RequestFailed("generating this request's next token failed"), exc
+                )
+                continue
+            if goes_on:
+                keep.append(index)
+        return keep
+
+    def _accept_token(self, row: _Row, logits: torch.Tensor, greedy: int) -> bool:
         """Sample, publish and check whether the row goes on; False: it finished.
 
-        ``greedy`` is the row's argmax when the caller computed it for the
-        whole batch at once.
+        ``greedy`` is the row's argmax, computed for the whole batch at once.
         """
         request = row.handle.request
-        if greedy is not None and request.params.greedy:
+        if request.params.greedy:
             token = greedy
         else:
             token = sample_token(logits, request.params, row.generator)
@@ -358,7 +494,7 @@ class Engine:
         else:
             delta = row.detokenizer.add(token)
             if delta:
-                row.handle.publish(TextDelta(delta, token))
+                self._publish(row.handle, TextDelta(delta, token))
             if row.detokenizer.stopped:
                 reason = "stop"
             elif (
@@ -379,21 +515,21 @@ class Engine:
     def _finish(self, row: _Row, reason: str) -> None:
         rest = row.detokenizer.flush()
         if rest:
-            row.handle.publish(TextDelta(rest, -1))
-        if row.lease is not None:
-            row.lease.release()
-        row.handle.publish(
+            self._publish(row.handle, TextDelta(rest, -1))
+        self._release(row)
+        self._publish(
+            row.handle,
             Finished(
                 reason=reason,
                 prompt_tokens=len(row.handle.request.prompt_ids),
                 completion_tokens=row.generated,
                 text=row.detokenizer.emitted,
-            )
+            ),
         )
         self.stats.finished += 1
 
     def _finish_unstarted(self, handle: RequestHandle, reason: str) -> None:
-        handle.publish(Finished(reason, len(handle.request.prompt_ids), 0, ""))
+        self._publish(handle, Finished(reason, len(handle.request.prompt_ids), 0, ""))
         self.stats.finished += 1
 
     def _trim_padding(self) -> None:
@@ -404,19 +540,69 @@ class Engine:
         if padding >= TRIM_MIN_COLUMNS and padding * 4 >= self._cache.length:
             self._cache.drop_leading(padding)
 
-    def _fail_all(self, error: Exception) -> None:
-        for row in self._rows:
-            if row.lease is not None:
-                row.lease.release()
-            row.handle.publish(Failed(error))
-        self._rows = []
+    # Failures --------------------------------------------------------------------
+
+    def _publish(self, handle: RequestHandle, event: Event) -> None:
+        """Deliver an event; a caller that is gone (its event loop closed) cancels its request."""
+        try:
+            handle.publish(event)
+        except Exception:
+            logger.warning(
+                "could not deliver an event of %s; cancelling it",
+                handle.request.request_id,
+                exc_info=True,
+            )
+            handle.cancel()
+
+    def _release(self, row: _Row) -> None:
+        """Give the row's adapter slots back, once."""
+        lease, row.lease = row.lease, None
+        if lease is None:
+            return
+        try:
+            lease.release()
+        except Exception:
+            logger.exception("giving back the slots of %s failed", row.handle.request.request_id)
+
+    def _fail_handle(
+        self, handle: RequestHandle, error: Exception, cause: BaseException | None = None
+    ) -> None:
+        if handle.ended:
+            return
+        error.__cause__ = cause
+        self._publish(handle, Failed(error))
+        self.stats.failed += 1
+
+    def _fail_row(self, row: _Row, error: Exception, cause: BaseException | None = None) -> None:
+        """Fail one request; its KV rows are dropped by the caller, as a finished row's are."""
+        self._release(row)
+        self._fail_handle(row.handle, error, cause)
+
+    def _fail_all(
+        self, message: str, cause: BaseException | None, *, stopped: bool = False
+    ) -> None:
+        """Fail every running request (and, when the engine stops, every waiting one)."""
+        rows, self._rows = self._rows, []
         self._cache = BatchKVCache(self._num_layers)
         self.stats.running = 0
-        if isinstance(error, EngineStopped):
+        for row in rows:
+            self._fail_row(
+                row, EngineStopped(message) if stopped else RequestFailed(message), cause
+            )
+        if stopped:
             with self._wake:
                 waiting, self._waiting = self._waiting, []
+                self.stats.waiting = 0
             for entry in waiting:
-                entry.handle.publish(Failed(error))
+                self._fail_handle(entry.handle, EngineStopped(message))
+
+
+def _non_finite(row: _Row) -> NonFiniteLogits:
+    if row.handle.request.experts is not None:
+        return NonFiniteLogits(
+            "the model produced non-finite logits for this request; its adapter may be broken"
+        )
+    return NonFiniteLogits("the model produced non-finite logits for this request")
 
 
 def _past(deadline: float | None) -> bool:

@@ -53,7 +53,10 @@ class RequestHandle:
     """The caller's end of a request: its events, and a way to cancel it.
 
     Events are delivered to an asyncio queue when the handle was made for
-    an event loop, else to a thread-safe queue (``wait``).
+    an event loop, else to a thread-safe queue (``wait``). A request ends
+    with exactly one final event (Finished or Failed): the first one wins and
+    anything published after it is dropped, so a caller never sees a request
+    end twice nor events after its end.
     """
 
     request: GenerationRequest
@@ -61,17 +64,27 @@ class RequestHandle:
     _cancelled: threading.Event = field(default_factory=threading.Event)
     _async_events: asyncio.Queue[Event] | None = None
     _sync_events: queue.SimpleQueue[Event] = field(default_factory=queue.SimpleQueue)
+    _ended: bool = False
 
     def __post_init__(self) -> None:
         if self.loop is not None:
             self._async_events = asyncio.Queue()
 
     def publish(self, event: Event) -> None:
-        """Called by the engine thread."""
+        """Called by the engine thread (one thread publishes to a handle)."""
+        if self._ended:
+            return
+        if not isinstance(event, TextDelta):
+            self._ended = True
         if self.loop is not None and self._async_events is not None:
             self.loop.call_soon_threadsafe(self._async_events.put_nowait, event)
         else:
             self._sync_events.put(event)
+
+    @property
+    def ended(self) -> bool:
+        """Whether the final event has been published."""
+        return self._ended
 
     def cancel(self) -> None:
         self._cancelled.set()

@@ -1,4 +1,9 @@
-"""Per-request sampling: greedy, temperature, nucleus (top-p), seeded."""
+"""Per-request sampling: greedy, temperature, nucleus (top-p), seeded.
+
+Parameters are validated when ``SamplingParams`` is built, so that what the
+engine thread meets is always something it can sample with: a seed out of
+``torch.Generator``'s range would otherwise fail in the middle of a batch.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,12 @@ from dataclasses import dataclass
 import torch
 
 MAX_STOP_SEQUENCES = 4
+# The signed 64-bit range (what OpenAI's integer ``seed`` is). torch's
+# manual_seed takes -2**63 .. 2**64-1 (a negative seed as its two's
+# complement) and raises beyond. Note that the CPU generator (mt19937) is
+# seeded from the low 32 bits only: seeds equal modulo 2**32 sample alike.
+MIN_SEED = -(2**63)
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,12 @@ class SamplingParams:
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
         if any(not s for s in self.stop):
             raise ValueError("stop sequences must not be empty")
+        if self.seed is not None and (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not MIN_SEED <= self.seed <= MAX_SEED
+        ):
+            raise ValueError(f"seed must be an integer from {MIN_SEED} to {MAX_SEED}")
 
     @property
     def greedy(self) -> bool:
@@ -40,6 +57,10 @@ def new_generator(params: SamplingParams) -> torch.Generator | None:
     """A CPU generator for a seeded request, so its output does not depend on its batch."""
     if params.greedy:
         return None
+    if params.seed is not None and not MIN_SEED <= params.seed <= MAX_SEED:
+        # Only when SamplingParams' validation was bypassed; torch itself
+        # would take up to 2**64-1, but the range is the same everywhere.
+        raise ValueError(f"seed must be an integer from {MIN_SEED} to {MAX_SEED}")
     generator = torch.Generator()
     generator.manual_seed(params.seed if params.seed is not None else torch.seed())
     return generator
@@ -51,7 +72,10 @@ def sample_token(
     """The next token of one row from its last-position logits ``[vocab]``."""
     if params.greedy:
         return int(torch.argmax(logits))
-    scaled = logits.float().cpu() / params.temperature
+    # Shifting the maximum to 0 first keeps a tiny temperature from turning
+    # the logits into inf - inf (NaN): the best token's weight stays exp(0).
+    logits = logits.float().cpu()
+    scaled = (logits - logits.max()) / params.temperature
     probabilities = torch.softmax(scaled, dim=-1)
     if params.top_p < 1.0:
         sorted_probs, sorted_ids = torch.sort(probabilities, descending=True)

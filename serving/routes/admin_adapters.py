@@ -22,6 +22,7 @@ from adapters.peft_interop import export_peft_dir
 from serving.adapter_upload import read_uploaded_adapter
 from serving.deps import AdminDep, ServicesDep, SessionDep
 from serving.errors import ApiError
+from serving.request_text import text_problem
 from serving.schemas import AdapterPublic, AdapterVersionPublic, ListPublic
 from storage.repositories import AdapterRepository, UserRepository
 from storage.tables import Adapter, AdapterKind, AdapterState
@@ -84,11 +85,26 @@ async def upload_adapter(
     return AdapterVersionPublic.model_validate(version)
 
 
+# The columns the upload's text fields are stored in (storage.tables):
+# adapters.base_model_id, adapters.user_id, adapters.name, adapters.kind.
+_FORM_TEXT_CHARACTERS = {"base_model": 100, "user_id": 32, "name": 100, "kind": 32}
+
+
 def _form_text(value: object, field: str) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise ApiError(422, f"{field} must be a text field", code="invalid_body")
+    # The JSON bodies' text rule (serving.request_text), for these form fields.
+    problem = text_problem(value)
+    if problem is not None:
+        raise ApiError(422, f"{field}: {problem}", code="invalid_body")
+    if len(value) > _FORM_TEXT_CHARACTERS[field]:
+        raise ApiError(
+            422,
+            f"{field}: at most {_FORM_TEXT_CHARACTERS[field]} characters",
+            code="invalid_body",
+        )
     if field == "kind" and value not in {k.value for k in AdapterKind}:
         raise ApiError(422, "kind must be specialist or generalist", code="invalid_body")
     return value

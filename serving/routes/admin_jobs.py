@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from serving.deps import AdminDep, SessionDep, SettingsDep
+from serving.deps import AdminDep, CursorQuery, SessionDep, SettingsDep
 from serving.routes.fine_tunes import events_page, job_hyperparameters, job_public, known_model
 from serving.schemas import ListPublic
 from serving.user_schemas import AdminJobCreate, AdminJobPublic, JobEventPublic
@@ -70,7 +70,7 @@ def job_events(
     job_id: str,
     _admin: AdminDep,
     session: SessionDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: CursorQuery = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
 ) -> ListPublic[JobEventPublic]:
     jobs = JobRepository(session)

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from serving import completions
 from serving.deps import MetricsDep, RateLimitedUserDep, RuntimeDep
@@ -17,18 +18,35 @@ from serving.runtime import ModelRuntime
 router = APIRouter(prefix="/v1", tags=["completions"])
 
 
+class CompletionStream(StreamingResponse):
+    """A stream that closes its body however the response ends.
+
+    The body holds the request's load ticket and engine work. Starlette does
+    not close a body it never started iterating (the client gone before the
+    first byte), so the response does it.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
+
+
 async def _answer(
     runtime: ModelRuntime,
     metrics: Metrics,
     user_id: str,
     body: ChatCompletionCreate | CompletionCreate,
-) -> dict[str, Any] | StreamingResponse:
+) -> dict[str, Any] | CompletionStream:
     # Tokenizing and routing take milliseconds of CPU: off the event loop.
     prepared = await run_in_threadpool(completions.prepare, runtime, user_id=user_id, body=body)
     if not body.stream:
         return await completions.run_to_completion(runtime, metrics, prepared)
     events, ticket = completions.submit(runtime, prepared)
-    return StreamingResponse(
+    return CompletionStream(
         completions.stream(runtime, metrics, prepared, events, ticket),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

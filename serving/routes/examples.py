@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from serving.deps import ServicesDep, SessionDep, UserDep
+from serving.deps import CursorQuery, ServicesDep, SessionDep, UserDep
 from serving.errors import ApiError
 from serving.user_schemas import (
     MAX_EXAMPLES_PER_REQUEST,
@@ -45,11 +45,22 @@ def _parse(raw: bytes, content_type: str) -> list[Example]:
                 raise ApiError(
                     422, f"line {number}: not JSON ({exc.msg})", code="invalid_example"
                 ) from None
+            except (ValueError, RecursionError):
+                # Integers of over 4300 digits, or nesting deeper than Python's stack.
+                raise ApiError(
+                    422, f"line {number}: JSON beyond what is accepted", code="invalid_example"
+                ) from None
     else:
         try:
             body = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise ApiError(422, f"the body is not JSON ({exc.msg})", code="invalid_body") from None
+        except UnicodeDecodeError:
+            raise ApiError(422, "the body is not UTF-8 text", code="invalid_body") from None
+        except (ValueError, RecursionError):
+            raise ApiError(
+                422, "the body is JSON beyond what is accepted", code="invalid_body"
+            ) from None
         if not isinstance(body, dict) or not isinstance(body.get("examples"), list):
             raise ApiError(
                 422, 'expected {"examples": [...]} or a JSON Lines body', code="invalid_body"
@@ -100,7 +111,7 @@ def list_examples(
     user: UserDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: CursorQuery = 0,
 ) -> ExamplesPage:
     assert user.user_id is not None
     repository = ExampleRepository(session)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from serving.deps import SessionDep, SettingsDep, UserDep
+from serving.deps import CursorQuery, SessionDep, SettingsDep, UserDep
 from serving.errors import ApiError
 from serving.schemas import ListPublic
 from serving.user_schemas import FineTuneCreate, FineTunePublic, Hyperparameters, JobEventPublic
@@ -120,7 +120,7 @@ def fine_tune_events(
     job_id: str,
     user: UserDep,
     session: SessionDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: CursorQuery = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
 ) -> ListPublic[JobEventPublic]:
     assert user.user_id is not None

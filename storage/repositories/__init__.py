@@ -6,6 +6,7 @@ rows together atomically.
 """
 
 from storage.repositories.adapters import AdapterRepository
+from storage.repositories.admin_sessions import AdminSessionRepository
 from storage.repositories.api_keys import ApiKeyRepository, generate_api_key, hash_api_key
 from storage.repositories.base_models import BaseModelRepository
 from storage.repositories.examples import ExampleRepository
@@ -18,6 +19,7 @@ from storage.repositories.users import UserRepository
 __all__ = [
     "GLOBAL_SCOPE",
     "AdapterRepository",
+    "AdminSessionRepository",
     "ApiKeyRepository",
     "BaseModelRepository",
     "ExampleRepository",
