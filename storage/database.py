@@ -159,6 +159,10 @@ class _OutageAwarePool(QueuePool):
     leaves to its subclasses).
     """
 
+    # Log as the pool it extends, under "sqlalchemy" (quiet below WARNING),
+    # not under this module, whose INFO lines the server prints.
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.QueuePool"
+
     def _do_get(self) -> ConnectionPoolEntry:
         try:
             return super()._do_get()

@@ -171,5 +171,11 @@ def test_a_flushed_then_stopped_redis_costs_no_data_and_no_server_error(
             assert http.get("/readyz").json()["status"] == "ready"
 
             examples = http.get("/v1/examples", headers=traffic.user, params={"limit": 1})
-            assert examples.json()["total"] == traffic.examples_acknowledged
+            stored = examples.json()["total"]
+            print(
+                f"redis flush+stop+start: {sum(traffic.statuses.values())} requests, "
+                f"statuses {dict(sorted(traffic.statuses.items()))}, "
+                f"examples acknowledged {traffic.examples_acknowledged}, stored {stored}"
+            )
+            assert stored == traffic.examples_acknowledged
     assert not {status for status in traffic.statuses if status >= 500} - {503}

@@ -145,6 +145,10 @@ def test_a_server_killed_mid_promotion_keeps_every_acknowledged_promotion(
         assert promoter.promotions > 0, "no promotion finished before the kill"
         states = versions_by_state(database_url, adapter_id)
         [active] = states[AdapterState.ACTIVE]
+        print(
+            f"kill: {promoter.promotions} promotions acknowledged; active is the "
+            f"{'last acknowledged' if active == promoter.acknowledged else 'in-flight'} one"
+        )
         assert active in {promoter.acknowledged, promoter.in_flight}
 
     # Every version still has its weights, and a restarted server is ready.
