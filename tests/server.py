@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -77,9 +78,16 @@ class RunningServer:
 
 @contextmanager
 def running_server(
-    env: Mapping[str, str], *, timeout: float = 60, args: tuple[str, ...] = ("serve",)
+    env: Mapping[str, str],
+    *,
+    timeout: float = 60,
+    args: tuple[str, ...] = ("serve",),
+    log_path: Path | None = None,
 ) -> Iterator[RunningServer]:
-    """``tailor serve`` (or ``args``) on a free port, until the block ends."""
+    """``tailor serve`` (or ``args``) on a free port, until the block ends.
+
+    Its output goes to ``log_path``, or to a temporary file shown if it fails to start.
+    """
     port = free_port()
     # No fine-tune worker process unless a test asks for one: most tests
     # need none, and each costs a Python with torch beside the server.
@@ -90,32 +98,37 @@ def running_server(
         "TAILOR_PORT": str(port),
     }
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [TAILOR, *args],
-        env=tailor_env(full_env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            if process.poll() is not None:
-                output = process.stdout.read() if process.stdout else ""
-                raise RuntimeError(f"tailor serve exited with {process.returncode}:\n{output}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.perf_counter() - started > timeout:
-                raise RuntimeError("tailor serve did not become ready in time")
-            time.sleep(0.1)
-        yield RunningServer(url, process, time.perf_counter() - started)
-    finally:
-        process.terminate()
+    # A file, not a pipe: a pipe nobody reads fills up after 64 KiB of log,
+    # and the server then blocks on its next write.
+    with log_path.open("w+") if log_path is not None else tempfile.TemporaryFile("w+") as output:
+        process = subprocess.Popen(
+            [TAILOR, *args],
+            env=tailor_env(full_env),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        url = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            while True:
+                if process.poll() is not None:
+                    output.seek(0)
+                    raise RuntimeError(
+                        f"tailor serve exited with {process.returncode}:\n{output.read()}"
+                    )
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.perf_counter() - started > timeout:
+                    raise RuntimeError("tailor serve did not become ready in time")
+                time.sleep(0.1)
+            yield RunningServer(url, process, time.perf_counter() - started)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
