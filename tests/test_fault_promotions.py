@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ADMIN_KEY = "admin-" + secrets.token_hex(8)
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 MODEL = "smollm2-135m-instruct"
-KILLS = 3
+KILLS = 2
 
 
 @pytest.fixture(params=["sqlite+memory", "postgresql+redis"])

@@ -19,12 +19,12 @@ from tests.schema_fuzz import DEPLOYMENTS, format_findings, fuzz_all, fuzz_targe
 # Generated examples per operation (plus up to twice as many coverage cases).
 # Both deployments together take about two to four minutes on 2 cores; most
 # operations answer in milliseconds.
-DEFAULT_EXAMPLES = 100
+DEFAULT_EXAMPLES = 60
 # The completion routes may run the model for each example (at most the 64
 # token context of the fuzz settings), so they get fewer.
 BUDGETS = {
-    "POST /v1/chat/completions": 20,
-    "POST /v1/completions": 20,
+    "POST /v1/chat/completions": 12,
+    "POST /v1/completions": 12,
 }
 
 
