@@ -20,6 +20,11 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, ConfigDict, Field, field_validator
 
 from serving.request_text import RequestBody
+from serving.routing_schemas import (
+    MAX_COST_WEIGHT,
+    MAX_LATENCY_SLO_SECONDS,
+    MAX_PRICE_PER_MILLION,
+)
 
 # Characters of all messages (or prompts) of one request. The models served
 # take at most 32K tokens of context, and a token is usually 3-4 characters:
@@ -75,12 +80,15 @@ class SamplingFields(RequestBody):
     # back to the cheapest model), the cost weight lambda, a latency objective.
     # Unset: the user's preferences, then the service's defaults.
     personalize: bool = True
-    max_price: float | None = Field(default=None, ge=0.0)
+    max_price: float | None = Field(default=None, ge=0.0, le=MAX_PRICE_PER_MILLION)
     strict_budget: bool = False
     cost_weight: float | None = Field(
-        default=None, ge=0.0, validation_alias=AliasChoices("cost_weight", "lambda")
+        default=None,
+        ge=0.0,
+        le=MAX_COST_WEIGHT,
+        validation_alias=AliasChoices("cost_weight", "lambda"),
     )
-    latency_slo_seconds: float | None = Field(default=None, gt=0.0)
+    latency_slo_seconds: float | None = Field(default=None, gt=0.0, le=MAX_LATENCY_SLO_SECONDS)
 
     @field_validator("stop")
     @classmethod

@@ -26,6 +26,13 @@ class RoutingPreferencesPublic(BaseModel):
         )
 
 
+# Upper bounds of the routing limits a request or a user may set: far beyond
+# any sensible value, but finite, so that scores stay finite numbers.
+MAX_COST_WEIGHT = 1_000.0
+MAX_PRICE_PER_MILLION = 1_000_000.0
+MAX_LATENCY_SLO_SECONDS = 86_400.0
+
+
 class RoutingPreferencesUpdate(RequestBody):
     """PATCH: the fields sent are set (null clears one), the others stay.
 
@@ -34,9 +41,9 @@ class RoutingPreferencesUpdate(RequestBody):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    cost_weight: float | None = Field(default=None, ge=0.0)
-    max_price: float | None = Field(default=None, ge=0.0)
-    latency_slo_seconds: float | None = Field(default=None, gt=0.0)
+    cost_weight: float | None = Field(default=None, ge=0.0, le=MAX_COST_WEIGHT)
+    max_price: float | None = Field(default=None, ge=0.0, le=MAX_PRICE_PER_MILLION)
+    latency_slo_seconds: float | None = Field(default=None, gt=0.0, le=MAX_LATENCY_SLO_SECONDS)
 
     def changes(self) -> dict[str, float | None]:
         return {name: getattr(self, name) for name in self.model_fields_set}

@@ -336,6 +336,11 @@ def test_seed_is_a_signed_64_bit_integer_and_numbers_are_finite(
             "/v1/routing", content=text, headers={**key, "Content-Type": "application/json"}
         )
         assert field in error(response, 422)["message"]
+        # Finite but absurd: bounded too, on requests and on preferences.
+        response = client.post("/v1/chat/completions", json={**chat, field: 1e308}, headers=key)
+        assert field in error(response, 422)["message"]
+        response = client.patch("/v1/routing", json={field: 1e308}, headers=key)
+        assert field in error(response, 422)["message"]
     assert client.get("/v1/routing", headers=key).json() == {
         "cost_weight": None,
         "max_price": None,
