@@ -42,17 +42,10 @@ from typing import Any
 
 import httpx
 
+from benchmarks.prompts import PROMPTS
 from tests.backends import postgres_schema
 from tests.server import running_server, served_env
 
-PROMPTS = [
-    "What is the capital of France?",
-    "Write a haiku about autumn.",
-    "Explain photosynthesis in one sentence.",
-    "Give me three tips for learning to cook.",
-    "What is a prime number?",
-    "Why is the sky blue?",
-]
 # The share of each kind of well-formed request in the mix.
 MIX = {
     "chat": 30,

@@ -36,19 +36,9 @@ import torch
 from adapters.base_shapes import BaseModelShapes
 from adapters.lora_weights import LoraWeights
 from adapters.peft_interop import ADAPTER_CONFIG, ADAPTER_WEIGHTS, export_peft_dir
+from benchmarks.prompts import PROMPTS
 from tests.adapter_factory import random_lora
 from tests.server import running_server
-
-PROMPTS = [
-    "What is the capital of France?",
-    "Write a haiku about autumn.",
-    "Explain photosynthesis in one sentence.",
-    "Give me three tips for learning to cook.",
-    "What is a prime number?",
-    "Describe the colour blue to someone who cannot see.",
-    "Suggest a name for a friendly robot.",
-    "Why is the sky blue?",
-]
 
 
 @dataclass

@@ -14,7 +14,7 @@ from serving.services import Services
 from storage.model_catalog import register_prepared_models
 from storage.model_store import load_prepared
 from storage.settings import load_settings
-from tests.backends import REDIS_URL, postgres_schema
+from tests.backends import REDIS_URL, deployment_database_url
 from tests.server import prepared_model_store
 
 ADMIN_KEY = "admin-" + secrets.token_hex(8)
@@ -27,15 +27,7 @@ def app_client(
 ) -> Iterator[TestClient]:
     """A client of a fresh app; the real model store is registered when asked."""
 
-    @contextmanager
-    def database_url() -> Iterator[str]:
-        if deployment == "sqlite+memory":
-            yield f"sqlite:///{tmp_path / 'tailor.db'}"
-        else:
-            with postgres_schema() as url:
-                yield url
-
-    with database_url() as url:
+    with deployment_database_url(deployment, tmp_path) as url:
         store = prepared_model_store() if real_models else tmp_path / "models"
         settings = load_settings(
             data_dir=tmp_path,

@@ -10,6 +10,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
@@ -33,3 +34,14 @@ def postgres_schema() -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+
+
+@contextmanager
+def deployment_database_url(deployment: str, tmp_path: Path) -> Iterator[str]:
+    """The database of a test deployment: a SQLite file for ``sqlite+memory``,
+    else a fresh PostgreSQL schema."""
+    if deployment == "sqlite+memory":
+        yield f"sqlite:///{tmp_path / 'tailor.db'}"
+    else:
+        with postgres_schema() as url:
+            yield url

@@ -53,7 +53,7 @@ from storage.model_catalog import register_prepared_models
 from storage.model_store import load_prepared
 from storage.settings import load_settings
 from tests.adapter_factory import random_lora
-from tests.backends import REDIS_URL, postgres_schema
+from tests.backends import REDIS_URL, deployment_database_url
 from tests.server import REPO_ROOT, prepared_model_store
 
 # The smallest chat model keeps generation cheap on CPU; MiniLM (the router's
@@ -203,16 +203,8 @@ def _with_hand_read_bodies(spec: dict[str, Any]) -> dict[str, Any]:
 def fuzz_target(deployment: str, tmp_path: Path) -> Iterator[FuzzTarget]:
     """The app with the real small model loaded, a user, and a few rows to aim at."""
 
-    @contextmanager
-    def database_url() -> Iterator[str]:
-        if deployment == "sqlite+memory":
-            yield f"sqlite:///{tmp_path / 'tailor.db'}"
-        else:
-            with postgres_schema() as url:
-                yield url
-
     admin_key = "admin-" + secrets.token_hex(8)
-    with database_url() as url:
+    with deployment_database_url(deployment, tmp_path) as url:
         store = prepared_model_store()
         settings = load_settings(
             data_dir=tmp_path,

@@ -12,8 +12,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
@@ -33,53 +30,16 @@ from storage.settings import load_settings
 from storage.tables import AdminSessionRecord
 from tests.app_client import ADMIN, ADMIN_KEY, DEPLOYMENTS, app_client
 from tests.backends import postgres_schema
-from tests.server import free_port
+from tests.private_redis import PrivateRedis, private_redis_server
 from tests.test_dashboard_sessions import BROWSER, JSON, replace_cookie, sign_in
 
 SESSION_SECRET = "test-session-secret-" + secrets.token_hex(8)
 
 
-class PrivateRedis:
-    """A throwaway ``redis-server`` that a test may flush."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                *("--bind", "127.0.0.1", "--port", str(self.port)),
-                *("--save", "", "--appendonly", "no", "--dir", str(directory)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.client.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "the private redis-server did not start"
-                time.sleep(0.05)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        self.client.close()
-        self.process.kill()
-        self.process.wait(timeout=10)
-
-
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    try:
+    with private_redis_server(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @contextmanager
@@ -135,7 +95,7 @@ def test_a_sign_out_outlives_a_redis_flush(tmp_path: Path, private_redis: Privat
         sign_out(client, ended, token)
         assert admin_status(client, ended) == 401
 
-        private_redis.client.flushdb()
+        private_redis.flush()
 
         assert admin_status(client, ended) == 401
         page = client.get("/admin/jobs", headers=BROWSER, follow_redirects=False)

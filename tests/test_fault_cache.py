@@ -13,7 +13,6 @@ shared one is never flushed or stopped.
 from __future__ import annotations
 
 import secrets
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,7 +23,8 @@ import pytest
 
 from tests.adapter_upload import upload_and_promote
 from tests.backends import postgres_schema
-from tests.server import free_port, running_server, served_env
+from tests.private_redis import PrivateRedis, private_redis_server
+from tests.server import running_server, served_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.postgres]
 
@@ -34,56 +34,10 @@ MODEL = "smollm2-135m-instruct"
 REQUESTS_PER_PHASE = 6
 
 
-class PrivateRedis:
-    """A throwaway ``redis-server`` that a test may flush, stop and start."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                *("--bind", "127.0.0.1", "--port", str(self.port)),
-                *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while self.cli("PING").stdout.strip() != "PONG":
-            assert time.monotonic() < deadline, "the private redis-server did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
-
-    def cli(self, *command: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["redis-cli", "-p", str(self.port), *command],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-
-
 @pytest.fixture
 def redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    try:
+    with private_redis_server(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 class Traffic:
@@ -153,7 +107,7 @@ def test_a_flushed_then_stopped_redis_costs_no_data_and_no_server_error(
             assert set(traffic.run(REQUESTS_PER_PHASE)) == {200, 201}
 
             # A flush loses copies only: nobody notices.
-            assert redis.cli("FLUSHALL").stdout.strip() == "OK"
+            redis.flush()
             assert set(traffic.run(REQUESTS_PER_PHASE)) == {200, 201}
 
             # Redis down: slower, or 503 with Retry-After, never a server error.
