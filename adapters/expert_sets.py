@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -29,6 +30,10 @@ class ExpertRef:
     kind: AdapterKind
     sha256: str
     base_model_id: str
+    # What the evaluation gate measured against the base model, for the router: the NLL
+    # gain relative to the base's NLL, and whether its interval lay above zero.
+    relative_gain: float | None = None
+    gain_significant: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ def resolve_expert_set(
             kind=adapter.kind,
             sha256=version.sha256,
             base_model_id=base_model_id,
+            **_measured_gain(version.eval_metrics),
         )
         if adapter.kind is AdapterKind.GENERALIST:
             generalists.append(ref)
@@ -105,6 +111,18 @@ def resolve_expert_set(
     return ExpertSet(
         base_model_id=base_model_id, generalists=tuple(generalists), specialist=specialist
     )
+
+
+def _measured_gain(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """The gate's figures as the router reads them (finetune/evaluation.py writes them)."""
+    try:
+        gain = (metrics or {})["gain_vs_base"]
+        base_nll = float((metrics or {})["nll_per_token"]["base"])
+        relative = float(gain["gain"]) / base_nll if base_nll > 0 else None
+        return {"relative_gain": relative, "gain_significant": bool(gain.get("significant"))}
+    except (KeyError, TypeError, ValueError):
+        # Uploaded or manually promoted versions carry no evaluation.
+        return {}
 
 
 class CachedExpertSets:

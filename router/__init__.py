@@ -1,5 +1,6 @@
-"""Picks the base model of each request: Eagle's ratings (global and local ELO over
-query embeddings), each user's own ratings, cost and load (issue #5).
+"""Picks the base model of each request: a calibrated estimate of each model's answer
+quality for this user and query (with its uncertainty), the user's experts, cost and load,
+with Eagle's ELO ratings shown beside it (issues #5 and #16).
 
 The public surface: the ``Router`` interface with its request, candidates and
 decision; ``EagleRouter`` (the learning router) and ``DefaultModelRouter`` (a
@@ -7,7 +8,7 @@ fixed choice); the errors.
 """
 
 from router.config import RouterConfig
-from router.decision import Candidate, Router, RouteRequest, RoutingDecision
+from router.decision import Candidate, ExpertEvidence, Router, RouteRequest, RoutingDecision
 from router.default_router import DefaultModelRouter
 from router.eagle_router import EagleRouter
 from router.errors import BudgetNotMet, NoRoute, RouterError
@@ -18,6 +19,7 @@ __all__ = [
     "Candidate",
     "DefaultModelRouter",
     "EagleRouter",
+    "ExpertEvidence",
     "FeedbackEvent",
     "NoRoute",
     "RouteRequest",

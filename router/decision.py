@@ -10,6 +10,22 @@ import numpy.typing as npt
 
 
 @dataclass(frozen=True)
+class ExpertEvidence:
+    """What the user's experts on one base model are worth, as the evaluation gate measured.
+
+    ``gain``: the specialist's NLL gain over the base model, relative to the base's NLL
+    (0.08: 8% fewer nats per token on the user's held-out examples); None when unmeasured.
+    ``significant``: the gain's interval lay above zero.
+    """
+
+    model: str
+    specialist_version_id: str | None
+    generalists: int = 0
+    gain: float | None = None
+    significant: bool = False
+
+
+@dataclass(frozen=True)
 class RouteRequest:
     """What the router may look at: the text, its size, and the caller's limits.
 
@@ -30,12 +46,17 @@ class RouteRequest:
     cost_weight: float | None = None
     latency_slo_seconds: float | None = None
     requires_chat: bool = False
+    # False: decide on the estimate alone (no exploration), e.g. with a strict budget.
+    explore: bool = True
+    # Per candidate base model, the user's experts on it (none listed: no experts).
+    experts: tuple[ExpertEvidence, ...] = ()
 
 
 @dataclass(frozen=True)
 class RoutingDecision:
     model: str
-    reason: str  # "forced", "default", "score", "cost", "budget", "load"
+    # "forced", "default", "expert", "score", "cost", "budget", "load", "explore"
+    reason: str
     scores: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     # Kept with the response and shown to admins, never to users: it names

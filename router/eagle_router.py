@@ -1,47 +1,53 @@
-"""The learning router: Eagle's ratings, each user's own, cost, and load.
+"""The learning router: a calibrated, uncertain estimate per model, the user's experts,
+cost and load.
 
 For a request it:
-1. embeds the query (MiniLM) and finds the N nearest past queries that got feedback;
-2. rates each candidate: P * global ELO + (1 - P) * local ELO replayed from
-   those neighbours, read as a quality in [0, 1] (the mean win probability
-   against the other candidates);
-3. blends that with the quality model's prediction for this query (beta), then
-   with the win probability from the user's own ELO (the user's weight), and
-   subtracts lambda * expected cost / the dearest expected cost, the expected
-   cost using the predicted output length;
-4. keeps to the caller's price ceiling (else the cheapest, reason ``budget``),
-   and moves off a model that is saturated or would miss the latency
-   objective when a near-equal one would not (reason ``load``).
+1. embeds the query (MiniLM) and finds the nearest past queries that got feedback;
+2. estimates each candidate's P(good answer) for this user and query with its uncertainty
+   (router/quality_estimate.py: a shared Bayesian posterior, everyone else's evidence near
+   the query, the user's own evidence near it);
+3. adds the expert term (the user's specialist on that base model, as the evaluation gate
+   measured it) and subtracts lambda * expected cost / the dearest expected cost, the
+   expected cost using the predicted output length;
+4. keeps to the caller's price ceiling (else the cheapest, reason ``budget``); stays on the
+   incumbent (the base holding the user's specialist, else the default model, else the
+   cheapest) unless another model is better with ``switch_confidence``; explores within its
+   budget (reason ``explore``); and moves off a model that is saturated or would miss the
+   latency objective when a near-equal one would not (reason ``load``).
 
-Feedback updates the state at once (O(pairs) on the ratings, O(d^2) on the
-quality model, an append to the neighbour memory, which the local ELO and the
-quality model share row for row, so one search serves both); replaying the
-same feedback in the same order rebuilds it exactly. Thread-safe: requests
-are routed on many threads while feedback arrives.
+Eagle's global and local ELO ratings (arXiv 2409.15518) are kept and shown beside the
+estimate, as a second opinion an admin can read; they do not decide.
+
+Feedback updates the state at once; replaying the same feedback in the same order rebuilds
+it exactly, and the same request against the same state gets the same decision, exploration
+included. Thread-safe: requests are routed on many threads while feedback arrives.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from router.config import RouterConfig
-from router.decision import Candidate, RouteRequest, RoutingDecision
-from router.elo import EagleRatings, Outcome, pairwise_outcomes, win_probability_vs_field
+from router.decision import Candidate, ExpertEvidence, RouteRequest, RoutingDecision
+from router.elo import EloRatings, Outcome, pairwise_outcomes, replay_games
+from router.embeddings import normalise_rows
 from router.errors import BudgetNotMet, NoRoute
+from router.exploration import exploration_rng, thompson_choice
 from router.feedback_outcomes import FeedbackEvent, outcomes_for, rewards_for
 from router.length_predictor import OutputLengthPredictor
 from router.load import LoadTracker, ModelLoad
-from router.quality_model import NeighbourCorrection, QualityModel, QualityModelConfig
+from router.quality_estimate import QualityEstimate, QualityEstimator
 from router.query_embedder import Embedder
-from router.user_ratings import UserRatings
 
 # Responses show this many neighbours' similarities; the log keeps all N.
 SHOWN_NEIGHBOURS = 5
@@ -51,8 +57,9 @@ SHOWN_NEIGHBOURS = 5
 class _Scored:
     candidate: Candidate
     rating: float
-    predicted_quality: float
     quality: float
+    std: float
+    expert_term: float
     predicted_tokens: int
     expected_cost: float
     utility: float
@@ -62,6 +69,14 @@ class _Scored:
     @property
     def model(self) -> str:
         return self.candidate.model
+
+
+@dataclass(frozen=True)
+class _Choice:
+    scored: _Scored
+    reason: str
+    explored: bool = False
+    incumbent: str | None = None
 
 
 class EagleRouter:
@@ -80,34 +95,15 @@ class EagleRouter:
         self.default_model = default_model
         self.load = load or LoadTracker()
         c = self.config
-        self.eagle = EagleRatings(
-            self.models,
-            embedder.dimensions,
-            global_weight=c.global_weight,
-            neighbours=c.neighbours,
-            k=c.k,
-            initial=c.initial_rating,
-        )
-        self.users = UserRatings(
-            self.models, k=c.k, initial=c.initial_rating, prior_games=c.user_prior_games
-        )
-        self.quality = QualityModel(
-            self.models,
-            embedder.dimensions,
-            QualityModelConfig(
-                penalty=c.quality_penalty,
-                correction=NeighbourCorrection(
-                    neighbours=c.quality_memory_neighbours,
-                    bandwidth=c.quality_memory_bandwidth,
-                    prior_weight=c.quality_memory_prior_weight,
-                ),
-            ),
-        )
+        self.estimator = QualityEstimator(self.models, embedder.dimensions, c.estimator)
+        self.global_elo = EloRatings(self.models, k=c.k, initial=c.initial_rating)
+        # Per row of the estimator's memory: its games (for the local ELO) and source.
+        self._games: list[list[Outcome]] = []
+        self._sources: list[str | None] = []  # the response id, None for a seed
         self.lengths = OutputLengthPredictor(embedder.dimensions)
         self.last_feedback_id = 0
         self.games: Counter[str] = Counter()
-        # Per entry of the neighbour index: the response and user it came from.
-        self._sources: list[tuple[str | None, str]] = []
+        self._switch_z = NormalDist().inv_cdf(c.switch_confidence)
         self._lock = threading.Lock()
         self.recent: deque[dict[str, Any]] = deque(maxlen=c.recent_decisions)
         self.decision_seconds: deque[float] = deque(maxlen=10_000)
@@ -118,7 +114,7 @@ class EagleRouter:
         """Learn from one piece of feedback; False when it was applied before.
 
         Events must come in feedback-id order (the order they were stored), so
-        that a replay after a restart gives exactly the same ratings.
+        that a replay after a restart gives exactly the same state.
         """
         outcomes = outcomes_for(event, self.models)
         rewards = rewards_for(event, self.models)
@@ -129,37 +125,28 @@ class EagleRouter:
             if not rewards:
                 return True
             if event.vector is not None:
-                self._remember(event.vector, outcomes, rewards, (event.response_id, event.user_id))
-            else:
-                # No embedding was kept for this response: it can only teach the global ELO.
-                self.eagle.global_elo.apply(outcomes)
-            self.users.observe(event.user_id, outcomes)
+                self.estimator.observe(event, event.vector)
+                self._games.append(list(outcomes))
+                self._sources.append(event.response_id)
+            # No embedding: only the global ELO (shown, not deciding) learns from it.
+            self.global_elo.apply(outcomes)
             self._count(outcomes)
         return True
 
     def seed(self, vector: npt.ArrayLike, scores: Mapping[str, float]) -> None:
         """Learn from a labelled query that is not a user's feedback (an offline data
-        set such as dcrouter, or a benchmark): each model's score in [0, 1] on it."""
+        set such as dcrouter, or uploaded correctness labels): each model's score in
+        [0, 1] on it."""
         known = {m: float(v) for m, v in scores.items() if m in self.models}
         if not known:
             raise ValueError("scores name none of the router's models")
         outcomes = pairwise_outcomes(known, draws=False)
         with self._lock:
-            self._remember(vector, outcomes, known, (None, ""))
+            self.estimator.seed(vector, known)
+            self._games.append(outcomes)
+            self._sources.append(None)
+            self.global_elo.apply(outcomes)
             self._count(outcomes)
-
-    def _remember(
-        self,
-        vector: npt.ArrayLike,
-        outcomes: Sequence[Outcome],
-        rewards: Mapping[str, float],
-        source: tuple[str | None, str],
-    ) -> None:
-        # One row each in the local ELO's memory and the quality model's: the two
-        # stay aligned, so one neighbour search serves both.
-        self.quality.observe_rewards(vector, rewards)
-        self.eagle.observe(vector, outcomes)
-        self._sources.append(source)
 
     def _count(self, outcomes: Sequence[Outcome]) -> None:
         for outcome in outcomes:
@@ -195,11 +182,11 @@ class EagleRouter:
         if not usable:
             raise NoRoute("no base model can serve this request")
         # Embedding is the slow part and needs no lock.
-        vector = self.embedder.embed(request.prompt_text)
+        vector = normalise_rows(self.embedder.embed(request.prompt_text))[0]
         with self._lock:
-            scored, neighbours, user_weight, evidence = self._score(request, usable, vector)
-        chosen, reason = self._choose(request, scored, evidence)
-        decision = self._explain(request, scored, chosen, reason, neighbours, user_weight, vector)
+            scored, neighbours, estimate, state_id = self._score(request, usable, vector)
+        choice = self._choose(request, scored, state_id)
+        decision = self._explain(request, scored, choice, neighbours, estimate, vector)
         seconds = time.perf_counter() - started
         decision.details["decision_ms"] = round(seconds * 1000, 3)
         with self._lock:
@@ -209,31 +196,28 @@ class EagleRouter:
 
     def _score(
         self, request: RouteRequest, usable: list[Candidate], vector: npt.NDArray[np.float32]
-    ) -> tuple[list[_Scored], list[tuple[int, float]], float, bool]:
+    ) -> tuple[list[_Scored], list[tuple[int, float]], QualityEstimate, int]:
         config = self.config
-        depth = max(self.eagle.local.neighbours, config.quality_memory_neighbours)
-        ids, sims = self.eagle.local.index.search(vector, depth)
+        evidence = self.estimator.evidence
+        depth = max(config.neighbours, config.estimator.evidence.neighbours)
+        ids, sims = evidence.index.search(vector, depth)
         neighbours = [(int(i), float(s)) for i, s in zip(ids[0], sims[0], strict=True)]
-        eagle_neighbours = neighbours[: self.eagle.local.neighbours]
-        local = self.eagle.local.replay([i for i, _ in eagle_neighbours])
-        predicted_quality = self.quality.predict_from_neighbours(vector, ids[0], sims[0])
-        p = self.eagle.global_weight
+        estimate = self.estimator.estimate(
+            vector, user_id=request.user_id, neighbour_ids=ids[0], neighbour_cosines=sims[0]
+        )
+        local = replay_games(
+            self.models,
+            self._games,
+            [i for i, _ in neighbours[: config.neighbours]],
+            k=config.k,
+            initial=config.initial_rating,
+        )
+        p = config.global_weight
         ratings = {
-            c.model: p * self.eagle.global_elo[c.model] + (1.0 - p) * local[c.model] for c in usable
+            c.model: p * self.global_elo[c.model] + (1.0 - p) * local[c.model] for c in usable
         }
-        eagle_quality = win_probability_vs_field(ratings)
-        user_weight = self.users.weight(request.user_id)
-        user_ratings = self.users.ratings(request.user_id)
-        user_quality = win_probability_vs_field({c.model: user_ratings[c.model] for c in usable})
-        beta = config.quality_weight
-        quality = {
-            m: (1.0 - user_weight) * ((1.0 - beta) * eagle_quality[m] + beta * predicted_quality[m])
-            + user_weight * user_quality[m]
-            for m in ratings
-        }
-        evidence = any(self.games[c.model] for c in usable)
-
-        lam = self.config.cost_weight if request.cost_weight is None else request.cost_weight
+        experts = {e.model: e for e in request.experts}
+        lam = config.cost_weight if request.cost_weight is None else request.cost_weight
         predicted = {
             c.model: self.lengths.predict(
                 c.model, vector, prompt_tokens=request.prompt_tokens, max_tokens=request.max_tokens
@@ -247,29 +231,53 @@ class EagleRouter:
         dearest = max(costs.values())
         scored = []
         for c in usable:
+            column = estimate.of(c.model)
+            quality = float(estimate.quality[column])
+            expert_term = self._expert_term(experts.get(c.model))
             load = self.load.snapshot(c.model)
             normalised_cost = costs[c.model] / dearest if dearest > 0 else 0.0
             scored.append(
                 _Scored(
                     candidate=c,
                     rating=ratings[c.model],
-                    predicted_quality=predicted_quality[c.model],
-                    quality=quality[c.model],
+                    quality=quality,
+                    std=float(estimate.std[column]),
+                    expert_term=expert_term,
                     predicted_tokens=predicted[c.model],
                     expected_cost=costs[c.model],
-                    utility=quality[c.model] - lam * normalised_cost,
+                    utility=quality + expert_term - lam * normalised_cost,
                     load=load,
                     predicted_latency=load.predicted_latency(predicted[c.model]),
                 )
             )
-        return scored, eagle_neighbours, user_weight, evidence
+        # The exploration draw's state: the user's own votes, so that other users'
+        # feedback never reshuffles this user's exploration.
+        return scored, neighbours, estimate, self.estimator.influence.votes(request.user_id)
 
-    def _choose(
-        self, request: RouteRequest, scored: list[_Scored], evidence: bool
-    ) -> tuple[_Scored, str]:
+    def _expert_term(self, experts: ExpertEvidence | None) -> float:
+        if experts is None or experts.specialist_version_id is None:
+            return 0.0
+        bonus = self.config.expert_bonus
+        if experts.significant:
+            return bonus
+        if experts.gain is None or not math.isfinite(experts.gain):
+            return 0.0
+        return bonus * min(1.0, max(0.0, experts.gain / self.config.expert_reference_gain))
+
+    def _incumbent(self, within: list[_Scored]) -> tuple[_Scored, str]:
+        """The model the router stays on unless another is clearly better."""
+        with_experts = [s for s in within if s.expert_term > 0]
+        if with_experts:
+            return max(with_experts, key=lambda s: (s.expert_term, s.model)), "expert"
+        default = next((s for s in within if s.model == self.default_model), None)
+        if default is None:
+            default = min(within, key=lambda s: (s.candidate.cost_per_million_tokens, s.model))
+        return default, "default"
+
+    def _choose(self, request: RouteRequest, scored: list[_Scored], state_id: int) -> _Choice:
         by_model = {s.model: s for s in scored}
         if request.requested_model is not None:
-            return by_model[request.requested_model], "forced"
+            return _Choice(by_model[request.requested_model], "forced")
         ceiling = request.max_price_per_million
         within = [
             s for s in scored if ceiling is None or s.candidate.cost_per_million_tokens <= ceiling
@@ -281,50 +289,91 @@ class EagleRouter:
                     f"{min(s.candidate.cost_per_million_tokens for s in scored)}"
                 )
             cheapest = min(scored, key=lambda s: (s.candidate.cost_per_million_tokens, s.model))
-            return cheapest, "budget"
+            return _Choice(cheapest, "budget")
 
-        if not evidence:
-            # Nothing learnt yet: the configured default, else the cheapest.
-            default = by_model.get(self.default_model or "")
-            if default is None or default not in within:
-                default = min(within, key=lambda s: (s.candidate.cost_per_million_tokens, s.model))
-            best, reason = default, "default"
-        else:
-            best = max(within, key=_preference)
+        incumbent, kept_reason = self._incumbent(within)
+        best = max(within, key=_preference)
+        if best is incumbent:
             top_quality = max(within, key=lambda s: (s.quality, -s.expected_cost, s.model))
-            reason = "score" if best is top_quality else "cost"
+            if not self.estimator.has_evidence and incumbent.expert_term == 0:
+                choice = _Choice(incumbent, "default", incumbent=incumbent.model)
+            else:
+                reason = "score" if best is top_quality else "cost"
+                if incumbent.expert_term > 0 and best is not top_quality:
+                    reason = "expert"
+                choice = _Choice(best, reason, incumbent=incumbent.model)
+        else:
+            spread = math.sqrt(best.std**2 + incumbent.std**2)
+            clearly_better = best.utility - incumbent.utility >= self._switch_z * spread
+            if clearly_better:
+                top_quality = max(within, key=lambda s: (s.quality, -s.expected_cost, s.model))
+                choice = _Choice(
+                    best, "score" if best is top_quality else "cost", incumbent=incumbent.model
+                )
+            else:
+                choice = _Choice(incumbent, kept_reason, incumbent=incumbent.model)
+
+        if request.explore and not request.strict_budget and self.config.explore_rate > 0:
+            choice = self._explore(request, within, choice, state_id)
 
         slo = request.latency_slo_seconds or self.config.latency_slo_seconds
-        if best.load.saturated or (slo is not None and best.predicted_latency > slo):
-            floor = best.utility - self.config.near_equal_margin
+        chosen = choice.scored
+        if chosen.load.saturated or (slo is not None and chosen.predicted_latency > slo):
+            floor = chosen.utility - self.config.near_equal_margin
             free = [
                 s
                 for s in within
-                if s is not best
+                if s is not chosen
                 and not s.load.saturated
                 and (slo is None or s.predicted_latency <= slo)
                 and s.utility >= floor
             ]
             if free:
-                return max(free, key=_preference), "load"
-        return best, reason
+                return _Choice(max(free, key=_preference), "load", incumbent=choice.incumbent)
+        return choice
+
+    def _explore(
+        self, request: RouteRequest, within: list[_Scored], choice: _Choice, state_id: int
+    ) -> _Choice:
+        open_ = [s for s in within if not s.load.saturated]
+        if len(open_) < 2:
+            return choice
+        rng = exploration_rng(request.user_id, request.prompt_text, state_id)
+        picked = thompson_choice(
+            rng,
+            [s.utility for s in open_],
+            [s.std for s in open_],
+            rate=self.config.explore_rate,
+        )
+        if picked is None:
+            return choice
+        option = open_[picked]
+        regret = choice.scored.utility - option.utility
+        if option is choice.scored or regret > self.config.explore_max_regret:
+            return choice
+        return _Choice(option, "explore", explored=True, incumbent=choice.incumbent)
 
     def _explain(
         self,
         request: RouteRequest,
         scored: list[_Scored],
-        chosen: _Scored,
-        reason: str,
+        choice: _Choice,
         neighbours: list[tuple[int, float]],
-        user_weight: float,
+        estimate: QualityEstimate,
         vector: npt.NDArray[np.float32],
     ) -> RoutingDecision:
         ceiling = request.max_price_per_million
-        candidates = {
-            s.model: {
+        candidates = {}
+        for s in scored:
+            column = estimate.of(s.model)
+            candidates[s.model] = {
                 "rating": round(s.rating, 2),
-                "predicted_quality": round(s.predicted_quality, 4),
                 "quality": round(s.quality, 4),
+                "quality_std": round(s.std, 4),
+                "shared_quality": round(float(estimate.shared[column]), 4),
+                "neighbour_shift": round(float(estimate.shared_shift[column]), 4),
+                "user_shift": round(float(estimate.user_shift[column]), 4),
+                "expert_term": round(s.expert_term, 4),
                 "utility": round(s.utility, 4),
                 "predicted_tokens": s.predicted_tokens,
                 "expected_cost": s.expected_cost,
@@ -332,19 +381,27 @@ class EagleRouter:
                 "predicted_latency_s": round(s.predicted_latency, 3),
                 "within_budget": ceiling is None or s.candidate.cost_per_million_tokens <= ceiling,
             }
-            for s in scored
+        experts = {
+            e.model: {
+                "specialist_version_id": e.specialist_version_id,
+                "generalists": e.generalists,
+                "gain": None if e.gain is None else round(e.gain, 4),
+                "significant": e.significant,
+            }
+            for e in request.experts
         }
         with self._lock:
-            sources = [
-                (self._sources[i][0], similarity) for i, similarity in neighbours
-            ]  # (response id, cosine)
+            sources = [(self._sources[i], similarity) for i, similarity in neighbours]
         details: dict[str, Any] = {
             "candidates": candidates,
+            "explored": choice.explored,
+            "incumbent": choice.incumbent,
+            "experts": experts,
             "neighbours": {
                 "count": len(neighbours),
                 "similarities": [round(s, 4) for _, s in neighbours[:SHOWN_NEIGHBOURS]],
             },
-            "user_weight": round(user_weight, 4),
+            "user_feedback": self.estimator.influence.votes(request.user_id),
             "cost_weight": (
                 self.config.cost_weight if request.cost_weight is None else request.cost_weight
             ),
@@ -352,9 +409,10 @@ class EagleRouter:
         }
         if ceiling is not None:
             details["max_price"] = ceiling
+        chosen = choice.scored
         return RoutingDecision(
             model=chosen.model,
-            reason=reason,
+            reason=choice.reason,
             scores={s.model: round(s.utility, 4) for s in scored},
             details=details,
             private_details={
@@ -372,30 +430,43 @@ class EagleRouter:
         with self._lock:
             latencies = np.array(self.decision_seconds) * 1000
             recent = list(self.recent)
+            influence = self.estimator.influence
             users = [
                 {
                     "user_id": user_id,
-                    "feedback": self.users.feedback_count(user_id),
-                    "weight": round(self.users.weight(user_id), 4),
-                    "ratings": {m: round(r, 2) for m, r in self.users.ratings(user_id).items()},
+                    "feedback": influence.votes(user_id),
+                    "shared_weight": round(influence.shared_weight(user_id), 3),
+                    "own_evidence_rows": self.estimator.evidence.user_row_count(user_id),
                 }
-                for user_id in self.users.users()
+                for user_id in influence.users()
             ]
+            posterior = self.estimator.posterior
             return {
                 "config": {
                     "global_weight": self.config.global_weight,
                     "neighbours": self.config.neighbours,
                     "k": self.config.k,
-                    "user_prior_games": self.config.user_prior_games,
                     "cost_weight": self.config.cost_weight,
                     "latency_slo_s": self.config.latency_slo_seconds,
+                    "switch_confidence": self.config.switch_confidence,
+                    "explore_rate": self.config.explore_rate,
+                    "explore_max_regret": self.config.explore_max_regret,
+                    "expert_bonus": self.config.expert_bonus,
+                    "user_full_votes": self.config.estimator.user_full_votes,
                 },
                 "last_feedback_id": self.last_feedback_id,
                 "global": {
-                    m: {"rating": round(self.eagle.global_elo[m], 2), "games": self.games[m]}
-                    for m in self.models
+                    m: {
+                        "rating": round(self.global_elo[m], 2),
+                        "games": self.games[m],
+                        "evidence": round(float(posterior.evidence[i]), 3),
+                        "intercept_quality": round(
+                            float(1 / (1 + math.exp(-posterior.means[i, -1]))), 4
+                        ),
+                    }
+                    for i, m in enumerate(self.models)
                 },
-                "local_queries": len(self.eagle.local),
+                "local_queries": len(self.estimator.evidence),
                 "users": users,
                 "output_lengths": {m: self.lengths.observations(m) for m in self.models},
                 "load": {m: vars(self.load.snapshot(m)) for m in self.models},

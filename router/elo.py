@@ -124,10 +124,24 @@ class LocalElo:
         They are replayed farthest first: ELO weighs recent games most, so the
         most similar queries get the last, largest say.
         """
-        elo = EloRatings(self.models, k=self.k, initial=self.initial)
-        for query_id in reversed(query_ids):
-            elo.apply(self._outcomes[query_id])
-        return elo.ratings
+        return replay_games(self.models, self._outcomes, query_ids, k=self.k, initial=self.initial)
+
+
+def replay_games(
+    models: Sequence[str],
+    games: Sequence[Sequence[Outcome]],
+    query_ids: Sequence[int],
+    *,
+    k: float,
+    initial: float,
+) -> dict[str, float]:
+    """Fresh ratings from ``games[i]`` for each i in ``query_ids`` (given nearest first),
+    replayed farthest first: ELO weighs recent games most, so the most similar queries get
+    the last, largest say."""
+    elo = EloRatings(models, k=k, initial=initial)
+    for query_id in reversed(query_ids):
+        elo.apply(games[query_id])
+    return elo.ratings
 
 
 class EagleRatings:

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from adapters.expert_sets import ExpertSet
 from finetune import chat_format
-from router import BudgetNotMet, NoRoute, RouteRequest, RoutingDecision
+from router import BudgetNotMet, ExpertEvidence, NoRoute, RouteRequest, RoutingDecision
 from router.load import Ticket
 from router.state_sync import embedding_bytes
 from serving.backend import EventStream
@@ -173,6 +173,8 @@ def _route_request(
             user.route_latency_slo_seconds,
         )
     return RouteRequest(
+        requires_chat=isinstance(body, ChatCompletionCreate),
+        experts=_expert_evidence(runtime, user_id, personalize=body.personalize),
         user_id=user_id,
         prompt_text=routing_text,
         # Before a model is chosen there is no tokenizer: ~4 characters a token.
@@ -186,6 +188,31 @@ def _route_request(
             body.latency_slo_seconds if body.latency_slo_seconds is not None else slo
         ),
     )
+
+
+def _expert_evidence(
+    runtime: ModelRuntime, user_id: str, *, personalize: bool
+) -> tuple[ExpertEvidence, ...]:
+    """The caller's experts on each base model, so that the router scores every model
+    with the experts it would answer with (cached per replica: no SQL per request)."""
+    found = []
+    for candidate in runtime.candidates:
+        experts = runtime.expert_sets.get(
+            base_model_id=candidate.model, user_id=user_id, personalize=personalize
+        )
+        if experts.is_empty:
+            continue
+        specialist = experts.specialist
+        found.append(
+            ExpertEvidence(
+                model=candidate.model,
+                specialist_version_id=None if specialist is None else specialist.version_id,
+                generalists=len(experts.generalists),
+                gain=None if specialist is None else specialist.relative_gain,
+                significant=specialist is not None and specialist.gain_significant,
+            )
+        )
+    return tuple(found)
 
 
 def _sampling(body: SamplingFields, max_tokens: int) -> SamplingParams:

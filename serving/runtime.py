@@ -25,6 +25,7 @@ from router import Candidate, DefaultModelRouter, Router
 from router.config import RouterConfig
 from router.eagle_router import EagleRouter
 from router.load import LoadTracker
+from router.quality_estimate import EstimatorConfig
 from router.query_embedder import Embedder, OnnxQueryEmbedder, use_one_blas_thread
 from router.state_sync import relearn_lengths, sync_feedback
 from serving.backend import GenerationBackend, LocalBackend
@@ -154,10 +155,13 @@ class ModelRuntime:
                 global_weight=settings.router_global_weight,
                 neighbours=settings.router_neighbours,
                 k=settings.router_k,
-                user_prior_games=settings.router_user_prior_games,
                 cost_weight=settings.router_cost_weight,
                 latency_slo_seconds=settings.router_latency_slo_seconds,
-                quality_weight=settings.router_quality_weight,
+                switch_confidence=settings.router_switch_confidence,
+                explore_rate=settings.router_explore_rate,
+                explore_max_regret=settings.router_explore_max_regret,
+                expert_bonus=settings.router_expert_bonus,
+                estimator=EstimatorConfig(user_full_votes=settings.router_user_full_votes),
             ),
             load=self.load,
             default_model=settings.default_model,

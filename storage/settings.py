@@ -138,10 +138,12 @@ class Settings(BaseSettings):
         default=20, ge=1, description="N: past queries the local ELO is replayed from."
     )
     router_k: float = Field(default=32.0, gt=0, description="K: the ELO step.")
-    router_user_prior_games: float = Field(
-        default=10.0,
-        gt=0,
-        description="A user's own ratings weigh n / (n + this) after n pieces of their feedback.",
+    router_user_full_votes: int = Field(
+        default=1,
+        ge=1,
+        description="A user's first this many votes count fully in the routing every user "
+        "gets; later ones less and less (total under twice this). Their own routing "
+        "learns from every vote.",
     )
     router_cost_weight: float = Field(
         default=0.1,
@@ -154,12 +156,33 @@ class Settings(BaseSettings):
         gt=0,
         description="Latency objective the router avoids missing by moving load; unset: none.",
     )
-    router_quality_weight: float = Field(
-        default=1.0,
+    router_switch_confidence: float = Field(
+        default=0.95,
+        ge=0.5,
+        lt=1.0,
+        description="`auto` leaves the incumbent (the base holding the user's specialist, "
+        "else the default model, else the cheapest) only for a model better with at least "
+        "this posterior probability.",
+    )
+    router_explore_rate: float = Field(
+        default=0.05,
         ge=0.0,
         le=1.0,
-        description="Beta: the quality model's share of the shared quality, the rest "
-        "being Eagle's P*global + (1-P)*local ELO (chosen on validation: docs/benchmarks.md).",
+        description="Share of a user's `auto` requests that may explore (Thompson "
+        "sampling); 0 turns exploration off.",
+    )
+    router_explore_max_regret: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="Most expected utility (P(good) units) one explored request may give up.",
+    )
+    router_expert_bonus: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Utility of a user's own specialist on a base model when its gain "
+        "passed the evaluation gate (less for a smaller, unproven gain).",
     )
     router_sync_seconds: float = Field(
         default=2.0,

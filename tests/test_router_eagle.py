@@ -1,4 +1,6 @@
-"""The learning router's decisions: ratings, per-user blend, cost, budget, load."""
+"""The learning router's decisions: a calibrated estimate per model that few votes cannot
+move far, each user's own evidence in context, bounded influence of one user on everyone,
+experts, exploration, cost, budget and load."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from router import (
     BudgetNotMet,
     Candidate,
     EagleRouter,
+    ExpertEvidence,
     FeedbackEvent,
     NoRoute,
     RouterConfig,
@@ -94,6 +97,24 @@ def feedback(
         )
 
 
+def crowd(router: EagleRouter, text: str, *, winner: str, loser: str, users: int = 12) -> None:
+    """One preference each from many users: what the shared estimate learns from."""
+    for i in range(users):
+        feedback(router, f"{text} #{i}", winner=winner, loser=loser, user=f"crowd-{i}")
+
+
+def rate(router: EagleRouter, text: str, model: str, rating: int, user: str) -> None:
+    router.apply_feedback(
+        FeedbackEvent(
+            feedback_id=next(_ids),
+            user_id=user,
+            model=model,
+            rating=rating,
+            vector=router.embedder.embed(text),
+        )
+    )
+
+
 def test_without_feedback_the_default_model_answers_else_the_cheapest() -> None:
     router = make_router()
     decision = route(router, "a math question")
@@ -109,97 +130,160 @@ def test_a_forced_model_is_kept_and_an_unknown_one_refused() -> None:
         route(router, "x", requested_model="nope")
 
 
-def test_preferences_move_later_choices_per_topic() -> None:
-    router = make_router(global_weight=0.1, cost_weight=0.0)
-    feedback(router, "math: integrate x", winner=LARGE, loser=SMALL, times=6)
-    feedback(router, "code: reverse a list", winner=SMALL, loser=LARGE, times=6)
-    feedback(router, "math: solve for y", winner=LARGE, loser=SMALL, times=1)
-    math, code = route(router, "math: prove it"), route(router, "code: a parser")
+def test_preferences_of_many_users_move_later_choices_per_topic() -> None:
+    router = make_router(cost_weight=0.0)
+    crowd(router, "math: integrate x", winner=LARGE, loser=SMALL)
+    crowd(router, "code: reverse a list", winner=SMALL, loser=LARGE)
+    math, code = route(router, "math: prove it", "new"), route(router, "code: a parser", "new")
     assert (math.model, math.reason) == (LARGE, "score")
-    assert (code.model, code.reason) == (SMALL, "score")
+    assert code.model == SMALL
     assert math.scores[LARGE] > math.scores[SMALL]
 
 
-def test_a_rating_is_a_game_against_every_other_model() -> None:
-    for rating, expected in ((1, LARGE), (-1, SMALL)):
-        # ELO only (beta 0): no embedding was kept, so only the global ELO learns.
-        router = make_router(cost_weight=0.0, quality_weight=0.0)
-        router.apply_feedback(
-            FeedbackEvent(
-                feedback_id=1, user_id="u", model=LARGE, rating=rating, vector=None, response_id="r"
-            )
+def test_one_vote_reroutes_nobody() -> None:
+    # The first-hour failure: one preference sent every user's auto traffic elsewhere.
+    router = make_router(cost_weight=0.0)
+    feedback(router, "math: what is 2+2", winner=LARGE, loser=SMALL, user="alice")
+    for user in ("alice", "bob"):
+        for text in ("math: what is 2+2", "code: a parser", "poem about rain"):
+            decision = route(router, text, user, explore=False)
+            assert (decision.model, decision.reason) == (SMALL, "default"), (user, text)
+    estimate = route(router, "math: what is 2+2", "bob").details["candidates"]
+    # Moved, but nowhere near the 1.0 / 0.0 one data point used to give.
+    assert 0.5 < estimate[LARGE]["quality"] < 0.7
+
+
+def test_a_lone_users_votes_change_their_routes_and_nobody_elses() -> None:
+    router = make_router(cost_weight=0.0)
+    switched_after = None
+    for vote in range(1, 51):
+        feedback(router, f"poem about rain {vote % 4}", winner=LARGE, loser=SMALL, user="alice")
+        if (
+            switched_after is None
+            and ask(router, "poem about snow", "alice", explore=False) == LARGE
+        ):
+            switched_after = vote
+        assert ask(router, "poem about snow", "bob", explore=False) == SMALL, vote
+    assert switched_after is not None and switched_after <= 20
+    state = router.state()["users"]
+    (alice,) = [u for u in state if u["user_id"] == "alice"]
+    assert alice["feedback"] == 50
+    assert alice["shared_weight"] < 2.0  # 50 votes, under two votes' worth for everyone else
+
+
+def test_a_users_own_preference_is_contextual() -> None:
+    router = make_router(cost_weight=0.0)
+    crowd(router, "math: sums", winner=SMALL, loser=LARGE)
+    crowd(router, "code: loops", winner=SMALL, loser=LARGE)
+    # Alice disagrees on math only.
+    feedback(router, "math: integrals", winner=LARGE, loser=SMALL, user="alice", times=20)
+    assert ask(router, "math: limits", "alice", explore=False) == LARGE
+    assert ask(router, "code: recursion", "alice", explore=False) == SMALL
+    assert ask(router, "math: limits", "bob", explore=False) == SMALL
+
+
+def test_ratings_teach_a_calibrated_quality_per_topic() -> None:
+    router = make_router(cost_weight=0.0)
+    for i in range(30):
+        for topic, good in (("math", LARGE), ("code", SMALL)):
+            for model in (LARGE, SMALL):
+                # The good model answers well 4 times in 5, the other 1 in 5.
+                well = (i % 5 != 0) if model == good else (i % 5 == 0)
+                user = f"user-{i}-{topic}-{model}"  # many users, one vote each
+                rate(router, f"{topic}: exercise {i}", model, 1 if well else -1, user)
+    for topic, good, bad in (("math", LARGE, SMALL), ("code", SMALL, LARGE)):
+        decision = route(router, f"{topic}: one more", user="someone-else", explore=False)
+        quality = {m: c["quality"] for m, c in decision.details["candidates"].items()}
+        assert 0.65 < quality[good] < 0.95
+        assert 0.05 < quality[bad] < 0.35
+        assert decision.model == good
+
+
+def test_a_rating_without_an_embedding_moves_only_the_shown_elo() -> None:
+    router = make_router(cost_weight=0.0)
+    router.apply_feedback(
+        FeedbackEvent(
+            feedback_id=1, user_id="u", model=LARGE, rating=1, vector=None, response_id="r"
         )
-        assert router.eagle.global_elo[LARGE] != router.eagle.global_elo[SMALL]
-        assert ask(router, "anything") == expected
+    )
+    assert router.global_elo[LARGE] > router.global_elo[SMALL]
+    assert route(router, "anything").reason == "default"
 
 
 def test_the_same_feedback_id_counts_once() -> None:
     router = make_router()
     event = FeedbackEvent(feedback_id=5, user_id="u", model=LARGE, rating=1)
     assert router.apply_feedback(event) is True
-    ratings = dict(router.eagle.global_elo.ratings)
+    ratings = dict(router.global_elo.ratings)
     assert router.apply_feedback(event) is False
     assert (
         router.apply_feedback(FeedbackEvent(feedback_id=4, user_id="u", model=SMALL, rating=1))
         is False
     )
-    assert router.eagle.global_elo.ratings == ratings
+    assert router.global_elo.ratings == ratings
 
 
-def test_a_users_own_preference_takes_over_and_new_users_get_the_global_choice() -> None:
-    router = make_router(cost_weight=0.0, user_prior_games=10)
-    for user in ("b", "c"):
-        feedback(router, "poem about rain", winner=LARGE, loser=SMALL, user=user, times=10)
-    assert ask(router, "poem about snow", user="a") == LARGE
-    feedback(router, "poem about sun", winner=SMALL, loser=LARGE, user="a", times=4)
-    # Four pieces of feedback weigh 4 / 14: not yet enough against twenty.
-    assert ask(router, "poem about snow", user="a") == LARGE
-    feedback(router, "poem about sun", winner=SMALL, loser=LARGE, user="a", times=16)
-    decision = route(router, "poem about snow", user="a")
-    assert decision.model == SMALL
-    assert decision.details["user_weight"] == pytest.approx(20 / 30, abs=1e-3)
-    assert ask(router, "poem about snow", user="b") == LARGE
-    newcomer = route(router, "poem about snow", user="new")
-    assert newcomer.details["user_weight"] == 0.0
-    # The newcomer's choice is what the shared ratings alone say.
-    shared = router.eagle.scores(router.embedder.embed("poem about snow"))[0]
-    assert newcomer.model == max(shared, key=lambda m: shared[m])
+def test_the_router_recovers_when_the_preferred_model_starts_failing() -> None:
+    router = make_router(cost_weight=0.0)
+    for i in range(20):
+        rate(router, f"math: task {i}", LARGE, 1, f"early-{i}")
+        rate(router, f"math: task {i}", SMALL, -1, f"early-{i}")
+    assert ask(router, "math: next", "new", explore=False) == LARGE
+    for i in range(40):
+        rate(router, f"math: later task {i}", LARGE, -1, f"late-{i}")
+    assert ask(router, "math: next", "new", explore=False) == SMALL
 
 
-def test_the_quality_model_learns_per_topic_from_ratings() -> None:
-    # beta 1: the shared quality is the quality model's prediction alone.
-    router = make_router(cost_weight=0.0, quality_weight=1.0)
-    for i in range(6):
-        for topic, good in (("math", LARGE), ("code", SMALL)):
-            for model in (LARGE, SMALL):
-                router.apply_feedback(
-                    FeedbackEvent(
-                        feedback_id=next(_ids),
-                        user_id="u",
-                        model=model,
-                        rating=1 if model == good else -1,
-                        vector=router.embedder.embed(f"{topic}: exercise {i}"),
-                    )
-                )
-    for topic, good, bad in (("math", LARGE, SMALL), ("code", SMALL, LARGE)):
-        decision = route(router, f"{topic}: one more", user="someone-else")
-        predicted = {m: c["predicted_quality"] for m, c in decision.details["candidates"].items()}
-        assert predicted[good] > 0.7 > 0.3 > predicted[bad]
-        assert decision.model == good
+def test_exploration_is_bounded_reproducible_and_says_so() -> None:
+    router = make_router(cost_weight=0.0, explore_rate=1.0, explore_max_regret=1.0)
+    texts = [f"poem number {i}" for i in range(40)]
+    decisions = [route(router, text) for text in texts]
+    explored = [d for d in decisions if d.details["explored"]]
+    assert explored and all(d.reason == "explore" for d in explored)
+    assert all(d.model != d.details["incumbent"] for d in explored)
+    # The same request against the same state makes the same choice.
+    assert [route(router, t).model for t in texts] == [d.model for d in decisions]
+    # Never with a strict budget or when the caller turns it off.
+    for text in texts:
+        assert not route(router, text, strict_budget=True).details["explored"]
+        assert not route(router, text, explore=False).details["explored"]
+    # A small budget explores about that share of requests.
+    sparing = make_router(cost_weight=0.0, explore_rate=0.05, explore_max_regret=1.0)
+    share = np.mean([route(sparing, f"poem {i}").details["explored"] for i in range(400)])
+    assert 0.0 < share < 0.1
+
+
+def test_a_users_specialist_keeps_auto_on_its_base() -> None:
+    router = make_router(cost_weight=0.0)
+    crowd(router, "math: sums", winner=LARGE, loser=SMALL, users=3)  # a small lead only
+    experts = (ExpertEvidence(SMALL, specialist_version_id="v1", gain=0.12, significant=True),)
+    kept = route(router, "math: products", "alice", experts=experts, explore=False)
+    assert (kept.model, kept.reason) == (SMALL, "expert")
+    assert kept.details["candidates"][SMALL]["expert_term"] == pytest.approx(0.1)
+    assert kept.details["experts"][SMALL]["specialist_version_id"] == "v1"
+    # Without experts the same user goes where the crowd points.
+    assert ask(router, "math: products", "bob", explore=False) == LARGE
+    # A clearly better model still wins.
+    crowd(router, "math: products", winner=LARGE, loser=SMALL, users=40)
+    assert ask(router, "math: products", "alice", experts=experts, explore=False) == LARGE
+    # An unproven specialist counts in proportion to its gain.
+    weak = (ExpertEvidence(SMALL, specialist_version_id="v2", gain=0.01),)
+    decision = route(router, "math: products", "alice", experts=weak, explore=False)
+    assert decision.details["candidates"][SMALL]["expert_term"] == pytest.approx(0.02)
 
 
 def test_the_cost_weight_trades_quality_for_price() -> None:
     router = make_router()
-    feedback(router, "math: a sum", winner=LARGE, loser=SMALL, times=3)
-    assert ask(router, "math: a sum", cost_weight=0.0) == LARGE
-    cheap = route(router, "math: a sum", cost_weight=5.0)
-    assert (cheap.model, cheap.reason) == (SMALL, "cost")
+    crowd(router, "math: a sum", winner=LARGE, loser=SMALL)
+    assert ask(router, "math: a sum", cost_weight=0.0, explore=False) == LARGE
+    cheap = route(router, "math: a sum", cost_weight=5.0, explore=False)
+    assert cheap.model == SMALL
     assert cheap.details["cost_weight"] == 5.0
 
 
 def test_a_price_ceiling_is_kept_or_falls_back_to_the_cheapest() -> None:
     router = make_router(cost_weight=0.0)
-    feedback(router, "math: a sum", winner=LARGE, loser=SMALL, times=3)
+    crowd(router, "math: a sum", winner=LARGE, loser=SMALL)
     assert ask(router, "math: a sum", max_price_per_million=2.0) == SMALL
     below_all = route(router, "math: a sum", max_price_per_million=0.5)
     assert (below_all.model, below_all.reason) == (SMALL, "budget")
@@ -208,40 +292,37 @@ def test_a_price_ceiling_is_kept_or_falls_back_to_the_cheapest() -> None:
 
 
 def test_a_saturated_model_is_avoided_when_a_near_equal_one_is_free() -> None:
-    # ELO only (beta 0): one game makes the two near-equal.
-    router = make_router(cost_weight=0.0, near_equal_margin=0.2, quality_weight=0.0)
-    feedback(router, "math: a sum", winner=LARGE, loser=SMALL, times=1)
-    assert ask(router, "math: a sum") == LARGE
+    router = make_router(cost_weight=0.0, near_equal_margin=1.0)
+    crowd(router, "math: a sum", winner=LARGE, loser=SMALL)
+    assert ask(router, "math: a sum", explore=False) == LARGE
     tickets = [router.load.started(LARGE, 50) for _ in range(4)]
-    busy = route(router, "math: a sum")
+    busy = route(router, "math: a sum", explore=False)
     assert (busy.model, busy.reason) == (SMALL, "load")
     assert busy.details["candidates"][LARGE]["in_flight"] == 4
     for ticket in tickets:
         router.load.finished(ticket)
-    assert ask(router, "math: a sum") == LARGE
+    assert ask(router, "math: a sum", explore=False) == LARGE
 
 
 def test_load_does_not_buy_a_much_worse_model() -> None:
     router = make_router(cost_weight=0.0, near_equal_margin=0.05)
-    feedback(router, "math: a sum", winner=LARGE, loser=SMALL, times=10)
+    crowd(router, "math: a sum", winner=LARGE, loser=SMALL, users=30)
     for _ in range(4):
         router.load.started(LARGE, 50)
-    assert ask(router, "math: a sum") == LARGE
+    assert ask(router, "math: a sum", explore=False) == LARGE
 
 
 def test_a_latency_objective_moves_a_request_off_a_slow_model() -> None:
-    router = make_router(
-        cost_weight=0.0, near_equal_margin=0.2, latency_slo_seconds=None, quality_weight=0.0
-    )
-    feedback(router, "math: a sum", winner=LARGE, loser=SMALL, times=1)
+    router = make_router(cost_weight=0.0, near_equal_margin=1.0, latency_slo_seconds=None)
+    crowd(router, "math: a sum", winner=LARGE, loser=SMALL)
     for model, seconds in ((LARGE, 50.0), (SMALL, 0.1)):
         for _ in range(20):
             done = router.load.started(model, 10)
             router.load.finished(
                 done, first_token_seconds=seconds / 10, total_seconds=seconds, completion_tokens=10
             )
-    assert ask(router, "math: a sum") == LARGE  # no objective: quality decides
-    moved = route(router, "math: a sum", latency_slo_seconds=2.0)
+    assert ask(router, "math: a sum", explore=False) == LARGE  # no objective: quality decides
+    moved = route(router, "math: a sum", latency_slo_seconds=2.0, explore=False)
     assert (moved.model, moved.reason) == (SMALL, "load")
     assert moved.details["candidates"][LARGE]["predicted_latency_s"] > 2.0
 
@@ -252,10 +333,22 @@ def test_every_decision_explains_itself() -> None:
     decision = route(router, "code: a lexer")
     public = decision.public()
     assert set(public["candidates"]) == {SMALL, LARGE}
-    assert {"quality", "utility", "predicted_tokens", "expected_cost", "in_flight"} <= set(
-        public["candidates"][SMALL]
-    )
+    assert {
+        "quality",
+        "quality_std",
+        "shared_quality",
+        "neighbour_shift",
+        "user_shift",
+        "expert_term",
+        "utility",
+        "predicted_tokens",
+        "expected_cost",
+        "in_flight",
+    } <= set(public["candidates"][SMALL])
+    assert public["explored"] is False
+    assert public["incumbent"] == SMALL
     assert public["neighbours"]["count"] == 2
+    assert public["user_feedback"] == 2
     assert public["decision_ms"] > 0
     # Which past responses were neighbours is for admins only.
     assert "neighbour_responses" not in public
@@ -263,7 +356,7 @@ def test_every_decision_explains_itself() -> None:
     assert router.state()["recent"][0]["model"] == decision.model
 
 
-def test_replaying_the_same_feedback_rebuilds_the_same_state() -> None:
+def test_replaying_the_same_feedback_rebuilds_the_same_state_and_decisions() -> None:
     events = [
         FeedbackEvent(
             feedback_id=i + 1,
@@ -276,15 +369,17 @@ def test_replaying_the_same_feedback_rebuilds_the_same_state() -> None:
         )
         for i in range(30)
     ]
-    first, second = make_router(), make_router()
+    first, second = make_router(explore_rate=0.5), make_router(explore_rate=0.5)
     for event in events:
         first.apply_feedback(event)
     for event in events:
         second.apply_feedback(event)
     assert first.state()["global"] == second.state()["global"]
     assert first.state()["users"] == second.state()["users"]
-    for text in ("math 1", "code 2", "poem 3"):
-        assert route(first, text).scores == route(second, text).scores
+    for user in ("u0", "u1", "new"):
+        for text in ("math 1", "code 2", "poem 3", "poem 4", "math 5"):
+            a, b = route(first, text, user), route(second, text, user)
+            assert (a.model, a.reason, a.scores) == (b.model, b.reason, b.scores)
 
 
 def test_output_lengths_are_learnt_and_used_for_expected_cost() -> None:
@@ -309,6 +404,12 @@ def test_bad_configuration_is_refused() -> None:
         {"k": 0},
         {"cost_weight": -1},
         {"latency_slo_seconds": 0},
+        {"switch_confidence": 0.3},
+        {"switch_confidence": 1.0},
+        {"explore_rate": 1.5},
+        {"explore_max_regret": -0.1},
+        {"expert_bonus": 2.0},
+        {"expert_reference_gain": 0.0},
     ):
         with pytest.raises(ValueError):
             RouterConfig(**bad)
