@@ -1,7 +1,9 @@
-"""Bodies of the routing endpoints: a user's preferences and the admin view."""
+"""Bodies of the routing endpoints: a user's preferences and the admin views
+(the router's state, a routing reset, calibration)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -57,3 +59,54 @@ class RouterStatePublic(BaseModel):
     router: str
     config: dict[str, Any] = Field(default_factory=dict)
     mix: dict[str, Any] = Field(default_factory=dict)
+
+
+class RoutingResetPublic(BaseModel):
+    """``POST /admin/users/{id}/routing/reset``: the user's feedback the router now ignores."""
+
+    user_id: str
+    # The user's feedback with id <= this no longer moves routing.
+    ignored_feedback_up_to: int
+    reset_at: datetime
+
+    @classmethod
+    def of(cls, user: User) -> RoutingResetPublic:
+        assert user.route_reset_feedback_id is not None and user.route_reset_at is not None
+        return cls(
+            user_id=user.id,
+            ignored_feedback_up_to=user.route_reset_feedback_id,
+            reset_at=user.route_reset_at,
+        )
+
+
+class CalibrationBinPublic(BaseModel):
+    """One bin of a reliability diagram; the means are null when it is empty."""
+
+    lower: float
+    upper: float
+    count: int
+    mean_predicted: float | None
+    observed_rate: float | None
+
+
+class OfflineCalibrationPublic(BaseModel):
+    """The offline benchmark's reliability figures, as it wrote them (extra fields kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source: str
+    count: int
+    brier: float | None
+    ece: float | None
+    bins: list[CalibrationBinPublic]
+
+
+class CalibrationPublic(BaseModel):
+    """``GET /admin/router/calibration``: the served model's predicted quality vs feedback."""
+
+    window_hours: float
+    count: int
+    brier: float | None
+    ece: float | None
+    bins: list[CalibrationBinPublic]
+    offline: OfflineCalibrationPublic | None = None

@@ -131,6 +131,12 @@ class User(Base):
     route_cost_weight: Mapped[float | None] = mapped_column(Float, default=None)
     route_max_price: Mapped[float | None] = mapped_column(Float, default=None)
     route_latency_slo_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    # An admin's reset of the user's influence on routing: the router ignores
+    # the user's feedback with id <= route_reset_feedback_id (NULL: none
+    # ignored). Feedback ids are handed out in commit order, so "up to this id"
+    # is "everything the user had said when the reset happened".
+    route_reset_feedback_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    route_reset_at: Mapped[datetime | None] = mapped_column(default=None)
 
     api_keys: Mapped[list[ApiKey]] = relationship(
         back_populates="user", order_by="ApiKey.created_at", lazy="selectin"

@@ -120,7 +120,8 @@ def new_user(server: RunningServer, name: str) -> dict[str, Any]:
     return created
 
 
-def chat(server: RunningServer, key: str, text: str) -> None:
+def chat(server: RunningServer, key: str, text: str) -> str:
+    """Asks ``auto``; returns the response id."""
     answer = httpx.post(
         f"{server.url}/v1/chat/completions",
         json={"model": "auto", "messages": [{"role": "user", "content": text}], "max_tokens": 4},
@@ -128,6 +129,8 @@ def chat(server: RunningServer, key: str, text: str) -> None:
         timeout=60,
     )
     assert answer.status_code == 200, answer.text
+    response_id: str = answer.json()["id"]
+    return response_id
 
 
 def peft_files(folder: Path, *, seed: int) -> list[Path]:
@@ -351,13 +354,28 @@ def job_status(server: RunningServer, job_id: str) -> str:
 
 def test_router_page_explains_recent_decisions(page: Page, server: RunningServer) -> None:
     user = new_user(server, "router-traffic")
-    chat(server, user["api_key"], "Write a haiku about tea.")
+    response_id = chat(server, user["api_key"], "Write a haiku about tea.")
+    rated = httpx.post(
+        f"{server.url}/v1/feedback",
+        json={"response_id": response_id, "rating": 1},
+        headers={"Authorization": f"Bearer {user['api_key']}"},
+    )
+    assert rated.status_code == 201, rated.text
     page.goto("/admin/router")
     expect(page.get_by_test_id("chart-ratings").locator("svg")).to_be_visible()
     decisions = page.get_by_test_id("recent-decisions")
     expect(decisions).to_contain_text(user["id"])
     expect(page.get_by_test_id("decision-latency")).to_contain_text(re.compile(r"\d"))
+    # The rated answer is a point of the reliability diagram.
+    calibration = page.get_by_test_id("chart-calibration").locator("svg")
+    expect(calibration).to_have_attribute("data-points", re.compile(r"^[1-9]"))
+    expect(page.get_by_test_id("calibration-scores")).to_contain_text("live")
     screenshot(page, "router")
+
+    # Resetting the user's influence asks first, then says what is ignored now.
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_test_id(f"reset-routing-{user['id']}").click()
+    expect(page.locator("#notice")).to_contain_text("now ignores router-traffic's feedback")
 
 
 def test_overview_charts_update_live(page: Page, server: RunningServer, tmp_path: Path) -> None:

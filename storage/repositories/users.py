@@ -1,6 +1,14 @@
-"""Users of the service."""
+"""Users of the service, with their routing preferences and routing resets.
+
+A routing reset is a marker on the user's row (the highest feedback id it
+covers), never a deletion: the feedback stays for the user's own data and
+fine-tunes, and only the router's replay (``FeedbackRepository.for_routing_after``)
+leaves it out.
+"""
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -9,7 +17,7 @@ from sqlalchemy.orm import Session
 from storage.clock import utc_now
 from storage.errors import Conflict, NotFound
 from storage.ids import new_id
-from storage.tables import User
+from storage.tables import Feedback, User
 
 
 class UserRepository:
@@ -61,6 +69,24 @@ class UserRepository:
             setattr(user, ROUTING_PREFERENCES[name], value)
         self.session.flush()
         return user
+
+    def reset_routing_influence(self, *, user_id: str) -> User:
+        """Make the router ignore all the user's feedback so far; later feedback counts again.
+
+        The marker is the newest feedback id of anyone (0 if there is none):
+        the user's own feedback can only be older. A reset again moves it on.
+        """
+        user = self.get(user_id=user_id)
+        newest = self.session.scalar(select(func.max(Feedback.id)))
+        user.route_reset_feedback_id = newest or 0
+        user.route_reset_at = utc_now()
+        self.session.flush()
+        return user
+
+    def last_routing_reset(self) -> datetime | None:
+        """When any user's routing influence was last reset: the router's
+        processes compare it with what they saw to know when to rebuild."""
+        return self.session.scalar(select(func.max(User.route_reset_at)))
 
 
 # Preference name (as the API says it) -> column of the users table.

@@ -1,4 +1,5 @@
-// Small SVG charts: lines over time, stacked areas over time, bars.
+// Small SVG charts: lines over time, stacked areas over time, bars, and a
+// reliability diagram (predicted probability against observed rate).
 //
 // Each call draws a fresh <svg> into `container`, replacing the one before:
 // pages redraw on every poll instead of updating charts in place, which keeps
@@ -187,6 +188,82 @@ export function barChart(container, options) {
         s("title", {}, text),
       ),
     );
+  });
+  return chart.svg;
+}
+
+// reliabilityChart(container, {series: [{name, bins, color?, dash?}], height?, label?})
+// A reliability diagram: for each series, each non-empty bin's mean predicted
+// probability (x) against the rate observed (y), with the diagonal a
+// calibrated forecast would follow; under it, each bin's count as a bar
+// (scaled per series: a benchmark has far more answers than a live window).
+// `bins` are [{lower, upper, count, mean_predicted, observed_rate}] as
+// GET /admin/router/calibration returns them.
+export function reliabilityChart(container, options) {
+  const { series = [] } = options;
+  // Taller as it gets wider, so that the diagonal keeps a readable slope.
+  const height = options.height || Math.round(Math.min(480, Math.max(280, (container.clientWidth || 600) * 0.75)));
+  const points = series.reduce((n, x) => n + x.bins.filter((b) => b.count > 0).length, 0);
+  const chart = frame(container, points, height, series, options.label || "reliability diagram");
+  const area = plotArea(chart, { rightAxis: false });
+  const strip = 46; // the counts' strip under the diagram
+  const main = { ...area, y0: area.y0 - strip - 12 };
+  const x = (p) => area.x0 + p * (area.x1 - area.x0);
+  const y = (p) => main.y0 - p * (main.y0 - main.y1);
+
+  for (const tick of [0, 0.25, 0.5, 0.75, 1]) {
+    chart.svg.append(
+      s("line", { class: "chart-grid", x1: area.x0, x2: area.x1, y1: y(tick), y2: y(tick) }),
+      s("text", { class: "chart-tick", x: area.x0 - 6, y: y(tick) + 4, "text-anchor": "end" }, String(tick)),
+    );
+  }
+  chart.svg.append(
+    s("line", { class: "chart-axis", x1: area.x0, x2: area.x1, y1: main.y0, y2: main.y0 }),
+    s("line", { class: "chart-axis", x1: area.x0, x2: area.x1, y1: area.y0, y2: area.y0 }),
+    s("line", { class: "chart-diagonal", x1: x(0), y1: y(0), x2: x(1), y2: y(1) }, s("title", {}, "perfect calibration")),
+    s("text", { class: "chart-tick", x: area.x0 - 6, y: area.y0 - strip / 2 + 4, "text-anchor": "end" }, "n"),
+  );
+  for (let i = 0; i <= 10; i++) {
+    const anchor = i === 0 ? "start" : i === 10 ? "end" : "middle";
+    chart.svg.append(s("text", { class: "chart-tick", x: x(i / 10), y: area.y0 + FONT + 6, "text-anchor": anchor }, String(i / 10)));
+  }
+  if (!points) {
+    chart.svg.append(
+      s("text", { class: "chart-empty", x: (area.x0 + area.x1) / 2, y: (main.y0 + main.y1) / 2, "text-anchor": "middle" }, "No feedback on predicted answers yet"),
+    );
+  }
+
+  series.forEach((line, k) => {
+    const colour = colourOf(line, k);
+    const filled = line.bins.filter((b) => b.count > 0 && isValue(b.mean_predicted) && isValue(b.observed_rate));
+    const describeBin = (b) =>
+      `${line.name}, ${b.lower.toFixed(1)}–${b.upper.toFixed(1)}: ${b.count} answers, ` +
+      (b.count ? `predicted ${b.mean_predicted.toFixed(3)}, observed ${b.observed_rate.toFixed(3)}` : "none");
+    // Counts: side by side within each bin's slot, one bar per series.
+    const most = Math.max(1, ...line.bins.map((b) => b.count));
+    for (const b of line.bins) {
+      const slot = x(b.upper) - x(b.lower);
+      const width = Math.max(1, (slot * 0.8) / series.length);
+      const left = x(b.lower) + slot * 0.1 + k * width;
+      const tall = b.count ? Math.max(1, (b.count / most) * strip) : 0;
+      chart.svg.append(
+        s("rect", { class: "chart-count", x: left, y: area.y0 - tall, width, height: tall, fill: colour }, s("title", {}, describeBin(b))),
+      );
+      if (k === 0 && b.count && slot > 28) {
+        chart.svg.append(s("text", { class: "chart-value", x: left + width / 2, y: area.y0 - tall - 3, "text-anchor": "middle" }, formatCompact(b.count)));
+      }
+    }
+    if (filled.length > 1) {
+      const d = filled.map((b, i) => `${i ? "L" : "M"}${x(b.mean_predicted).toFixed(1)} ${y(b.observed_rate).toFixed(1)}`).join(" ");
+      chart.svg.append(
+        s("path", { d, fill: "none", stroke: colour, "stroke-width": 2, "stroke-linejoin": "round", "stroke-dasharray": line.dash ? "5 4" : null }),
+      );
+    }
+    for (const b of filled) {
+      chart.svg.append(
+        s("circle", { class: "chart-dot", cx: x(b.mean_predicted), cy: y(b.observed_rate), r: 4, fill: colour }, s("title", {}, describeBin(b))),
+      );
+    }
   });
   return chart.svg;
 }

@@ -1,16 +1,20 @@
 // Router: what the learning router behind "auto" knows and decides: global
-// and per-user ratings, the routing mix and its cost over a window, how long
-// a decision takes, and the latest decisions with their explanations.
+// and per-user ratings, the routing mix and its cost over a window, how well
+// its predicted quality matches real feedback (a reliability diagram), how
+// long a decision takes, and the latest decisions with their explanations.
 //
 // GET /admin/router always has the mix; the rest only when a learning router
-// runs in this process. Refreshed every 5 s.
+// runs in this process. Refreshed every 5 s; the calibration, read from SQL
+// over the window, every 30 s or when the window changes. Each user with
+// ratings has a button that resets their influence on routing.
 
 import { h, clear, formatNumber, formatPercent, formatCompact, formatCost, NONE } from "../dom.js";
 import { api, notify, describe } from "../api.js";
-import { barChart } from "../charts.js";
-import { app, card, pageHeader, table, badge, idText, select, field, poll, stat, compactValue, modelName, allUsers } from "../ui.js";
+import { barChart, reliabilityChart } from "../charts.js";
+import { app, card, pageHeader, table, badge, idText, select, field, poll, stat, compactValue, modelName, allUsers, actionButton } from "../ui.js";
 
 const REFRESH_SECONDS = 5;
+const CALIBRATION_SECONDS = 30;
 const INITIAL_RATING = 1000; // ELO's starting value: bars grow up or down from it
 const WINDOWS = [
   { value: "1", label: "last hour" },
@@ -19,7 +23,7 @@ const WINDOWS = [
   { value: "720", label: "last 30 days" },
 ];
 // Fields of a recent decision that have their own column.
-const DECISION_COLUMNS = new Set(["user_id", "model", "reason", "scores"]);
+const DECISION_COLUMNS = new Set(["user_id", "model", "reason", "scores", "explored"]);
 
 const root = app();
 const windowSelect = select("window_hours", WINDOWS, { value: "24", testid: "window-hours" });
@@ -27,6 +31,8 @@ windowSelect.addEventListener("change", () => refresh().catch(() => {}));
 const routerName = h("span", { class: "muted" });
 const body = h("div");
 let lastState = null;
+let calibration = null; // the last GET /admin/router/calibration
+let calibrationAt = 0; // when it was fetched (ms)
 let userNames = new Map(); // user id -> name, for the tables
 
 // A user as "name usr_..." linking to their page (the id alone if unknown).
@@ -41,7 +47,13 @@ root.append(
 );
 
 async function refresh() {
-  const state = await api("GET", `/admin/router?window_hours=${encodeURIComponent(windowSelect.value)}`);
+  const hours = encodeURIComponent(windowSelect.value);
+  const state = await api("GET", `/admin/router?window_hours=${hours}`);
+  const stale = !calibration || Number(calibration.window_hours) !== Number(windowSelect.value) || Date.now() - calibrationAt > CALIBRATION_SECONDS * 1000;
+  if (stale) {
+    calibration = await api("GET", `/admin/router/calibration?window_hours=${hours}`);
+    calibrationAt = Date.now();
+  }
   lastState = state;
   draw(state);
 }
@@ -100,9 +112,13 @@ function draw(state) {
     );
   }
   if (learning) grid.append(loadCard(state));
+  const reliability = calibration ? calibrationCard(calibration) : null;
+  if (reliability) grid.append(reliability.card);
   parts.push(grid);
   if (learning) parts.push(usersCard(state.users || [], Object.keys(state.global).sort()), recentCard(state.recent || []));
   clear(body, ...parts);
+  // Drawn once the card is in the page, so the chart knows its width.
+  if (reliability) reliability.draw();
 }
 
 const ms = (value) => (typeof value === "number" ? `${formatNumber(value, value < 10 ? 2 : 0)} ms` : NONE);
@@ -163,19 +179,74 @@ function usersCard(users, models) {
     userCell(u.user_id),
     formatNumber(u.feedback, 0),
     formatNumber(u.weight, 3),
-    ...models.map((m) => (typeof u.ratings[m] === "number" ? formatNumber(u.ratings[m], 1) : NONE)),
+    ...models.map((m) => (u.ratings && typeof u.ratings[m] === "number" ? formatNumber(u.ratings[m], 1) : NONE)),
+    resetButton(u.user_id),
   ]);
   return card(
     "Per-user ratings",
     { aside: h("span", { class: "muted" }, "a user's own ratings weigh n / (n + prior) after n pieces of feedback") },
-    table(["User", "Feedback", "Weight", ...models], rows, { empty: "No user has given feedback yet.", testid: "user-ratings" }),
+    table(["User", "Feedback", "Weight", ...models, ""], rows, { empty: "No user has given feedback yet.", testid: "user-ratings" }),
   );
+}
+
+// Makes the router ignore everything the user has said so far (their feedback
+// stays stored); what they say afterwards counts again.
+function resetButton(userId) {
+  const who = userNames.get(userId) || userId;
+  return actionButton(
+    "Reset routing influence",
+    async () => {
+      const result = await api("POST", `/admin/users/${encodeURIComponent(userId)}/routing/reset`);
+      await refresh();
+      return result;
+    },
+    {
+      danger: true,
+      testid: `reset-routing-${userId}`,
+      title: "The router forgets this user's feedback so far; later feedback counts again",
+      confirmText: `Reset ${who}'s influence on routing? The router will ignore all their feedback so far (it stays stored); feedback they give later counts again.`,
+      success: (result) => (result ? `The router now ignores ${who}'s feedback up to #${result.ignored_feedback_up_to}.` : null),
+    },
+  );
+}
+
+// The served model's predicted quality against what users said of its
+// answers, over the window; the offline benchmark's figures beside it when
+// it has written them. Returns the card and a draw() for once it is in the page.
+function calibrationCard(data) {
+  const series = [{ name: `live, ${windowLabel(data.window_hours)}`, bins: data.bins }];
+  const offline = data.offline;
+  if (offline) series.push({ name: `offline (${offline.source})`, bins: offline.bins, dash: true });
+  const box = h("div", { class: "chart-box reliability-box", dataset: { testid: "chart-calibration" } });
+  const score = (value) => (typeof value === "number" ? formatNumber(value, 3) : NONE);
+  const summary = [["live", data], ...(offline ? [[`offline (${offline.source})`, offline]] : [])].map(([name, figures]) => [
+    name,
+    formatNumber(figures.count, 0),
+    score(figures.brier),
+    score(figures.ece),
+  ]);
+  const element = card(
+    "Calibration of predicted quality",
+    { aside: h("span", { class: "muted" }, "predicted P(good answer) of the served model vs. ratings (+1 = 1, 0 = ½, −1 = 0) and preferences"), testid: "calibration", class: "wide" },
+    box,
+    table(["Source", "Judged answers", "Brier", "ECE"], summary, { testid: "calibration-scores" }),
+  );
+  return {
+    card: element,
+    draw: () => reliabilityChart(box, { label: "Reliability diagram: observed rate against predicted probability", series }),
+  };
 }
 
 function recentCard(recent) {
   const rows = recent.map((d) => [
     userCell(d.user_id),
-    h("strong", {}, modelName(d.model)),
+    h(
+      "div",
+      {},
+      h("strong", {}, modelName(d.model)),
+      // Older decisions have no `explored` field: only true marks one.
+      d.explored === true ? [" ", badge("explored", { title: "the router tried this model to learn, not because it scored best", dataset: { testid: "explored" } })] : null,
+    ),
     badge(d.reason),
     h(
       "div",
