@@ -60,6 +60,7 @@ class _Scored:
     quality: float
     std: float
     expert_term: float
+    specialist: bool  # the user has a specialist on this base
     predicted_tokens: int
     expected_cost: float
     utility: float
@@ -233,7 +234,8 @@ class EagleRouter:
         for c in usable:
             column = estimate.of(c.model)
             quality = float(estimate.quality[column])
-            expert_term = self._expert_term(experts.get(c.model))
+            evidence_of_experts = experts.get(c.model)
+            expert_term = self._expert_term(evidence_of_experts)
             load = self.load.snapshot(c.model)
             normalised_cost = costs[c.model] / dearest if dearest > 0 else 0.0
             scored.append(
@@ -243,6 +245,8 @@ class EagleRouter:
                     quality=quality,
                     std=float(estimate.std[column]),
                     expert_term=expert_term,
+                    specialist=evidence_of_experts is not None
+                    and evidence_of_experts.specialist_version_id is not None,
                     predicted_tokens=predicted[c.model],
                     expected_cost=costs[c.model],
                     utility=quality + expert_term - lam * normalised_cost,
@@ -265,8 +269,9 @@ class EagleRouter:
         return bonus * min(1.0, max(0.0, experts.gain / self.config.expert_reference_gain))
 
     def _incumbent(self, within: list[_Scored]) -> tuple[_Scored, str]:
-        """The model the router stays on unless another is clearly better."""
-        with_experts = [s for s in within if s.expert_term > 0]
+        """The model the router stays on unless another is clearly better: where the user's
+        specialist is (measured or not: their personalisation lives there), else the default."""
+        with_experts = [s for s in within if s.specialist]
         if with_experts:
             return max(with_experts, key=lambda s: (s.expert_term, s.model)), "expert"
         default = next((s for s in within if s.model == self.default_model), None)
@@ -295,11 +300,11 @@ class EagleRouter:
         best = max(within, key=_preference)
         if best is incumbent:
             top_quality = max(within, key=lambda s: (s.quality, -s.expected_cost, s.model))
-            if not self.estimator.has_evidence and incumbent.expert_term == 0:
+            if not self.estimator.has_evidence and not incumbent.specialist:
                 choice = _Choice(incumbent, "default", incumbent=incumbent.model)
             else:
                 reason = "score" if best is top_quality else "cost"
-                if incumbent.expert_term > 0 and best is not top_quality:
+                if incumbent.specialist and best is not top_quality:
                     reason = "expert"
                 choice = _Choice(best, reason, incumbent=incumbent.model)
         else:
@@ -423,6 +428,67 @@ class EagleRouter:
             query_vector=vector,
             predicted_tokens=chosen.predicted_tokens,
         )
+
+    # Snapshots (router/snapshot.py) ------------------------------------------------
+
+    def export_state(self) -> tuple[dict[str, npt.NDArray[Any]], int]:
+        """Plain arrays of everything learnt from feedback, and the feedback id they hold up
+        to. Output lengths are not included: they are relearnt from recent responses."""
+        with self._lock:
+            estimator = self.estimator
+            column = {m: i for i, m in enumerate(self.models)}
+            offsets = np.cumsum([0, *(len(g) for g in self._games)])
+            flat = [(column[w], column[lo], d) for games in self._games for w, lo, d in games]
+            arrays: dict[str, npt.NDArray[Any]] = {
+                **{f"posterior_{k}": v for k, v in estimator.posterior.state().items()},
+                **{f"evidence_{k}": v for k, v in estimator.evidence.state().items()},
+                "influence_users": np.array(sorted(estimator.influence.state()), dtype=np.str_),
+                "influence_votes": np.array(
+                    [v for _, v in sorted(estimator.influence.state().items())], dtype=np.int64
+                ),
+                "elo": np.array([self.global_elo[m] for m in self.models]),
+                "games_offsets": offsets.astype(np.int64),
+                "games": np.array(flat, dtype=np.int64).reshape(-1, 3),
+                "sources": np.array([s or "" for s in self._sources], dtype=np.str_),
+                "game_counts": np.array([self.games[m] for m in self.models], dtype=np.int64),
+            }
+            return arrays, self.last_feedback_id
+
+    def import_state(self, arrays: Mapping[str, npt.NDArray[Any]], last_feedback_id: int) -> None:
+        """Load what ``export_state`` wrote into this (fresh) router."""
+        estimator = QualityEstimator(self.models, self.embedder.dimensions, self.config.estimator)
+        estimator.posterior.load_state(
+            {k[len("posterior_") :]: v for k, v in arrays.items() if k.startswith("posterior_")}
+        )
+        estimator.evidence.load_state(
+            {k[len("evidence_") :]: v for k, v in arrays.items() if k.startswith("evidence_")}
+        )
+        estimator.influence.load_state(
+            dict(zip(arrays["influence_users"], arrays["influence_votes"].tolist(), strict=True))
+        )
+        offsets, flat = arrays["games_offsets"], arrays["games"]
+        games = [
+            [
+                Outcome(self.models[w], self.models[lo], bool(d))
+                for w, lo, d in flat[offsets[i] : offsets[i + 1]]
+            ]
+            for i in range(len(offsets) - 1)
+        ]
+        sources = [str(s) or None for s in arrays["sources"]]
+        if not (len(games) == len(sources) == len(estimator.evidence)):
+            raise ValueError("the snapshot's rows disagree with each other")
+        elo = arrays["elo"]
+        if elo.shape != (len(self.models),):
+            raise ValueError("the snapshot's ratings do not fit these models")
+        with self._lock:
+            self.estimator = estimator
+            self._games, self._sources = games, sources
+            for model, rating in zip(self.models, elo.tolist(), strict=True):
+                self.global_elo.ratings[model] = float(rating)
+            self.games = Counter(
+                dict(zip(self.models, arrays["game_counts"].tolist(), strict=True))
+            )
+            self.last_feedback_id = last_feedback_id
 
     # The admin view ---------------------------------------------------------------
 

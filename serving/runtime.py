@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,13 +28,14 @@ from router.eagle_router import EagleRouter
 from router.load import LoadTracker
 from router.quality_estimate import EstimatorConfig
 from router.query_embedder import Embedder, OnnxQueryEmbedder, use_one_blas_thread
+from router.snapshot import load_snapshot, save_snapshot
 from router.state_sync import relearn_lengths, sync_feedback
 from serving.backend import GenerationBackend, LocalBackend
 from serving.engine.engine import Engine
 from serving.model_host import HostedModel, load_hosted_model
 from serving.services import Services
 from serving.worker_supervisor import WorkerSupervisor
-from storage.repositories import BaseModelRepository
+from storage.repositories import BaseModelRepository, UserRepository
 from storage.tables import BaseModel
 
 logger = logging.getLogger(__name__)
@@ -89,6 +91,11 @@ class ModelRuntime:
         self._loader: threading.Thread | None = None
         self._syncer: threading.Thread | None = None
         self._stopping = threading.Event()
+        # Serialises feedback sync, rebuilds and snapshots (the sync thread, the feedback
+        # and reset routes).
+        self._sync_lock = threading.Lock()
+        self._reset_epoch: str | None = None
+        self._snapshot_at = 0
 
     @property
     def learning_router(self) -> EagleRouter | None:
@@ -147,10 +154,36 @@ class ModelRuntime:
             self.load_error = f"loading the base models failed: {exc}"
 
     def _learning_router(self, models: list[str]) -> EagleRouter:
+        """A router with everything learnt so far: the snapshot, then the feedback after it."""
         settings = self.services.settings
-        router = EagleRouter(
+        embedder = self._embedder or OnnxQueryEmbedder.load(settings.model_store_dir)
+        self._embedder = embedder
+        with self.services.database.session() as session:
+            reset = UserRepository(session).last_routing_reset()
+        epoch = None if reset is None else reset.isoformat()
+        started = time.monotonic()
+        router = self._new_router(models, embedder)
+        restored = load_snapshot(router, settings.router_snapshot_path, reset_epoch=epoch)
+        if not restored:
+            router = self._new_router(models, embedder)  # nothing half-loaded
+        applied = sync_feedback(router, self.services.database)
+        learnt = relearn_lengths(router, self.services.database)
+        logger.info(
+            "router: %s, replayed %d feedback after it, %d output lengths (%.1f s)",
+            "snapshot loaded" if restored else "no usable snapshot",
+            applied,
+            learnt,
+            time.monotonic() - started,
+        )
+        self._reset_epoch = epoch
+        self._snapshot_at = router.last_feedback_id if restored else 0
+        return router
+
+    def _new_router(self, models: list[str], embedder: Embedder) -> EagleRouter:
+        settings = self.services.settings
+        return EagleRouter(
             models,
-            self._embedder or OnnxQueryEmbedder.load(settings.model_store_dir),
+            embedder,
             config=RouterConfig(
                 global_weight=settings.router_global_weight,
                 neighbours=settings.router_neighbours,
@@ -166,16 +199,33 @@ class ModelRuntime:
             load=self.load,
             default_model=settings.default_model,
         )
-        applied = sync_feedback(router, self.services.database)
-        learnt = relearn_lengths(router, self.services.database)
-        logger.info("router: replayed %d feedback, %d output lengths", applied, learnt)
-        return router
 
     def sync_router(self) -> None:
-        """Apply feedback stored since the router last looked (here or elsewhere)."""
+        """Apply feedback stored since the router last looked (here or elsewhere); rebuild
+        from scratch when an admin reset a user's influence (what that user taught must be
+        forgotten, and a posterior cannot un-learn)."""
         router = self.learning_router
-        if router is not None:
+        if router is None:
+            return
+        with self._sync_lock:
+            with self.services.database.session() as session:
+                reset = UserRepository(session).last_routing_reset()
+            epoch = None if reset is None else reset.isoformat()
+            if epoch != self._reset_epoch:
+                logger.info("router: a user's routing influence was reset; rebuilding")
+                self.router = router = self._learning_router(router.models)
             sync_feedback(router, self.services.database)
+            every = self.services.settings.router_snapshot_every
+            if every and router.last_feedback_id - self._snapshot_at >= every:
+                self._save_snapshot(router)
+
+    def _save_snapshot(self, router: EagleRouter) -> None:
+        try:
+            self._snapshot_at = save_snapshot(
+                router, self.services.settings.router_snapshot_path, reset_epoch=self._reset_epoch
+            )
+        except OSError:
+            logger.exception("router: writing the snapshot failed; the next start replays more")
 
     def _sync_feedback(self) -> None:
         while not self._stopping.wait(self.services.settings.router_sync_seconds):
@@ -217,5 +267,10 @@ class ModelRuntime:
             self._loader.join(timeout=60)
         if self._syncer is not None:
             self._syncer.join(timeout=10)
+        router = self.learning_router
+        if router is not None and self.services.settings.router_snapshot_every:
+            with self._sync_lock:
+                if router.last_feedback_id > self._snapshot_at:
+                    self._save_snapshot(router)
         for hosted in self.local.values():
             hosted.engine.stop()

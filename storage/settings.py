@@ -184,6 +184,13 @@ class Settings(BaseSettings):
         description="Utility of a user's own specialist on a base model when its gain "
         "passed the evaluation gate (less for a smaller, unproven gain).",
     )
+    router_snapshot_every: int = Field(
+        default=10_000,
+        ge=0,
+        description="Write the router's learnt state to <data dir>/router/state.npz after "
+        "this many new pieces of feedback (and at shutdown), so a restart replays only "
+        "what came after; 0: never.",
+    )
     router_sync_seconds: float = Field(
         default=2.0,
         gt=0,
@@ -350,6 +357,10 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def router_snapshot_path(self) -> Path:
+        return self.data_dir / "router" / "state.npz"
 
 
 def load_settings(**overrides: object) -> Settings:
