@@ -39,7 +39,7 @@ import numpy.typing as npt
 
 from router.config import RouterConfig
 from router.decision import Candidate, ExpertEvidence, RouteRequest, RoutingDecision
-from router.elo import EloRatings, Outcome, pairwise_outcomes, replay_games
+from router.elo import EloRatings, GameLog, Outcome, pairwise_outcomes
 from router.embeddings import normalise_rows
 from router.errors import BudgetNotMet, NoRoute
 from router.exploration import exploration_rng, thompson_choice
@@ -99,7 +99,7 @@ class EagleRouter:
         self.estimator = QualityEstimator(self.models, embedder.dimensions, c.estimator)
         self.global_elo = EloRatings(self.models, k=c.k, initial=c.initial_rating)
         # Per row of the estimator's memory: its games (for the local ELO) and source.
-        self._games: list[list[Outcome]] = []
+        self._games = GameLog(self.models)
         self._sources: list[str | None] = []  # the response id, None for a seed
         self.lengths = OutputLengthPredictor(embedder.dimensions)
         self.last_feedback_id = 0
@@ -127,7 +127,7 @@ class EagleRouter:
                 return True
             if event.vector is not None:
                 self.estimator.observe(event, event.vector)
-                self._games.append(list(outcomes))
+                self._games.append(outcomes)
                 self._sources.append(event.response_id)
             # No embedding: only the global ELO (shown, not deciding) learns from it.
             self.global_elo.apply(outcomes)
@@ -206,9 +206,7 @@ class EagleRouter:
         estimate = self.estimator.estimate(
             vector, user_id=request.user_id, neighbour_ids=ids[0], neighbour_cosines=sims[0]
         )
-        local = replay_games(
-            self.models,
-            self._games,
+        local = self._games.replay(
             [i for i, _ in neighbours[: config.neighbours]],
             k=config.k,
             initial=config.initial_rating,
@@ -300,8 +298,9 @@ class EagleRouter:
         best = max(within, key=_preference)
         if best is incumbent:
             top_quality = max(within, key=lambda s: (s.quality, -s.expected_cost, s.model))
-            if not self.estimator.has_evidence and not incumbent.specialist:
-                choice = _Choice(incumbent, "default", incumbent=incumbent.model)
+            if not self.estimator.has_evidence:
+                # Nothing learnt: the incumbent because it is the incumbent.
+                choice = _Choice(incumbent, kept_reason, incumbent=incumbent.model)
             else:
                 reason = "score" if best is top_quality else "cost"
                 if incumbent.specialist and best is not top_quality:
@@ -436,9 +435,6 @@ class EagleRouter:
         to. Output lengths are not included: they are relearnt from recent responses."""
         with self._lock:
             estimator = self.estimator
-            column = {m: i for i, m in enumerate(self.models)}
-            offsets = np.cumsum([0, *(len(g) for g in self._games)])
-            flat = [(column[w], column[lo], d) for games in self._games for w, lo, d in games]
             arrays: dict[str, npt.NDArray[Any]] = {
                 **{f"posterior_{k}": v for k, v in estimator.posterior.state().items()},
                 **{f"evidence_{k}": v for k, v in estimator.evidence.state().items()},
@@ -447,8 +443,7 @@ class EagleRouter:
                     [v for _, v in sorted(estimator.influence.state().items())], dtype=np.int64
                 ),
                 "elo": np.array([self.global_elo[m] for m in self.models]),
-                "games_offsets": offsets.astype(np.int64),
-                "games": np.array(flat, dtype=np.int64).reshape(-1, 3),
+                **{f"games_{k}": v for k, v in self._games.state().items()},
                 "sources": np.array([s or "" for s in self._sources], dtype=np.str_),
                 "game_counts": np.array([self.games[m] for m in self.models], dtype=np.int64),
             }
@@ -466,14 +461,10 @@ class EagleRouter:
         estimator.influence.load_state(
             dict(zip(arrays["influence_users"], arrays["influence_votes"].tolist(), strict=True))
         )
-        offsets, flat = arrays["games_offsets"], arrays["games"]
-        games = [
-            [
-                Outcome(self.models[w], self.models[lo], bool(d))
-                for w, lo, d in flat[offsets[i] : offsets[i + 1]]
-            ]
-            for i in range(len(offsets) - 1)
-        ]
+        games = GameLog.from_state(
+            self.models,
+            {k[len("games_") :]: v for k, v in arrays.items() if k.startswith("games_")},
+        )
         sources = [str(s) or None for s in arrays["sources"]]
         if not (len(games) == len(sources) == len(estimator.evidence)):
             raise ValueError("the snapshot's rows disagree with each other")

@@ -251,9 +251,13 @@ class NeighbourEvidence:
         ):
             raise ValueError("the saved evidence does not fit its index")
         self._user_numbers = {str(u): i for i, u in enumerate(state["user_ids"])}
-        self._user_rows = {}
-        for row in np.nonzero(self._user != NO_USER)[0]:
-            self._user_rows.setdefault(int(self._user[row]), []).append(int(row))
+        # Each user's rows in order, grouped without a Python loop over rows.
+        rows = np.nonzero(self._user != NO_USER)[0]
+        owners = self._user[rows]
+        order = np.argsort(owners, kind="stable")
+        users, starts = np.unique(owners[order], return_index=True)
+        groups = np.split(rows[order], starts[1:]) if rows.size else []
+        self._user_rows = {int(u): group.tolist() for u, group in zip(users, groups, strict=True)}
         if size == 0:  # keep room to grow by doubling
             self._labels = np.full((16, len(self.models)), np.nan)
             self._winner = np.full(16, NO_MODEL, dtype=np.int64)

@@ -165,22 +165,34 @@ def test_one_users_votes_move_only_their_routes_and_a_restart_decides_the_same(
 
 
 def test_a_users_specialist_keeps_auto_on_its_base(tmp_path: Path) -> None:
-    with running_server(server_env(tmp_path), timeout=120) as running:
+    # Gemma answers `auto` for everyone by default; Dave's specialist lives on SmolLM2.
+    env = server_env(tmp_path) | {"TAILOR_DEFAULT_MODEL": GEMMA}
+    with running_server(env, timeout=120) as running:
         url = running.url
         dave = new_user(url, "dave")
         upload_and_promote(
             url, ADMIN, user_id=user_id(url, "dave"), base_model=SMOL, folder=tmp_path / "peft"
         )
-        # Many users prefer Gemma on these prompts: everyone else goes there.
-        for i, prompt in enumerate(SHARED_PROMPTS[:12]):
-            prefer(url, new_user(url, f"crowd-{i}"), GEMMA, SMOL, prompt)
-        other = routed(url, new_user(url, "erin"), SHARED_PROMPTS[13])
-        assert other["model"] == GEMMA
-        kept = complete(url, dave, SHARED_PROMPTS[13])
+        other = routed(url, new_user(url, "erin"), SHARED_PROMPTS[3])
+        assert (other["model"], other["reason"]) == (GEMMA, "default")
+        kept = complete(url, dave, SHARED_PROMPTS[3])
         route = kept["tailor"]["route"]
         assert (route["model"], route["reason"], route["incumbent"]) == (SMOL, "expert", SMOL)
         assert route["experts"][SMOL]["specialist_version_id"]
-        assert kept["tailor"]["adapters"], "the specialist answered"
+        assert [a["kind"] for a in kept["tailor"]["adapters"]] == ["specialist"]
+        # Without personalisation there is no specialist to stay with.
+        plain = httpx.post(
+            f"{url}/v1/completions",
+            json={
+                "model": "auto",
+                "prompt": SHARED_PROMPTS[3],
+                "max_tokens": 2,
+                "personalize": False,
+            },
+            headers=dave,
+            timeout=60,
+        ).json()
+        assert plain["tailor"]["route"]["model"] == GEMMA
 
 
 def test_feedback_rules_and_budgets_over_http(tmp_path: Path) -> None:
