@@ -1,4 +1,17 @@
-"""Feedback on responses: ratings and pairwise preferences."""
+"""Feedback on responses: ratings and pairwise preferences.
+
+A user has one vote per response they rate and one per pair of responses they
+compare, so that no user moves the router by more than one vote by repeating
+or contradicting themselves:
+
+- the same feedback again is the stored row (``record`` returns it as not new);
+- a different rating of a response this user rated, or the reverse of a
+  preference this user gave, is refused with ``Conflict`` and nothing is stored.
+
+Both checks run after ``_serialise_feedback_ids`` has made this transaction
+the only feedback writer (PostgreSQL's advisory lock; SQLite's one writer), so
+two concurrent conflicting votes cannot both be stored.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +23,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from storage.clock import utc_now
-from storage.errors import InvalidInput
+from storage.errors import Conflict, InvalidInput
 from storage.repositories.responses import ResponseRepository
-from storage.tables import Feedback, Response
+from storage.tables import Feedback, Response, User
 
 # Any fixed number: the key of the PostgreSQL advisory lock that orders feedback.
 _FEEDBACK_ORDER_LOCK = 0x7461696C6F72  # "tailor"
@@ -39,6 +52,17 @@ def prompt_of(request: dict[str, Any]) -> Any:
 VALID_RATINGS = (-1, 0, 1)
 
 
+def _contradiction(earlier: Feedback) -> str:
+    """Why a vote is refused, naming the earlier vote it contradicts."""
+    if earlier.preferred_over_id is None:
+        shown = f"{earlier.rating:+d}" if earlier.rating else "0"  # +1, 0, -1
+        return f"response {earlier.response_id} was already rated {shown}; a response is rated once"
+    return (
+        f"response {earlier.response_id} was already preferred over "
+        f"{earlier.preferred_over_id}; a pair of responses is compared once"
+    )
+
+
 class FeedbackRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -56,7 +80,8 @@ class FeedbackRepository:
         Exactly one of ``rating`` and ``preferred_over_id`` is given. Both
         responses must be the user's own (else ``NotFound``). The same
         feedback sent twice is stored once: the second call returns the first
-        row and ``False``.
+        row and ``False``. Feedback that contradicts this user's earlier vote
+        on the same response or pair raises ``Conflict`` (module docstring).
         """
         if (rating is None) == (preferred_over_id is None):
             raise ValueError("give either a rating or preferred_over, not both or neither")
@@ -74,13 +99,27 @@ class FeedbackRepository:
                     "a preference compares two answers to the same prompt"
                 )
             dedupe_key = f"prefer:{response_id}>{preferred_over_id}"
+            # The reverse order of the same pair is the one vote that contradicts this.
+            conflicting = {f"prefer:{preferred_over_id}>{response_id}"}
         else:
             dedupe_key = f"rate:{response_id}:{rating}"
+            # Exact keys rather than a LIKE on "rate:{id}:%": ids may hold "_" or
+            # "%", and exact keys use the (user_id, dedupe_key) unique index.
+            conflicting = {f"rate:{response_id}:{other}" for other in VALID_RATINGS} - {dedupe_key}
 
+        # A repeat needs no lock: rows are never changed, so a match stays true.
         existing = self._find(user_id=user_id, dedupe_key=dedupe_key)
         if existing is not None:
             return existing, False
         self._serialise_feedback_ids()
+        # Under the lock now, so a vote committed meanwhile (the same one or a
+        # contradicting one) is visible and no other can commit before this one.
+        existing = self._find(user_id=user_id, dedupe_key=dedupe_key)
+        if existing is not None:
+            return existing, False
+        earlier = self._find_any(user_id=user_id, dedupe_keys=conflicting)
+        if earlier is not None:
+            raise Conflict(_contradiction(earlier))
         feedback = Feedback(
             user_id=user_id,
             response_id=response_id,
@@ -118,6 +157,15 @@ class FeedbackRepository:
         )
         return self.session.scalar(query)
 
+    def _find_any(self, *, user_id: str, dedupe_keys: set[str]) -> Feedback | None:
+        query = (
+            select(Feedback)
+            .where(Feedback.user_id == user_id, Feedback.dedupe_key.in_(sorted(dedupe_keys)))
+            .order_by(Feedback.id)
+            .limit(1)
+        )
+        return self.session.scalar(query)
+
     def count(self, *, user_id: str | None = None) -> int:
         query = select(func.count()).select_from(Feedback)
         if user_id is not None:
@@ -132,7 +180,13 @@ class FeedbackRepository:
     def for_routing_after(
         self, *, after_id: int = 0, limit: int = 1000
     ) -> list[FeedbackForRouting]:
-        """Feedback in id order with the models it is about, for the router to learn from."""
+        """Feedback in id order with the models it is about, for the router to learn from.
+
+        Feedback an admin's routing reset covers (the user's
+        ``route_reset_feedback_id`` >= its id) is left out; the user's later
+        feedback counts again. The limit counts the rows returned, so paging
+        on "after the last id returned" still reaches the end.
+        """
         other = aliased(Response)
         query = (
             select(
@@ -146,7 +200,12 @@ class FeedbackRepository:
             )
             .join(Response, Response.id == Feedback.response_id)
             .outerjoin(other, other.id == Feedback.preferred_over_id)
-            .where(Feedback.id > after_id)
+            # A primary-key lookup per row: the scan stays the id range of feedback.
+            .join(User, User.id == Feedback.user_id)
+            .where(
+                Feedback.id > after_id,
+                func.coalesce(User.route_reset_feedback_id, 0) < Feedback.id,
+            )
             .order_by(Feedback.id)
             .limit(limit)
         )
