@@ -3,8 +3,8 @@
 ``QueryIndex`` holds every past query's embedding. Up to ``exact_limit`` rows
 (default 20,000) it searches exactly, by one matrix product; past that it also
 keeps a faiss inverted-file index (IndexIVFFlat, inner product) and searches
-that, because exact search grows linearly (about 5 ms a query at 100k rows,
-50 ms at 1M) while the router must decide in a few ms.
+that, because exact search grows linearly (5-17 ms a query at 100k rows and
+150 ms at 1M, on one thread) while the router must decide in a few ms.
 
 Invariants:
 
@@ -56,11 +56,11 @@ DEFAULT_EXACT_LIMIT = 20_000
 # list still gave the recall below). 1024 lists over the first 20,001 rows.
 MAX_LISTS = 1024
 ROWS_PER_LIST = 16
-# Lists scanned per query. Measured on dcrouter-like data (dcrouter's questions
-# embedded by the int8 MiniLM, then noisy copies, as benchmarks/router_latency.py
-# fills), 300 test questions, 1024 lists: recall@50 against exact search 0.955
-# at 100k rows and 0.959 at 1M (16 probes: 0.91 / 0.92), searching in about
-# 0.25 ms and 2.2 ms a query on one thread, against 5-50 ms and 50-130 ms exact.
+# Lists scanned per query. Measured by benchmarks/router_latency.py (dcrouter's
+# questions embedded by the int8 MiniLM, then noisy copies; 300 test questions,
+# k=50, one thread, a shared 2-core box): recall@50 against exact search 0.960 at
+# 100k rows and 0.968 at 1M (16 probes: about 0.92), in p50 0.32 ms / 2.6 ms a
+# search against 16.7 ms / 151 ms exact.
 PROBES = 32
 # k-means seed: fixed so that a restart trains the same centroids.
 TRAINING_SEED = 1234
@@ -147,12 +147,20 @@ class QueryIndex:
 
     def state(self) -> dict[str, npt.NDArray[Any]]:
         """Plain arrays from which ``from_state`` rebuilds an identical index:
-        ``rows``, and once approximate ``centroids`` and ``lists`` (each row's list)."""
-        state: dict[str, npt.NDArray[Any]] = {"rows": self.vectors.copy()}
+        ``rows``, and once approximate ``centroids`` and ``lists`` (each row's list).
+
+        Read-only views, not copies (1.5 GB of rows at 1M): stored rows are never
+        rewritten, so they stay valid while the index keeps growing.
+        """
+        state: dict[str, npt.NDArray[Any]] = {"rows": self.vectors}
         if self._ivf is not None:
             quantizer = self._ivf.quantizer
             state["centroids"] = quantizer.reconstruct_n(0, quantizer.ntotal)
-            state["lists"] = self._lists[: self._size].copy()
+            state["lists"] = self._lists[: self._size]
+        for key, value in state.items():
+            view = value.view()
+            view.flags.writeable = False
+            state[key] = view
         return state
 
     @classmethod
@@ -164,15 +172,20 @@ class QueryIndex:
         exact_limit: int = DEFAULT_EXACT_LIMIT,
     ) -> QueryIndex:
         """The index ``state()`` described. Stored centroids and lists are reused
-        as they are (no k-means, no assignment: 1M rows in about a second); a
-        state without them past ``exact_limit`` trains, as adding its rows would."""
-        rows = np.asarray(state["rows"], dtype=np.float32)
+        as they are (no k-means, no assignment); a state without them past
+        ``exact_limit`` trains, as adding its rows would.
+
+        The rows array is taken over, not copied (at 1M rows the copy would cost
+        as much as the rest): the caller must not write to it afterwards. The
+        index itself never writes to it: it is full, so the next add reallocates.
+        """
+        # Kept bit for bit: normalising again could move them by an ulp.
+        rows = np.ascontiguousarray(state["rows"], dtype=np.float32)
         if rows.ndim != 2 or rows.shape[1] != dimensions:
             raise ValueError(f"rows must be (n, {dimensions}), got {rows.shape}")
         index = cls(dimensions, exact_limit=exact_limit)
         if len(rows):
-            # Kept bit for bit: normalising again could move them by an ulp.
-            index._rows = rows.copy()
+            index._rows = rows
             index._size = len(rows)
         if "centroids" in state:
             centroids = np.ascontiguousarray(state["centroids"], dtype=np.float32)
