@@ -1,12 +1,12 @@
-// Router: what the learning router behind "auto" knows and decides: global
-// and per-user ratings, the routing mix and its cost over a window, how well
+// Router: what the learning router behind "auto" knows and decides: the ELO
+// ratings shown beside its estimate, each user's influence, the routing mix and its cost over a window, how well
 // its predicted quality matches real feedback (a reliability diagram), how
 // long a decision takes, and the latest decisions with their explanations.
 //
 // GET /admin/router always has the mix; the rest only when a learning router
 // runs in this process. Refreshed every 5 s; the calibration, read from SQL
-// over the window, every 30 s or when the window changes. Each user with
-// ratings has a button that resets their influence on routing.
+// over the window, every 30 s or when the window changes. Each user who gave
+// feedback has a button that resets their influence on routing.
 
 import { h, clear, formatNumber, formatPercent, formatCompact, formatCost, NONE } from "../dom.js";
 import { api, notify, describe } from "../api.js";
@@ -79,7 +79,7 @@ function draw(state) {
           h("div", { class: "stat-label" }, `time to decide, over ${formatNumber(d.count, 0)} decisions`),
         ),
         stat("queries with feedback", formatNumber(state.local_queries, 0)),
-        stat("users with ratings", formatNumber((state.users || []).length, 0)),
+        stat("users with feedback", formatNumber((state.users || []).length, 0)),
         stat("last feedback id", state.last_feedback_id ?? NONE),
       ),
       configLine(state.config || {}),
@@ -92,12 +92,18 @@ function draw(state) {
     const models = Object.keys(state.global).sort();
     grid.append(
       card(
-        "Global ratings (ELO)",
-        { aside: h("span", { class: "muted" }, `bars from ${INITIAL_RATING}, the starting rating`) },
+        "Global ratings (ELO) and evidence",
+        { aside: h("span", { class: "muted" }, `ELO bars from ${INITIAL_RATING}, shown beside the estimate (they do not decide)`) },
         ratings,
         table(
-          ["Model", "Rating", "Games"],
-          models.map((m) => [modelName(m), formatNumber(state.global[m].rating, 1), formatNumber(state.global[m].games, 0)]),
+          ["Model", "Rating", "Games", "Evidence (weighted votes)", "Overall P(good)"],
+          models.map((m) => [
+            modelName(m),
+            formatNumber(state.global[m].rating, 1),
+            formatNumber(state.global[m].games, 0),
+            formatNumber(state.global[m].evidence, 1),
+            formatNumber(state.global[m].intercept_quality, 3),
+          ]),
         ),
       ),
     );
@@ -115,7 +121,7 @@ function draw(state) {
   const reliability = calibration ? calibrationCard(calibration) : null;
   if (reliability) grid.append(reliability.card);
   parts.push(grid);
-  if (learning) parts.push(usersCard(state.users || [], Object.keys(state.global).sort()), recentCard(state.recent || []));
+  if (learning) parts.push(usersCard(state.users || []), recentCard(state.recent || []));
   clear(body, ...parts);
   // Drawn once the card is in the page, so the chart knows its width.
   if (reliability) reliability.draw();
@@ -174,18 +180,18 @@ function configLine(config) {
   return h("p", { class: "kv config-line" }, h("span", { class: "kv-key" }, "configuration: "), entries.map(([k, v]) => `${k}=${compactValue(v)}`).join("  "));
 }
 
-function usersCard(users, models) {
+function usersCard(users) {
   const rows = users.map((u) => [
     userCell(u.user_id),
     formatNumber(u.feedback, 0),
-    formatNumber(u.weight, 3),
-    ...models.map((m) => (u.ratings && typeof u.ratings[m] === "number" ? formatNumber(u.ratings[m], 1) : NONE)),
+    formatNumber(u.shared_weight, 2),
+    formatNumber(u.own_evidence_rows, 0),
     resetButton(u.user_id),
   ]);
   return card(
-    "Per-user ratings",
-    { aside: h("span", { class: "muted" }, "a user's own ratings weigh n / (n + prior) after n pieces of feedback") },
-    table(["User", "Feedback", "Weight", ...models, ""], rows, { empty: "No user has given feedback yet.", testid: "user-ratings" }),
+    "Users' influence on routing",
+    { aside: h("span", { class: "muted" }, "every vote shapes the user's own routing; in everyone else's, the n-th vote weighs less and less (under two votes in all at the default)") },
+    table(["User", "Feedback", "Weight in everyone's routing", "Own evidence rows", ""], rows, { empty: "No user has given feedback yet.", testid: "user-ratings" }),
   );
 }
 
