@@ -96,7 +96,7 @@ function draw(state) {
         { aside: h("span", { class: "muted" }, `ELO bars from ${INITIAL_RATING}, shown beside the estimate (they do not decide)`) },
         ratings,
         table(
-          ["Model", "Rating", "Games", "Evidence (weighted votes)", "Overall P(good)"],
+          ["Model", "ELO", "Games", "Evidence", "P(good)"],
           models.map((m) => [
             modelName(m),
             formatNumber(state.global[m].rating, 1),
