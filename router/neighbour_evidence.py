@@ -47,9 +47,9 @@ NO_MODEL = -1
 class EvidenceConfig:
     """Kernel and shrinkage of the two views (validated on dcrouter: docs/benchmarks.md)."""
 
-    neighbours: int = 50
-    bandwidth: float = 0.2  # in cosine units
-    prior_weight: float = 3.0
+    neighbours: int = 50  # chosen on validation, docs/benchmarks.md
+    bandwidth: float = 0.2  # cosine units; chosen on validation, docs/benchmarks.md
+    prior_weight: float = 3.0  # chosen on validation, docs/benchmarks.md
     user_neighbours: int = 32
     user_bandwidth: float = 0.2
     user_prior_weight: float = 4.0

@@ -1,24 +1,35 @@
-"""``tailor router eval --data DIR``: Eagle and the quality model against baselines on
-a routing data set in dcrouter's format (router/routing_data.py).
+"""``tailor router eval --data DIR``: the served quality estimate, Eagle and the old
+quality model against baselines on a routing data set in dcrouter's format
+(router/routing_data.py).
 
 Every router yields a score per (query, model); a sweep over lambda picks
 argmax(score - lambda * normalised cost) and traces a quality-cost curve. Each
 learning router's settings are chosen on the same validation split of train; test
 is only scored.
+
+The "served" row is router/quality_estimate.py's calibrated P(good), what the live router
+decides on at lambda (its exploration and incumbent rule act only live). Since it claims
+to be a probability, its reliability on test (binned predicted P(good) of the picked model
+against that model's score, router/calibration.py) is measured too.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
+from router.calibration import Reliability, reliability_bins
+from router.config import RouterConfig
 from router.elo import EagleRatings, pairwise_outcomes, win_probability_vs_field
 from router.embeddings import DEFAULT_CACHE_DIR, FloatMatrix, QueryIndex, embed_texts
+from router.feedback_outcomes import FeedbackEvent
+from router.neighbour_evidence import EvidenceConfig
 from router.quality_cost import (
     FloatArray,
     IntArray,
@@ -28,6 +39,7 @@ from router.quality_cost import (
     entropy_bits,
     strong_weak_curve,
 )
+from router.quality_estimate import EstimatorConfig, QualityEstimator
 from router.quality_model import NeighbourCorrection, QualityModel, QualityModelConfig
 from router.query_embedder import Embedder
 from router.routing_data import (
@@ -147,6 +159,56 @@ def fit_quality_partial(
         else:
             raise ValueError(f"feedback is 'rating' or 'preference', not {feedback!r}")
     return model
+
+
+def fit_estimator(
+    config: EstimatorConfig, models: list[str], vectors: FloatMatrix, scores: FloatArray
+) -> QualityEstimator:
+    """The served estimate seeded with every model's score on each query, in order."""
+    estimator = QualityEstimator(models, vectors.shape[1], config)
+    for vector, row in zip(vectors, scores, strict=True):
+        estimator.seed(vector, dict(zip(models, row, strict=True)))
+    return estimator
+
+
+def fit_estimator_partial(
+    config: EstimatorConfig,
+    models: list[str],
+    vectors: FloatMatrix,
+    scores: FloatArray,
+    feedback: str,
+) -> QualityEstimator:
+    """The served estimate fed live-like feedback, as ``fit_quality_partial`` feeds the
+    quality model (the same seeded draws): per query one model's score read as a rating,
+    or one preference between two random models (ties teach nothing, skipped). The
+    feedback has no user, so each piece counts in full, as a data set's labels do."""
+    estimator = QualityEstimator(models, vectors.shape[1], config)
+    rng = np.random.default_rng(SEED)
+    for i, (vector, row) in enumerate(zip(vectors, scores, strict=True)):
+        if feedback == "rating":
+            j = int(rng.integers(len(models)))
+            # A score of 1 / 0.5 / 0 is a rating of +1 / 0 / -1 (partial credits rounded).
+            rating = round(2 * float(row[j])) - 1
+            event = FeedbackEvent(feedback_id=i, user_id="", model=models[j], rating=rating)
+        elif feedback == "preference":
+            a, b = (int(k) for k in rng.choice(len(models), size=2, replace=False))
+            if row[a] == row[b]:
+                continue
+            winner, loser = (a, b) if row[a] > row[b] else (b, a)
+            event = FeedbackEvent(
+                feedback_id=i, user_id="", model=models[winner], other_model=models[loser]
+            )
+        else:
+            raise ValueError(f"feedback is 'rating' or 'preference', not {feedback!r}")
+        estimator.observe(event, vector)
+    return estimator
+
+
+def use_evidence(estimator: QualityEstimator, evidence: EvidenceConfig) -> None:
+    """Score with other evidence settings. The evidence rows are kept whatever the
+    settings and only read when scoring, so one fit serves every evidence setting."""
+    estimator.config = replace(estimator.config, evidence=evidence)
+    estimator.evidence.config = evidence
 
 
 @dataclass(frozen=True)
@@ -333,6 +395,94 @@ def choose_quality_config(
     return best[1], found
 
 
+# The served estimate. Its prior variances also bound how far a few votes move everyone's
+# routing in a cold system: at 0.25 a lone user cannot flip other users' routes, from 1 up
+# ~4-14 votes of one user do (measured for issue 16). So the grid stops at 0.5, and a value
+# above SAFE_PRIOR_VARIANCE is only taken for a clear validation gain.
+ESTIMATOR_WEIGHT_VARIANCES = (0.05, 0.1, 0.25, 0.5)
+ESTIMATOR_INTERCEPT_VARIANCES = (0.1, 0.25, 0.5)
+SAFE_PRIOR_VARIANCE = 0.25
+CLEAR_GAIN = 0.01
+# Validation AIQ differences of a few thousandths between settings are noise on ~1.1k
+# queries (a 500-query test AIQ has a bootstrap SD of 0.021): a setting replaces the
+# current default only when it beats it by more than this.
+NOISE_GAIN = 0.005
+# Kernels around the defaults (50 neighbours, bandwidth 0.2, the shared estimate worth 3
+# observations): bandwidth x prior weight first, then the neighbour count.
+EVIDENCE_BANDWIDTHS = (0.1, 0.2, 0.4)
+EVIDENCE_PRIOR_WEIGHTS = (1.0, 3.0, 10.0)
+EVIDENCE_NEIGHBOURS = (20, 50, 100)
+
+Key = tuple[float, float]  # validation (AIQ, accuracy)
+Setting = TypeVar("Setting")
+
+
+def prefer_incumbent(found: Mapping[Setting, Key], incumbent: Setting, margin: float) -> Setting:
+    """The best of ``found`` (AIQ, then accuracy), unless its AIQ is within ``margin`` of
+    the incumbent's: then the incumbent."""
+    best = max(found, key=found.__getitem__)
+    return best if found[best][0] > found[incumbent][0] + margin else incumbent
+
+
+def choose_variance(found: Mapping[float, Key], default: float) -> float:
+    """A prior variance: the best safe one (the default unless clearly beaten), then a
+    larger one only for more than CLEAR_GAIN over that."""
+    safe = {v: key for v, key in found.items() if v <= SAFE_PRIOR_VARIANCE}
+    chosen = prefer_incumbent(safe, default, NOISE_GAIN)
+    return prefer_incumbent(found, chosen, CLEAR_GAIN)
+
+
+def choose_estimator_config(
+    data: RoutingData, train_vectors: FloatMatrix, lambdas: Sequence[float], pair: tuple[int, int]
+) -> tuple[EstimatorConfig, dict[EstimatorConfig, Key]]:
+    """The served estimate's settings on the same held-out slice of train, in stages since
+    a fit seeds ~4.5k queries x 9 models at O(d^2) each (~10 s): the weight variance at the
+    default intercept variance; the intercept variance at that; then on that fit the
+    evidence kernel (bandwidth x prior weight, then the neighbour count). Each stage keeps
+    the current default unless it is beaten by more than NOISE_GAIN."""
+    held_out = ValidationSlice.of(data, train_vectors, lambdas, pair)
+    default = EstimatorConfig()
+    found: dict[EstimatorConfig, Key] = {}
+    fits: dict[tuple[float, float], QualityEstimator] = {}
+
+    def score(weight: float, intercept: float, evidence: EvidenceConfig) -> Key:
+        config = EstimatorConfig(weight, intercept, evidence=evidence)
+        if config not in found:
+            if (weight, intercept) not in fits:
+                fits[weight, intercept] = fit_estimator(
+                    config, data.models, held_out.fit_vectors, held_out.fit_scores
+                )
+            estimator = fits[weight, intercept]
+            use_evidence(estimator, evidence)
+            found[config] = held_out.score(estimator.predict_many(held_out.vectors)[0])
+        return found[config]
+
+    # Each stage also scores its incumbent, should a default lie off the grid.
+    evidence = default.evidence
+    weights = (*ESTIMATOR_WEIGHT_VARIANCES, default.weight_variance)
+    weight = choose_variance(
+        {w: score(w, default.intercept_variance, evidence) for w in weights},
+        default.weight_variance,
+    )
+    intercepts = (*ESTIMATOR_INTERCEPT_VARIANCES, default.intercept_variance)
+    intercept = choose_variance(
+        {i: score(weight, i, evidence) for i in intercepts}, default.intercept_variance
+    )
+    kernels = [
+        replace(evidence, bandwidth=b, prior_weight=m)
+        for b in EVIDENCE_BANDWIDTHS
+        for m in EVIDENCE_PRIOR_WEIGHTS
+    ]
+    evidence = prefer_incumbent(
+        {e: score(weight, intercept, e) for e in (*kernels, evidence)}, evidence, NOISE_GAIN
+    )
+    counts = [replace(evidence, neighbours=n) for n in EVIDENCE_NEIGHBOURS]
+    evidence = prefer_incumbent(
+        {e: score(weight, intercept, e) for e in (*counts, evidence)}, evidence, NOISE_GAIN
+    )
+    return EstimatorConfig(weight, intercept, evidence=evidence), found
+
+
 def strong_weak_pair(data: RoutingData) -> tuple[int, int]:
     """Strong: best on train. Weak: the cheapest, best on train among equals."""
     train_accuracy = data.train_scores.mean(axis=0)
@@ -469,6 +619,45 @@ QUALITY_NAME = "quality model"
 QUALITY_NO_MEMORY = "quality model, no memory"
 QUALITY_RATINGS = "quality, 1 rating/query"
 QUALITY_PREFERENCES = "quality, 1 preference/query"
+SERVED_NAME = "served (calibrated estimate)"
+SERVED_RATINGS = "served, 1 rating/query"
+SERVED_PREFERENCES = "served, 1 preference/query"
+CALIBRATION_BINS = 10
+# The live router's lambda unless an admin changes it: what the dashboard's diagram shows.
+SERVED_LAMBDA = RouterConfig().cost_weight
+CALIBRATION_LAMBDAS = (0.0, SERVED_LAMBDA)
+CALIBRATION_SOURCE = "dcrouter test"
+
+
+@dataclass(frozen=True)
+class CalibrationFigures:
+    """How a router's P(good) of the model it picks at ``lam`` compares on test with that
+    model's recorded score (partial credits count as they are)."""
+
+    name: str
+    lam: float
+    reliability: Reliability
+
+
+def picked_calibration(
+    name: str, predicted: FloatArray, truth: FloatArray, cost: FloatArray, lam: float
+) -> CalibrationFigures:
+    picks = route(predicted, cost, lam)
+    rows = np.arange(len(truth))
+    figures = reliability_bins(predicted[rows, picks], truth[rows, picks], bins=CALIBRATION_BINS)
+    return CalibrationFigures(name, lam, figures)
+
+
+@dataclass(frozen=True)
+class ModelLevel:
+    """A router's mean predicted P(good) of one model over the test queries, beside the
+    model's real accuracy: preference-only feedback must not push these apart."""
+
+    router: str
+    model: str
+    mean_predicted: float
+    train_accuracy: float
+    test_accuracy: float
 
 
 @dataclass(frozen=True)
@@ -494,8 +683,12 @@ class EvalReport:
     quality_config: QualityModelConfig
     quality_validation: dict[QualityModelConfig, tuple[float, float]]
     quality_online: list[OnlineStep]
-    served_weight: float
-    served_validation: dict[float, tuple[float, float]]
+    estimator_config: EstimatorConfig
+    estimator_validation: dict[EstimatorConfig, tuple[float, float]]
+    calibration: list[CalibrationFigures]
+    levels: list[ModelLevel]
+    estimator_seed_seconds: float  # per train query, 9 models' scores
+    estimator_predict_seconds: float  # per test query, in a batch of test
     scoring: ScoringTime
     repeated_queries: int  # test queries whose exact text is in train
     subsets: list[SubsetFigures]  # empty when no test query, or every one, is repeated
@@ -503,34 +696,20 @@ class EvalReport:
     def result(self, name: str) -> RouterResult:
         return next(r for r in self.results if r.name == name)
 
-
-SERVED_NAME = "served (paper eagle + quality)"
-QUALITY_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-def blend_quality(eagle: FloatArray, predicted: FloatArray, weight: float) -> FloatArray:
-    """What the live router scores before cost and the user's own ratings:
-    (1 - beta) x Eagle's win probability + beta x the quality model's prediction."""
-    blended: FloatArray = (1.0 - weight) * eagle + weight * predicted
-    return blended
+    def calibration_of(self, name: str, lam: float) -> CalibrationFigures:
+        return next(c for c in self.calibration if c.name == name and c.lam == lam)
 
 
-def choose_quality_weight(
-    data: RoutingData,
-    train_vectors: FloatMatrix,
-    lambdas: Sequence[float],
-    pair: tuple[int, int],
-    quality_config: QualityModelConfig,
-) -> tuple[float, dict[float, tuple[float, float]]]:
-    """beta for the served router (Eagle at the paper's settings, the service's
-    defaults, plus the quality model), on the same validation slice of train."""
-    held_out = ValidationSlice.of(data, train_vectors, lambdas, pair)
-    fit = (data.models, held_out.fit_vectors, held_out.fit_scores)
-    eagle = eagle_scores(fit_eagle(PAPER_CONFIG, *fit), held_out.vectors)
-    predicted = fit_quality(quality_config, *fit).predict_many(held_out.vectors)
-    found = {w: held_out.score(blend_quality(eagle, predicted, w)) for w in QUALITY_WEIGHTS}
-    best = max(QUALITY_WEIGHTS, key=lambda w: found[w])
-    return best, found
+def calibration_record(report: EvalReport) -> dict[str, object]:
+    """The served estimate's reliability at the served lambda, as the dashboard reads it
+    (``GET /admin/router/calibration``'s ``offline``)."""
+    figures = report.calibration_of(SERVED_NAME, SERVED_LAMBDA)
+    return {
+        "source": CALIBRATION_SOURCE,
+        "router": SERVED_NAME,
+        "lambda": SERVED_LAMBDA,
+        **figures.reliability,
+    }
 
 
 def run_offline_eval(
@@ -571,9 +750,21 @@ def run_offline_eval(
         ).predict_many(test_vectors)
         for name, feedback in ((QUALITY_RATINGS, "rating"), (QUALITY_PREFERENCES, "preference"))
     }
-    served_weight, served_validation = choose_quality_weight(
-        data, train_vectors, sweep, pair, quality_config
+    estimator_config, estimator_validation = choose_estimator_config(
+        data, train_vectors, sweep, pair
     )
+    seeding = time.perf_counter()
+    estimator = fit_estimator(estimator_config, data.models, train_vectors, data.train_scores)
+    seed_seconds = (time.perf_counter() - seeding) / len(train_vectors)
+    predicting = time.perf_counter()
+    served_scores, _ = estimator.predict_many(test_vectors)
+    predict_seconds = (time.perf_counter() - predicting) / len(test_vectors)
+    served_partial = {
+        name: fit_estimator_partial(
+            estimator_config, data.models, train_vectors, data.train_scores, feedback
+        ).predict_many(test_vectors)[0]
+        for name, feedback in ((SERVED_RATINGS, "rating"), (SERVED_PREFERENCES, "preference"))
+    }
     paper_scores = eagle_scores(paper, test_vectors)
     # Diagnostic only, never a router: how high the curve can go using only the
     # models below the top price, which is where most of AIQ's cost range lies.
@@ -581,7 +772,8 @@ def run_offline_eval(
     scored = {
         "eagle": eagle_scores(eagle, test_vectors),
         "eagle (paper: P=0.5 N=20 K=32)": paper_scores,
-        SERVED_NAME: blend_quality(paper_scores, quality_scores, served_weight),
+        SERVED_NAME: served_scores,
+        **served_partial,
         f"knn (k={KNN_NEIGHBOURS})": knn_scores(
             train_vectors, data.train_scores, test_vectors, KNN_NEIGHBOURS
         ),
@@ -627,6 +819,22 @@ def run_offline_eval(
     quality_online = run_quality_online_protocol(
         data, quality_config, train_vectors, test_vectors, sweep, pair, oracle_accuracy
     )
+    calibration = [
+        picked_calibration(name, scored[name], truth, cost, lam)
+        for name in (SERVED_NAME, QUALITY_NAME, SERVED_PREFERENCES, QUALITY_PREFERENCES)
+        for lam in CALIBRATION_LAMBDAS
+    ]
+    levels = [
+        ModelLevel(
+            router=name,
+            model=data.models[column],
+            mean_predicted=float(scored[name][:, column].mean()),
+            train_accuracy=float(data.train_scores[:, column].mean()),
+            test_accuracy=float(truth[:, column].mean()),
+        )
+        for name in (SERVED_NAME, SERVED_PREFERENCES, QUALITY_PREFERENCES)
+        for column in pair
+    ]
     scoring = time_scoring(quality, test_vectors)
     report = EvalReport(
         models=data.models,
@@ -640,8 +848,12 @@ def run_offline_eval(
         quality_config=quality_config,
         quality_validation=quality_validation,
         quality_online=quality_online,
-        served_weight=served_weight,
-        served_validation=served_validation,
+        estimator_config=estimator_config,
+        estimator_validation=estimator_validation,
+        calibration=calibration,
+        levels=levels,
+        estimator_seed_seconds=seed_seconds,
+        estimator_predict_seconds=predict_seconds,
         scoring=scoring,
         repeated_queries=int(repeated.sum()),
         subsets=subsets,
@@ -685,6 +897,67 @@ def _online_lines(name: str, steps: list[OnlineStep]) -> list[str]:
     return lines
 
 
+def _estimator_label(config: EstimatorConfig) -> str:
+    e = config.evidence
+    return (
+        f"wv={config.weight_variance:g} iv={config.intercept_variance:g} "
+        f"N={e.neighbours} bw={e.bandwidth:g} m={e.prior_weight:g}"
+    )
+
+
+def _estimator_validation_lines(report: EvalReport) -> list[str]:
+    found = report.estimator_validation
+    chosen = report.estimator_config
+    best = max(found, key=found.__getitem__)
+    lines = [
+        "validation AIQ / accuracy of the served estimate (weight / intercept prior variance, "
+        "evidence neighbours / bandwidth / prior weight), in the order searched:",
+        *(
+            f"  {_estimator_label(c):<36} {a:.4f} / {b:.4f}" + (" <- chosen" if c == chosen else "")
+            for c, (a, b) in found.items()
+        ),
+        f"served estimate uses: {_estimator_label(chosen)} "
+        f"({'the' if chosen == EstimatorConfig() else 'NOT the'} code defaults); "
+        f"validation's best {_estimator_label(best)} is "
+        f"{found[best][0] - found[chosen][0]:+.4f} AIQ from it (a default moves only for "
+        f"> {NOISE_GAIN:g}, a prior variance above {SAFE_PRIOR_VARIANCE:g} only for > "
+        f"{CLEAR_GAIN:g})",
+    ]
+    return lines
+
+
+def _calibration_lines(report: EvalReport) -> list[str]:
+    lines = [
+        "",
+        "reliability on test of P(good) of the model picked at lambda (predicted vs its score):",
+    ]
+    for figures in report.calibration:
+        r = figures.reliability
+        lines.append(
+            f"  {figures.name} at lambda {figures.lam:g}: n {r['count']}, "
+            f"ECE {_fmt(_or_nan(r['ece']))}, Brier {_fmt(_or_nan(r['brier']))}"
+        )
+        if figures.name in (SERVED_NAME, QUALITY_NAME):
+            lines.append(f"    {'bin':<11} {'count':>5} {'predicted':>9} {'observed':>8}")
+            lines += [
+                f"    [{b['lower']:.1f}, {b['upper']:.1f}) {b['count']:>5} "
+                f"{_fmt(_or_nan(b['mean_predicted'])):>9} {_fmt(_or_nan(b['observed_rate'])):>8}"
+                for b in r["bins"]
+                if b["count"]
+            ]
+    lines.append("mean predicted P(good) over test vs real accuracy (train / test):")
+    lines += [
+        f"  {level.router:<30} {level.model:<28} {level.mean_predicted:.3f}  "
+        f"({level.train_accuracy:.3f} / {level.test_accuracy:.3f})"
+        for level in report.levels
+    ]
+    return lines
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
 def format_report(report: EvalReport, n_train: int, n_test: int) -> list[str]:
     lines = [
         f"router eval: {n_train} train / {n_test} test queries, {len(report.models)} models; "
@@ -693,9 +966,7 @@ def format_report(report: EvalReport, n_train: int, n_test: int) -> list[str]:
         *(f"  {label:<36} {a:.3f} / {b:.3f}" for label, (a, b) in report.validation.items()),
         f"eagle uses: {report.eagle_config.label()}",
         *_quality_validation_lines(report),
-        "validation AIQ / accuracy of the served blend per beta (quality model weight): "
-        + ", ".join(f"{w:g}: {a:.3f}/{b:.3f}" for w, (a, b) in report.served_validation.items()),
-        f"served router uses beta = {report.served_weight:g}",
+        *_estimator_validation_lines(report),
         f"APGR / CPT(50%) pair: strong {report.strong}, weak {report.weak}",
         "",
         f"{'router':<34} {'AIQ':>6} {'acc':>6} {'$/1k q':>7} {'APGR':>6} {'CPT50':>6} "
@@ -725,6 +996,7 @@ def format_report(report: EvalReport, n_train: int, n_test: int) -> list[str]:
             if (c, q) not in seen:
                 seen.add((c, q))
                 lines.append(f"  lambda {lam:9.4f}: {1000 * c:.4f} -> {q:.3f}")
+    lines += _calibration_lines(report)
     lines += ["", *_online_lines("eagle", report.online)]
     lines += _online_lines(QUALITY_NAME, report.quality_online)
     t = report.scoring
@@ -732,6 +1004,9 @@ def format_report(report: EvalReport, n_train: int, n_test: int) -> list[str]:
         f"scoring one query ({QUALITY_NAME}, {len(report.models)} models, embedding excluded): "
         f"p50 {1e3 * t.predict_p50:.3f} ms, p99 {1e3 * t.predict_p99:.3f} ms, "
         f"of which neighbour search p50 {1e3 * t.search_p50:.3f} ms",
+        f"served estimate: seeding {1e6 * report.estimator_seed_seconds:.0f} us per train "
+        f"query ({len(report.models)} models' scores), scoring "
+        f"{1e3 * report.estimator_predict_seconds:.3f} ms per test query in a batch",
         f"total {report.seconds:.1f} s",
     ]
     return lines

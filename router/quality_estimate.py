@@ -51,8 +51,8 @@ class EstimatorConfig:
     evidence kernels, and how many votes a user has at full weight. Chosen on a validation
     split of dcrouter's train set (docs/benchmarks.md)."""
 
-    weight_variance: float = 0.25
-    intercept_variance: float = 0.25
+    weight_variance: float = 0.25  # chosen on validation, docs/benchmarks.md
+    intercept_variance: float = 0.25  # chosen on validation, docs/benchmarks.md
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     user_full_votes: int = 1
 

@@ -3,6 +3,7 @@ end-to-end offline evaluation on a slice of dcrouter."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -18,7 +19,14 @@ from router.elo import (
     win_probability_vs_field,
 )
 from router.embeddings import QueryIndex, texts_key
-from router.offline_eval import route, run_offline_eval
+from router.offline_eval import (
+    CALIBRATION_SOURCE,
+    SERVED_LAMBDA,
+    SERVED_NAME,
+    calibration_record,
+    route,
+    run_offline_eval,
+)
 from router.quality_cost import (
     aiq,
     apgr,
@@ -28,6 +36,7 @@ from router.quality_cost import (
     strong_weak_curve,
 )
 from router.query_embedder import OnnxQueryEmbedder
+from serving.routing_schemas import OfflineCalibrationPublic
 from tests.datasets import DCROUTER, require
 from tests.server import prepared_model_store
 
@@ -225,14 +234,20 @@ def test_offline_eval_on_a_slice_of_dcrouter(tmp_path: Path) -> None:
     assert [s.fraction for s in report.online] == [0.70, 0.85, 1.00]
     assert sum(s.added for s in report.online) == 300
     assert any("eagle" in line for line in lines)
+    assert report.result(SERVED_NAME).aiq > report.result("random").aiq
+    # The served estimate's reliability on test, in the shape the dashboard reads.
+    served = report.calibration_of(SERVED_NAME, SERVED_LAMBDA).reliability
+    assert served["count"] == 100
+    assert sum(b["count"] for b in served["bins"]) == 100
+    shown = OfflineCalibrationPublic.model_validate_json(json.dumps(calibration_record(report)))
+    assert shown.source == CALIBRATION_SOURCE and shown.count == 100
+    assert any(line.startswith("reliability on test") for line in lines)
     # The embeddings were cached under the given directory for the next run.
     assert any(tmp_path.glob("minilm-int8-*.npy"))
 
 
 @pytest.mark.slow
 def test_the_router_eval_command_runs_on_a_data_directory(tmp_path: Path) -> None:
-    import json
-
     from tests.server import run_tailor
 
     source = require(DCROUTER)

@@ -1,6 +1,7 @@
 """The quality model: online ridge (RLS) equal to its closed form, deterministic
 replay, partial and pairwise feedback, the neighbour memory, input checks, and its
-place in the offline evaluation (choice on validation, online protocol)."""
+place in the offline evaluation (choice on validation, online protocol); the served
+estimate's place there (choice on validation, routing, calibration)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,20 @@ import pytest
 
 from router.embeddings import FloatMatrix
 from router.offline_eval import (
+    ESTIMATOR_WEIGHT_VARIANCES,
+    NOISE_GAIN,
     QUALITY_CORRECTIONS,
     QUALITY_PENALTIES,
+    choose_estimator_config,
     choose_quality_config,
+    choose_variance,
     evaluate_router,
+    fit_estimator,
+    fit_estimator_partial,
     fit_quality,
     fit_quality_partial,
+    picked_calibration,
+    prefer_incumbent,
     run_quality_online_protocol,
     strong_weak_pair,
     time_scoring,
@@ -314,3 +323,56 @@ def test_the_quality_router_learns_who_is_good_where_and_is_chosen_on_validation
     assert steps[-1].accuracy == pytest.approx(result.accuracy)
     timing = time_scoring(model, test_vectors, repeats=20)
     assert timing.search_p50 > 0 and 0 < timing.predict_p50 <= timing.predict_p99
+
+
+# ---- the served estimate in the offline evaluation ----------------------------------------
+
+
+def test_a_default_moves_only_for_a_clear_validation_gain() -> None:
+    found = {0.1: (0.600, 0.6), 0.25: (0.598, 0.6), 0.5: (0.607, 0.6)}
+    # 0.1 beats the default by 0.002, under the noise margin; 0.5 by 0.009 over the safe
+    # choice, under the clear gain a larger prior variance needs.
+    assert prefer_incumbent(found, 0.25, NOISE_GAIN) == 0.5
+    assert choose_variance(found, 0.25) == 0.25
+    assert choose_variance({**found, 0.1: (0.605, 0.6)}, 0.25) == 0.1
+    assert choose_variance({**found, 0.5: (0.620, 0.6)}, 0.25) == 0.5
+
+
+def test_the_served_estimate_is_chosen_on_validation_routes_well_and_stays_calibrated() -> None:
+    rng = np.random.default_rng(7)
+    data, train_vectors, test_vectors = synthetic_data(rng, 600, 200)
+    lambdas = [0.0, 0.1, 1.0, 10.0]
+    pair = strong_weak_pair(data)
+    config, found = choose_estimator_config(data, train_vectors, lambdas, pair)
+    # Weight variances, then intercept variances (one shared with the first stage), then
+    # bandwidth x prior weight (one shared) and neighbour counts (one shared).
+    assert len(found) == 4 + 2 + 8 + 2
+    assert config in found
+    assert {c.weight_variance for c in found} == set(ESTIMATOR_WEIGHT_VARIANCES)
+    oracle = float(data.test_scores.max(axis=1).mean())
+    estimator = fit_estimator(config, data.models, train_vectors, data.train_scores)
+    quality, std = estimator.predict_many(test_vectors)
+    assert ((quality > 0) & (quality < 1)).all() and (std > 0).all()
+    result = evaluate_router(
+        "s", quality, data.test_scores, data.cost, lambdas, pair=pair, oracle_accuracy=oracle
+    )
+    assert result.aiq > 0.8 and result.accuracy > 0.75
+    # Its P(good) of the model it picks is a probability: the picked model is right about
+    # as often as it says (from 480 queries the prior's shrinkage leaves it a little shy).
+    for lam in (0.0, 0.1):
+        figures = picked_calibration("s", quality, data.test_scores, data.cost, lam)
+        assert figures.reliability["count"] == 200
+        ece = figures.reliability["ece"]
+        assert ece is not None and ece < 0.15
+    # Fed one preference per query, the levels of the dear generalist (right 70%) and a
+    # specialist (right 45% over the whole space) stay near the truth, not at 0 and 1.
+    preferred = fit_estimator_partial(
+        config, data.models, train_vectors, data.train_scores, "preference"
+    )
+    levels = preferred.predict_many(test_vectors)[0].mean(axis=0)
+    truth = data.train_scores.mean(axis=0)
+    assert np.abs(levels - truth).max() < 0.1
+    rated = fit_estimator_partial(config, data.models, train_vectors, data.train_scores, "rating")
+    assert rated.posterior.evidence.sum() == pytest.approx(600)
+    with pytest.raises(ValueError, match="feedback"):
+        fit_estimator_partial(config, data.models, train_vectors, data.train_scores, "stars")
