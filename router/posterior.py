@@ -107,9 +107,9 @@ class LogisticPosterior:
         """(queries, models) posterior mean and variance of each model's logit."""
         phi = self._features(features)
         mean: FloatArray = phi @ self.means.T
-        # v[q, m] = phi_q^T cov_m phi_q
-        projected = np.einsum("mij,qj->qmi", self.covariances, phi)
-        variance: FloatArray = np.einsum("qmi,qi->qm", projected, phi)
+        # v[q, m] = phi_q^T cov_m phi_q, as batched matrix products (BLAS; einsum is ~3x slower)
+        projected = self.covariances @ phi.T  # (models, d, queries)
+        variance: FloatArray = (projected * phi.T[None]).sum(axis=1).T
         return mean, np.maximum(variance, 0.0)
 
     def mean_logits(self, features: npt.ArrayLike) -> FloatArray:

@@ -195,6 +195,48 @@ def test_a_users_specialist_keeps_auto_on_its_base(tmp_path: Path) -> None:
         assert plain["tailor"]["route"]["model"] == GEMMA
 
 
+def test_the_router_explores_and_recovers_when_the_preferred_model_starts_failing(
+    tmp_path: Path,
+) -> None:
+    # Exploration on, generously (rate 0.5, any regret), so that a 60-request phase
+    # explores with certainty in practice (each request's draw is its own).
+    env = server_env(tmp_path) | {
+        "TAILOR_ROUTER_EXPLORE_RATE": "0.5",
+        "TAILOR_ROUTER_EXPLORE_MAX_REGRET": "1",
+    }
+    with running_server(env, timeout=120) as running:
+        url = running.url
+
+        def rate(user: dict[str, str], response_id: str, rating: int) -> None:
+            answer = httpx.post(
+                f"{url}/v1/feedback",
+                json={"response_id": response_id, "rating": rating},
+                headers=user,
+            )
+            assert answer.status_code == 201, answer.text
+
+        # Many users find Gemma's answers good and SmolLM2's bad.
+        for i, prompt in enumerate(SHARED_PROMPTS[:12]):
+            user = new_user(url, f"early-{i}")
+            rate(user, complete(url, user, prompt, model=GEMMA)["id"], 1)
+            rate(user, complete(url, user, prompt, model=SMOL)["id"], -1)
+        assert routed(url, new_user(url, "probe-1"), SHARED_PROMPTS[14])["model"] == GEMMA
+
+        # Then Gemma starts failing: every answer `auto` gives is rated by what it is.
+        explored = 0
+        for i in range(60):
+            user = new_user(url, f"late-{i}")
+            answer = complete(url, user, SHARED_PROMPTS[i % 12])
+            route = answer["tailor"]["route"]
+            explored += route["explored"]
+            rate(user, answer["id"], 1 if route["model"] == SMOL else -1)
+        assert explored > 0
+        # Recovered: the estimate now prefers SmolLM2 (whatever this one request's
+        # exploration draw, its estimate says so).
+        final = routed(url, new_user(url, "probe-2"), SHARED_PROMPTS[14])
+        assert final["candidates"][SMOL]["quality"] > final["candidates"][GEMMA]["quality"]
+
+
 def test_feedback_rules_and_budgets_over_http(tmp_path: Path) -> None:
     with running_server(server_env(tmp_path), timeout=120) as running:
         url = running.url
