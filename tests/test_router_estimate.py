@@ -3,6 +3,7 @@ bounded per-user influence, and snapshots that restore exactly or are ignored.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,7 @@ def test_one_observation_moves_little_and_uncertainty_shrinks_with_evidence() ->
 def test_bad_observations_are_refused_and_change_nothing() -> None:
     model = posterior()
     state = model.state()
-    for call in (
+    calls: list[Callable[[], None]] = [
         lambda: model.observe_label(FEATURES, "a", 1.5),
         lambda: model.observe_label(FEATURES, "a", float("nan")),
         lambda: model.observe_label(FEATURES, "zzz", 1.0),
@@ -72,7 +73,8 @@ def test_bad_observations_are_refused_and_change_nothing() -> None:
         lambda: model.observe_label(np.array([np.inf, 1.0]), "a", 1.0),
         lambda: model.observe_preference(FEATURES, "a", "a"),
         lambda: model.observe_label(np.ones(3), "a", 1.0),
-    ):
+    ]
+    for call in calls:
         with pytest.raises(ValueError):
             call()
     for key, value in model.state().items():
