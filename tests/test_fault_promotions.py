@@ -15,6 +15,7 @@ import random
 import secrets
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,8 +136,12 @@ def test_a_server_killed_mid_promotion_keeps_every_acknowledged_promotion(
             promoter = Promoter(server.url, user_id, tmp_path / "peft", seed)
             thread = threading.Thread(target=promoter.run)
             thread.start()
-            # Let a few promotions through, then kill at a point of no one's choosing.
-            threading.Event().wait(chance.uniform(1.0, 3.0))
+            # Let a few promotions through (at least one, however loaded the machine),
+            # then kill at a point of no one's choosing.
+            deadline = time.monotonic() + 60
+            while promoter.promotions == 0 and time.monotonic() < deadline:
+                threading.Event().wait(0.05)
+            threading.Event().wait(chance.uniform(0.5, 2.0))
             os.kill(server.process.pid, signal.SIGKILL)
             server.process.wait(timeout=30)
             thread.join(timeout=30)
