@@ -537,8 +537,29 @@ def router_eval(
         Path,
         typer.Option(help="A directory in dcrouter's format (train/test/llm_candidates.json)."),
     ],
+    online: Annotated[
+        bool,
+        typer.Option(
+            "--online",
+            help="Replay train as live traffic with partial feedback instead (issue 16).",
+        ),
+    ] = False,
+    preference_fraction: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="With --online: share of queries that also get a preference against a "
+            "second answer.",
+        ),
+    ] = 0.1,
 ) -> None:
-    """Evaluate the served router and the baselines offline: quality-cost curve, AIQ, APGR, CPT."""
+    """Evaluate the served router and the baselines offline: quality-cost curve, AIQ, APGR, CPT.
+
+    With --online, replay train through the live router as a stream (only the routed
+    answer rated) and score test after every tenth, then the one-user, adversarial-user
+    and expert scenarios.
+    """
     from router.offline_eval import run_offline_eval
     from router.query_embedder import OnnxQueryEmbedder, use_one_blas_thread
     from storage.settings import load_settings
@@ -550,7 +571,21 @@ def router_eval(
         # The service's embedder, from the model store (`tailor models prepare`).
         embedder = OnnxQueryEmbedder.load(load_settings().model_store_dir)
     use_one_blas_thread()
-    run_offline_eval(data, embedder, output=typer.echo)
+    if not online:
+        run_offline_eval(data, embedder, output=typer.echo)
+        return
+    from router.embeddings import embed_texts
+    from router.online_replay import replay_data, run_online_eval
+    from router.routing_data import load_routing_data
+
+    routing = load_routing_data(data)
+    replay = replay_data(
+        routing,
+        embed_texts(routing.train_questions, embedder),
+        embed_texts(routing.test_questions, embedder),
+        embedder.name,
+    )
+    run_online_eval(replay, preference_fraction=preference_fraction, output=typer.echo)
 
 
 def main() -> None:
