@@ -23,8 +23,9 @@ from router.state_sync import embedding_bytes
 from serving.runtime import ModelRuntime
 from storage.database import Database
 from storage.errors import Conflict
-from storage.repositories import FeedbackRepository, ResponseRepository
+from storage.repositories import FeedbackRepository
 from tests.app_client import ADMIN, DEPLOYMENTS, app_client, bearer
+from tests.logged_responses import log_response
 from tests.test_repositories import add_base_model, add_user
 from tests.test_router_eagle import TopicEmbedder
 
@@ -56,23 +57,11 @@ def new_user(client: TestClient, name: str) -> tuple[str, dict[str, str]]:
 def logged_response(
     db: Database, user_id: str, response_id: str, prompt: str = "hi", model: str = SMOL
 ) -> str:
-    with db.session() as session:
-        ResponseRepository(session).record(
-            response_id=response_id,
-            user_id=user_id,
-            base_model_id=model,
-            endpoint="chat.completions",
-            request={"messages": [{"role": "user", "content": prompt}]},
-            output_text="hello!",
-            finish_reason="stop",
-            routing_decision={"model": model, "reason": "forced"},
-            adapters_used=[],
-            prompt_tokens=5,
-            completion_tokens=2,
-            # An embedding, so that the router learns from the feedback in context too.
-            query_embedding=embedding_bytes(TopicEmbedder().embed(prompt)),
-        )
-    return response_id
+    # An embedding, so that the router learns from the feedback in context too.
+    embedding = embedding_bytes(TopicEmbedder().embed(prompt))
+    return log_response(
+        db, user_id, model, prompt, response_id=response_id, query_embedding=embedding
+    )
 
 
 def feedback(client: TestClient, key: dict[str, str], **body: Any) -> HttpResponse:

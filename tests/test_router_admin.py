@@ -24,11 +24,11 @@ from storage.database import Database
 from storage.repositories import (
     BaseModelRepository,
     FeedbackRepository,
-    ResponseRepository,
     UserRepository,
 )
 from storage.tables import Response
 from tests.app_client import ADMIN, DEPLOYMENTS, app_client, bearer
+from tests.logged_responses import log_response
 
 SMALL, LARGE = "small-1m", "large-4m"
 
@@ -90,21 +90,9 @@ def respond(
             "candidates": {m: {"quality": q, "utility": q} for m, q in quality.items()},
             "neighbours": {"count": 0, "similarities": []},
         }
-    with database.session() as session:
-        ResponseRepository(session).record(
-            response_id=response_id,
-            user_id=user_id,
-            base_model_id=model,
-            endpoint="chat.completions",
-            request={"messages": [{"role": "user", "content": prompt}]},
-            output_text="...",
-            finish_reason="stop",
-            routing_decision=decision,
-            adapters_used=[],
-            prompt_tokens=3,
-            completion_tokens=5,
-        )
-    return response_id
+    return log_response(
+        database, user_id, model, prompt, response_id=response_id, routing_decision=decision
+    )
 
 
 def rate(client: TestClient, key: str, response_id: str, rating: int) -> int:

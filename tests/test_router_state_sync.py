@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
 import pytest
 
 from router import Candidate, EagleRouter, RouterConfig, RouteRequest
 from router.state_sync import embedding_bytes, relearn_lengths, sync_feedback
 from storage.database import Database
 from storage.errors import InvalidInput, NotFound
-from storage.repositories import FeedbackRepository, ResponseRepository, UserRepository
+from storage.repositories import FeedbackRepository, UserRepository
+from tests.logged_responses import log_response
 from tests.test_repositories import add_base_model, add_user
 from tests.test_router_eagle import TopicEmbedder
 
@@ -30,23 +30,15 @@ def models(database: Database) -> Database:
 def respond(
     database: Database, user_id: str, model: str, prompt: str, *, completion_tokens: int = 7
 ) -> str:
-    response_id = f"chatcmpl-{np.random.default_rng().integers(1 << 62):x}"
-    with database.session() as session:
-        ResponseRepository(session).record(
-            response_id=response_id,
-            user_id=user_id,
-            base_model_id=model,
-            endpoint="chat.completions",
-            request={"messages": [{"role": "user", "content": prompt}]},
-            output_text="...",
-            finish_reason="stop",
-            routing_decision={"model": model, "reason": "forced"},
-            adapters_used=[],
-            prompt_tokens=5,
-            completion_tokens=completion_tokens,
-            query_embedding=embedding_bytes(TopicEmbedder().embed(prompt)),
-        )
-    return response_id
+    embedding = embedding_bytes(TopicEmbedder().embed(prompt))
+    return log_response(
+        database,
+        user_id,
+        model,
+        prompt,
+        query_embedding=embedding,
+        completion_tokens=completion_tokens,
+    )
 
 
 def prefer(database: Database, user_id: str, winner: str, loser: str) -> None:
