@@ -438,10 +438,7 @@ class EagleRouter:
             arrays: dict[str, npt.NDArray[Any]] = {
                 **{f"posterior_{k}": v for k, v in estimator.posterior.state().items()},
                 **{f"evidence_{k}": v for k, v in estimator.evidence.state().items()},
-                "influence_users": np.array(sorted(estimator.influence.state()), dtype=np.str_),
-                "influence_votes": np.array(
-                    [v for _, v in sorted(estimator.influence.state().items())], dtype=np.int64
-                ),
+                **{f"influence_{k}": v for k, v in estimator.influence.state().items()},
                 "elo": np.array([self.global_elo[m] for m in self.models]),
                 **{f"games_{k}": v for k, v in self._games.state().items()},
                 "sources": np.array([s or "" for s in self._sources], dtype=np.str_),
@@ -459,7 +456,7 @@ class EagleRouter:
             {k[len("evidence_") :]: v for k, v in arrays.items() if k.startswith("evidence_")}
         )
         estimator.influence.load_state(
-            dict(zip(arrays["influence_users"], arrays["influence_votes"].tolist(), strict=True))
+            {k[len("influence_") :]: v for k, v in arrays.items() if k.startswith("influence_")}
         )
         games = GameLog.from_state(
             self.models,
@@ -493,6 +490,7 @@ class EagleRouter:
                     "user_id": user_id,
                     "feedback": influence.votes(user_id),
                     "shared_weight": round(influence.shared_weight(user_id), 3),
+                    "trust": round(influence.trust(user_id), 3),
                     "own_evidence_rows": self.estimator.evidence.user_row_count(user_id),
                 }
                 for user_id in influence.users()
@@ -510,6 +508,7 @@ class EagleRouter:
                     "explore_max_regret": self.config.explore_max_regret,
                     "expert_bonus": self.config.expert_bonus,
                     "user_full_votes": self.config.estimator.user_full_votes,
+                    "user_max_share": self.config.estimator.user_max_share,
                 },
                 "last_feedback_id": self.last_feedback_id,
                 "global": {

@@ -53,10 +53,16 @@ class EvidenceConfig:
     user_neighbours: int = 32
     user_bandwidth: float = 0.2
     user_prior_weight: float = 4.0
+    # Of one user's rows near a query, only this many nearest count in everyone else's
+    # evidence: a user who votes many times on queries like this one (an adversary aiming
+    # at a topic) counts as a few neighbours, not as the whole neighbourhood.
+    rows_per_user: int = 2
 
     def __post_init__(self) -> None:
         if self.neighbours < 1 or self.user_neighbours < 1:
             raise ValueError("neighbours must be at least 1")
+        if self.rows_per_user < 1:
+            raise ValueError("rows_per_user must be at least 1")
         for name in ("bandwidth", "prior_weight", "user_bandwidth", "user_prior_weight"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
@@ -152,10 +158,25 @@ class NeighbourEvidence:
         rows = np.asarray(ids, dtype=np.int64).reshape(-1)[: self.config.neighbours]
         sims = np.asarray(cosines, dtype=np.float64).reshape(-1)[: self.config.neighbours]
         excluded = self._user_numbers.get(exclude_user or "", None)
-        if excluded is not None and rows.size:
-            keep = self._user[rows] != excluded
+        if rows.size:
+            keep = self._each_user_nearest(rows, sims)
+            if excluded is not None:
+                keep &= self._user[rows] != excluded
             rows, sims = rows[keep], sims[keep]
         return self._shift(rows, sims, predict, self.config.bandwidth, self.config.prior_weight)
+
+    def _each_user_nearest(self, rows: IntArray, sims: FloatArray) -> npt.NDArray[np.bool_]:
+        """Which of ``rows`` are among their user's ``rows_per_user`` most similar (rows
+        without a user, a data set's labels, all count)."""
+        keep = np.ones(rows.size, dtype=bool)
+        taken: dict[int, int] = {}
+        for i in np.argsort(-sims, kind="stable"):
+            user = int(self._user[rows[i]])
+            if user == NO_USER:
+                continue
+            taken[user] = taken.get(user, 0) + 1
+            keep[i] = taken[user] <= self.config.rows_per_user
+        return keep
 
     def user_shift(self, query: npt.ArrayLike, user_id: str, predict: SharedPrediction) -> Shift:
         """The user's own evidence near ``query`` (a normalised vector)."""

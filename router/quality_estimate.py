@@ -38,7 +38,7 @@ from router.posterior import (
     sigmoid,
     with_intercept,
 )
-from router.user_influence import UserInfluence
+from router.user_influence import Surprise, UserInfluence
 
 _OUTCOME_VARIANCE = 0.25
 # Never quite certain: keeps logits finite and leaves room to learn.
@@ -54,7 +54,10 @@ class EstimatorConfig:
     weight_variance: float = 0.25  # chosen on validation, docs/benchmarks.md
     intercept_variance: float = 0.25  # chosen on validation, docs/benchmarks.md
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
+    # router/user_influence.py; chosen on the online replay (docs/benchmarks.md)
     user_full_votes: int = 1
+    user_max_share: float = 0.02
+    user_trusted_z: float = 2.0
 
     def __post_init__(self) -> None:
         for name in ("weight_variance", "intercept_variance"):
@@ -63,6 +66,10 @@ class EstimatorConfig:
                 raise ValueError(f"{name} must be positive and finite")
         if self.user_full_votes < 1:
             raise ValueError("user_full_votes must be at least 1")
+        if not 0.0 <= self.user_max_share < 1.0:
+            raise ValueError("user_max_share must lie in [0, 1)")
+        if not (self.user_trusted_z >= 0 and math.isfinite(self.user_trusted_z)):
+            raise ValueError("user_trusted_z must be non-negative and finite")
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,11 @@ class QualityEstimator:
             intercept_variance=self.config.intercept_variance,
         )
         self.evidence = NeighbourEvidence(self.models, dimensions, self.config.evidence)
-        self.influence = UserInfluence(self.config.user_full_votes)
+        self.influence = UserInfluence(
+            self.config.user_full_votes,
+            max_share=self.config.user_max_share,
+            trusted_z=self.config.user_trusted_z,
+        )
         self._column = {m: i for i, m in enumerate(self.models)}
 
     # ---- learning ----------------------------------------------------------------------
@@ -109,11 +120,15 @@ class QualityEstimator:
         other = event.other_model
         if other is not None and (other == event.model or other not in self._column):
             return 0.0
-        weight = self.influence.next_weight(event.user_id)
         vector = normalise_rows(vector)
         phi = with_intercept(vector)
+        weight = self.influence.next_weight(event.user_id, self._surprise(event, phi))
+        # A vote with no weight left for everyone else still joins the user's own evidence.
         if event.other_model is not None:
-            self.posterior.observe_preference(phi, event.model, event.other_model, weight=weight)
+            if weight > 0:
+                self.posterior.observe_preference(
+                    phi, event.model, event.other_model, weight=weight
+                )
             self.evidence.add_preference(
                 vector,
                 self._column[event.model],
@@ -124,11 +139,23 @@ class QualityEstimator:
         else:
             assert event.rating is not None
             label = (event.rating + 1) / 2
-            self.posterior.observe_label(phi, event.model, label, weight=weight)
+            if weight > 0:
+                self.posterior.observe_label(phi, event.model, label, weight=weight)
             self.evidence.add_labels(
                 vector, {self._column[event.model]: label}, weight=weight, user_id=event.user_id
             )
         return weight
+
+    def _surprise(self, event: FeedbackEvent, phi: FloatArray) -> Surprise:
+        """What the shared posterior expected of this vote, before learning from it."""
+        logits = self.posterior.mean_logits(phi)[0]
+        if event.other_model is not None:
+            gap = logits[self._column[event.model]] - logits[self._column[event.other_model]]
+            return Surprise(p=float(sigmoid(gap)), y=1.0)
+        assert event.rating is not None
+        return Surprise(
+            p=float(sigmoid(logits[self._column[event.model]])), y=(event.rating + 1) / 2
+        )
 
     def seed(self, vector: npt.ArrayLike, scores: dict[str, float]) -> None:
         """Labels that are not a user's feedback (an offline data set): each model's score in

@@ -26,7 +26,7 @@ from router.eagle_router import EagleRouter
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: user influence keeps weights and trust
 _HEADER = "header_json"
 
 

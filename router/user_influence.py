@@ -1,48 +1,167 @@
 """How much one user's feedback may move what every other user is routed by.
 
-A user's first ``full_votes`` pieces of feedback count fully in the shared estimate; the
-n-th after that counts (full_votes / n)^2, so that however much one user votes, their total
-weight in the shared model stays under 2 x full_votes (the sum of 1/n^2 converges). Their
-own routing still learns from every vote (the user's own evidence,
-router/neighbour_evidence.py): a user can change their routes, never everyone's.
+A user's own routing always learns from every one of their votes at full weight (their own
+evidence, router/neighbour_evidence.py). What this module bounds is the weight a vote has in
+the *shared* estimate, which everyone else is routed by. Two limits, the smaller wins:
 
-Feedback without a user (an offline data set's labels) always counts fully.
+1. **A share.** A user's total weight stays under ``full_votes + max_share`` x the weight of
+   everyone else's votes. Alone on a new service a user counts as ``full_votes`` votes and
+   never more, however much they vote; among many users each may hold up to ``max_share``
+   of what the shared estimate learnt, so it learns at full speed from a crowd while no
+   single user can flip it. (An absolute cap alone cannot do both: a cap small enough for
+   the first case starves the shared estimate once there are hundreds of users.)
+
+2. **Trust.** Each vote is scored by how surprising it was to the shared estimate, against
+   how surprising the estimate expected it to be: for an outcome y it gave probability p,
+   the excess surprise is (p - y) * logit(p), mean zero when users vote as the estimate
+   expects. A user's recent excess (older votes discounted by ``memory`` per vote) divided
+   by its standard deviation is a z-score; while it stays under ``trusted_z`` the user's
+   votes count fully, beyond that their weight fades as exp(-(z - trusted_z)). A user who
+   keeps contradicting what everyone else taught (an adversary, or someone whose taste
+   differs) fades out of the shared estimate within a few votes and keeps shaping their
+   own routing. Trust comes back once their votes agree again, e.g. after a model really
+   changed and the shared estimate caught up. While the shared estimate knows nothing
+   (p = 0.5) no vote is surprising: trust only bites where there is a consensus to
+   contradict, which is why the share limit is needed as well.
+
+Feedback without a user (an offline data set's labels) always counts fully. Everything is a
+function of the votes in order: replaying them rebuilds the same weights.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+# Keeps logit(p) finite for a confident estimate.
+_P_FLOOR = 1e-3
+# Variance added under the z-score's square root, a few votes' worth: one vote on its own,
+# however surprising, cannot make a user untrusted (when a model really starts failing,
+# every user's first vote about it is a surprise), a run of them does.
+_PRIOR_VARIANCE = 4.0
+
+
+@dataclass(frozen=True)
+class Surprise:
+    """What the shared estimate expected of one vote: the probability ``p`` it gave to the
+    outcome "1" and the outcome ``y`` in [0, 1] the user gave (for a preference, p is the
+    probability that the preferred answer wins and y = 1)."""
+
+    p: float
+    y: float
+
+    @property
+    def excess(self) -> float:
+        p = min(max(self.p, _P_FLOOR), 1.0 - _P_FLOOR)
+        return (p - self.y) * math.log(p / (1.0 - p))
+
+    @property
+    def variance(self) -> float:
+        p = min(max(self.p, _P_FLOOR), 1.0 - _P_FLOOR)
+        return p * (1.0 - p) * math.log(p / (1.0 - p)) ** 2
+
+
+@dataclass
+class _Record:
+    votes: int = 0
+    weight: float = 0.0  # total weight in the shared estimate so far
+    excess: float = 0.0  # discounted sum of excess surprise
+    variance: float = 0.0  # discounted sum of its variance
 
 
 class UserInfluence:
-    def __init__(self, full_votes: int) -> None:
+    def __init__(
+        self,
+        full_votes: int,
+        *,
+        max_share: float = 0.02,
+        trusted_z: float = 2.0,
+        memory: float = 0.97,
+    ) -> None:
         if full_votes < 1:
             raise ValueError("full_votes must be at least 1")
+        if not 0.0 <= max_share < 1.0:
+            raise ValueError("max_share must lie in [0, 1)")
+        if not (trusted_z >= 0 and math.isfinite(trusted_z)):
+            raise ValueError("trusted_z must be non-negative and finite")
+        if not 0.0 < memory <= 1.0:
+            raise ValueError("memory must lie in (0, 1]")
         self.full_votes = full_votes
-        self._votes: Counter[str] = Counter()
+        self.max_share = max_share
+        self.trusted_z = trusted_z
+        self.memory = memory
+        self._records: dict[str, _Record] = {}
+        self._total = 0.0  # all users' weight in the shared estimate
 
-    def next_weight(self, user_id: str | None) -> float:
-        """Count one more vote of ``user_id``; its weight in the shared estimate."""
+    def next_weight(self, user_id: str | None, surprise: Surprise | None = None) -> float:
+        """Count one more vote of ``user_id`` (with what the shared estimate expected of it,
+        when it expected anything); its weight in the shared estimate."""
         if not user_id:
             return 1.0
-        self._votes[user_id] += 1
-        n = self._votes[user_id]
-        return 1.0 if n <= self.full_votes else (self.full_votes / n) ** 2
+        record = self._records.setdefault(user_id, _Record())
+        record.votes += 1
+        if surprise is not None:
+            record.excess = self.memory * record.excess + surprise.excess
+            record.variance = self.memory * record.variance + surprise.variance
+        room = self.full_votes + self.max_share * (self._total - record.weight) - record.weight
+        weight = max(0.0, min(self.trust(user_id), room))
+        record.weight += weight
+        self._total += weight
+        return weight
+
+    def trust(self, user_id: str) -> float:
+        """The weight the user's next vote would have by trust alone, in [0, 1]."""
+        z = self.excess_z(user_id)
+        return 1.0 if z <= self.trusted_z else math.exp(self.trusted_z - z)
+
+    def excess_z(self, user_id: str) -> float:
+        record = self._records.get(user_id)
+        if record is None:
+            return 0.0
+        return record.excess / math.sqrt(record.variance + _PRIOR_VARIANCE)
 
     def votes(self, user_id: str) -> int:
-        return self._votes[user_id]
+        record = self._records.get(user_id)
+        return 0 if record is None else record.votes
 
     def shared_weight(self, user_id: str) -> float:
         """The total weight the user's votes have had in the shared estimate."""
-        n = self._votes[user_id]
-        full = min(n, self.full_votes)
-        return full + sum((self.full_votes / k) ** 2 for k in range(self.full_votes + 1, n + 1))
+        record = self._records.get(user_id)
+        return 0.0 if record is None else record.weight
+
+    @property
+    def total_weight(self) -> float:
+        """All users' weight in the shared estimate."""
+        return self._total
 
     def users(self) -> list[str]:
-        return sorted(self._votes)
+        return sorted(self._records)
 
-    def state(self) -> dict[str, int]:
-        return dict(self._votes)
+    # ---- snapshots -----------------------------------------------------------------------
 
-    def load_state(self, votes: dict[str, int]) -> None:
-        self._votes = Counter({str(k): int(v) for k, v in votes.items()})
+    def state(self) -> dict[str, npt.NDArray[np.generic]]:
+        users = self.users()
+        records = [self._records[u] for u in users]
+        return {
+            "users": np.array(users, dtype=np.str_),
+            "votes": np.array([r.votes for r in records], dtype=np.int64),
+            "numbers": np.array(
+                [[r.weight, r.excess, r.variance] for r in records], dtype=np.float64
+            ).reshape(len(records), 3),
+            # Kept, not recomputed: a different summation order could move it by a rounding
+            # error, and a restarted router must decide exactly as before.
+            "total": np.array([self._total], dtype=np.float64),
+        }
+
+    def load_state(self, arrays: dict[str, npt.NDArray[np.generic]]) -> None:
+        users, votes, numbers = arrays["users"], arrays["votes"], arrays["numbers"]
+        if not (len(users) == len(votes) == len(numbers)) or numbers.shape[1:] != (3,):
+            raise ValueError("the snapshot's influence arrays disagree with each other")
+        self._records = {
+            str(u): _Record(int(v), float(w), float(e), float(s))
+            for u, v, (w, e, s) in zip(users, votes, numbers.tolist(), strict=True)
+        }
+        self._total = float(arrays["total"][0])

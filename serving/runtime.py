@@ -194,7 +194,10 @@ class ModelRuntime:
                 explore_rate=settings.router_explore_rate,
                 explore_max_regret=settings.router_explore_max_regret,
                 expert_bonus=settings.router_expert_bonus,
-                estimator=EstimatorConfig(user_full_votes=settings.router_user_full_votes),
+                estimator=EstimatorConfig(
+                    user_full_votes=settings.router_user_full_votes,
+                    user_max_share=settings.router_user_max_share,
+                ),
             ),
             load=self.load,
             default_model=settings.default_model,

@@ -229,8 +229,12 @@ def test_the_router_recovers_when_the_preferred_model_starts_failing() -> None:
         rate(router, f"math: task {i}", LARGE, 1, f"early-{i}")
         rate(router, f"math: task {i}", SMALL, -1, f"early-{i}")
     assert ask(router, "math: next", "new", explore=False) == LARGE
+    # Then the large model fails for everyone, while the answers exploration still sends to
+    # the small one are fine: the router follows the new evidence, not its old favourite.
     for i in range(40):
         rate(router, f"math: later task {i}", LARGE, -1, f"late-{i}")
+        if i % 4 == 0:
+            rate(router, f"math: explored task {i}", SMALL, 1, f"explored-{i}")
     assert ask(router, "math: next", "new", explore=False) == SMALL
 
 

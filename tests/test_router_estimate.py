@@ -12,7 +12,7 @@ import pytest
 from router import FeedbackEvent
 from router.posterior import LogisticPosterior, probability_std, sigmoid
 from router.snapshot import load_snapshot, save_snapshot
-from router.user_influence import UserInfluence
+from router.user_influence import Surprise, UserInfluence
 from tests.test_router_eagle import LARGE, SMALL, crowd, feedback, make_router, rate, route
 
 FEATURES = np.array([0.0, 1.0])  # no context, an intercept: a model's overall quality
@@ -81,13 +81,68 @@ def test_bad_observations_are_refused_and_change_nothing() -> None:
         assert np.array_equal(value, state[key])
 
 
-def test_one_users_weight_in_everyones_routing_is_bounded() -> None:
-    influence = UserInfluence(full_votes=2)
+def test_a_lone_user_counts_as_full_votes_however_much_they_vote() -> None:
+    influence = UserInfluence(full_votes=2, max_share=0.05)
     weights = [influence.next_weight("u") for _ in range(1000)]
-    assert weights[:2] == [1.0, 1.0] and weights[2] == pytest.approx(4 / 9)
-    assert influence.shared_weight("u") == pytest.approx(sum(weights))
-    assert sum(weights) < 2 * 2
+    assert weights[:2] == [1.0, 1.0] and sum(weights[2:]) == 0.0
+    assert influence.shared_weight("u") == pytest.approx(2.0)
+    assert influence.votes("u") == 1000
     assert influence.next_weight(None) == 1.0  # a data set's labels, not a user's
+
+
+def test_among_many_users_each_holds_at_most_its_share() -> None:
+    influence = UserInfluence(full_votes=1, max_share=0.05)
+    # 100 users voting in turn: nobody is near 5% of the rest, every vote counts fully.
+    crowd = [influence.next_weight(f"user-{i % 100}") for i in range(3000)]
+    assert crowd == [1.0] * 3000
+    # A newcomer who then votes 1,000 times stops at 1 + 5% of everyone else's weight.
+    loud = [influence.next_weight("loud") for _ in range(1000)]
+    assert influence.shared_weight("loud") == pytest.approx(1 + 0.05 * 3000)
+    assert loud[:151] == [1.0] * 151 and sum(loud[152:]) == 0.0
+    # As the others go on voting, the newcomer's room grows again, to the same share.
+    for i in range(1000):
+        influence.next_weight(f"user-{i % 100}")
+    for _ in range(100):
+        influence.next_weight("loud")
+    assert influence.shared_weight("loud") == pytest.approx(1 + 0.05 * 4000)
+
+
+def test_a_user_who_keeps_contradicting_the_consensus_fades_out() -> None:
+    influence = UserInfluence(full_votes=1, max_share=0.5, trusted_z=2.0)
+    for i in range(2000):
+        influence.next_weight(f"user-{i % 50}")  # room for anyone
+    # The shared estimate says 0.9 and these votes say 0: a few count, then none.
+    contrary = [influence.next_weight("contrary", Surprise(p=0.9, y=0.0)) for _ in range(30)]
+    assert contrary[0] == 1.0 and sum(contrary) < 5 and contrary[-1] < 1e-3
+    # A user voting as the estimate expects (nine 1s, one 0 at p = 0.9) keeps full weight.
+    agreeing = [
+        influence.next_weight("agreeing", Surprise(p=0.9, y=float(k % 10 != 0))) for k in range(30)
+    ]
+    assert agreeing == [1.0] * 30
+    # Trust comes back once the contrary user's votes agree again.
+    later = [influence.next_weight("contrary", Surprise(p=0.9, y=1.0)) for _ in range(200)]
+    assert later[-1] == 1.0
+    # Where the estimate knows nothing (p = 0.5), no vote is surprising.
+    assert Surprise(p=0.5, y=0.0).excess == 0.0
+
+
+def test_influence_rejects_bad_settings_and_restores_exactly() -> None:
+    for bad in (
+        {"full_votes": 0},
+        {"full_votes": 1, "max_share": 1.0},
+        {"full_votes": 1, "trusted_z": -1.0},
+        {"full_votes": 1, "memory": 0.0},
+    ):
+        with pytest.raises(ValueError):
+            UserInfluence(**bad)
+    influence = UserInfluence(full_votes=1, max_share=0.1)
+    for i in range(300):
+        influence.next_weight(f"u{i % 7}", Surprise(p=0.3 + 0.001 * i, y=float(i % 3 == 0)))
+    copy = UserInfluence(full_votes=1, max_share=0.1)
+    copy.load_state(influence.state())
+    for i in range(50):
+        s = Surprise(p=0.8, y=float(i % 2))
+        assert copy.next_weight(f"u{i % 9}", s) == influence.next_weight(f"u{i % 9}", s)
 
 
 def test_a_snapshot_restores_the_same_decisions(tmp_path: Path) -> None:
