@@ -179,7 +179,13 @@ class EagleRouter:
         by_id = {c.model: c for c in candidates}
         if request.requested_model is not None and request.requested_model not in by_id:
             raise NoRoute(f"unknown model {request.requested_model!r}")
-        usable = [c for c in candidates if c.chat or not request.requires_chat]
+        # A chat only goes where the router chooses to models that have a chat template;
+        # a model the caller names is theirs to chat with (as a plain transcript).
+        usable = [
+            c
+            for c in candidates
+            if c.chat or not request.requires_chat or c.model == request.requested_model
+        ]
         if not usable:
             raise NoRoute("no base model can serve this request")
         # Embedding is the slow part and needs no lock.

@@ -5,6 +5,7 @@ experts, exploration, cost, budget and load."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -128,6 +129,18 @@ def test_a_forced_model_is_kept_and_an_unknown_one_refused() -> None:
     assert route(router, "x", requested_model=LARGE).reason == "forced"
     with pytest.raises(NoRoute, match="unknown model"):
         route(router, "x", requested_model="nope")
+
+
+def test_a_chat_goes_to_a_model_without_a_chat_template_only_when_named() -> None:
+    router = make_router(cost_weight=0.0)
+    base_only = [CANDIDATES[0], Candidate(LARGE, cost_per_million_tokens=4.0, chat=False)]
+    for i in range(12):
+        rate(router, f"math: task {i}", LARGE, 1, f"crowd-{i}")
+    chat = RouteRequest(user_id="u1", prompt_text="math: next", prompt_tokens=20, max_tokens=9)
+    chat = replace(chat, requires_chat=True, explore=False)
+    assert router.route(chat, base_only).model == SMALL  # auto: never the base model
+    forced = router.route(replace(chat, requested_model=LARGE), base_only)
+    assert (forced.model, forced.reason) == (LARGE, "forced")
 
 
 def test_preferences_of_many_users_move_later_choices_per_topic() -> None:
