@@ -59,6 +59,7 @@ class _Scored:
     rating: float
     quality: float
     std: float
+    own_mass: float  # kernel mass of the user's own evidence on this model near the query
     expert_term: float
     specialist: bool  # the user has a specialist on this base
     predicted_tokens: int
@@ -248,6 +249,7 @@ class EagleRouter:
                     rating=ratings[c.model],
                     quality=quality,
                     std=float(estimate.std[column]),
+                    own_mass=float(estimate.user_mass[column]),
                     expert_term=expert_term,
                     specialist=evidence_of_experts is not None
                     and evidence_of_experts.specialist_version_id is not None,
@@ -314,7 +316,9 @@ class EagleRouter:
                 choice = _Choice(best, reason, incumbent=incumbent.model)
         else:
             spread = math.sqrt(best.std**2 + incumbent.std**2)
-            clearly_better = best.utility - incumbent.utility >= self._switch_z * spread
+            clearly_better = (
+                best.utility - incumbent.utility >= self._own_switch_z(best, incumbent) * spread
+            )
             if clearly_better:
                 top_quality = max(within, key=lambda s: (s.quality, -s.expected_cost, s.model))
                 choice = _Choice(
@@ -341,6 +345,15 @@ class EagleRouter:
             if free:
                 return _Choice(max(free, key=_preference), "load", incumbent=choice.incumbent)
         return choice
+
+    def _own_switch_z(self, best: _Scored, incumbent: _Scored) -> float:
+        """How sure the router must be to move this user off the incumbent. The bar guards
+        against a few votes moving everyone; a user's own repeated feedback on both models
+        near this query is them telling the router what they want, so it lowers the bar for
+        their own route, as their evidence outweighs the prior it is shrunk towards."""
+        prior = self.config.estimator.evidence.user_prior_weight
+        own = min(best.own_mass, incumbent.own_mass)
+        return self._switch_z * prior / (prior + own)
 
     def _explore(
         self, request: RouteRequest, within: list[_Scored], choice: _Choice, state_id: int

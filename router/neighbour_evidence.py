@@ -51,8 +51,8 @@ class EvidenceConfig:
     bandwidth: float = 0.2  # cosine units; chosen on validation, docs/benchmarks.md
     prior_weight: float = 3.0  # chosen on validation, docs/benchmarks.md
     user_neighbours: int = 32
-    user_bandwidth: float = 0.2
-    user_prior_weight: float = 4.0
+    user_bandwidth: float = 0.3  # chosen on the online replay (lone user), docs/benchmarks.md
+    user_prior_weight: float = 2.0  # chosen on the online replay (lone user), docs/benchmarks.md
     # Of one user's rows near a query, only this many nearest count in everyone else's
     # evidence: a user who votes many times on queries like this one (an adversary aiming
     # at a topic) counts as a few neighbours, not as the whole neighbourhood.

@@ -56,7 +56,7 @@ class EstimatorConfig:
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     # router/user_influence.py; chosen on the online replay (docs/benchmarks.md)
     user_full_votes: int = 1
-    user_max_share: float = 0.02
+    user_max_share: float = 0.05
     user_trusted_z: float = 2.0
 
     def __post_init__(self) -> None:

@@ -4,28 +4,33 @@ A user's own routing always learns from every one of their votes at full weight 
 evidence, router/neighbour_evidence.py). What this module bounds is the weight a vote has in
 the *shared* estimate, which everyone else is routed by. Two limits, the smaller wins:
 
-1. **A share.** A user's total weight stays under ``full_votes + max_share`` x the weight of
-   everyone else's votes. Alone on a new service a user counts as ``full_votes`` votes and
-   never more, however much they vote; among many users each may hold up to ``max_share``
-   of what the shared estimate learnt, so it learns at full speed from a crowd while no
-   single user can flip it. (An absolute cap alone cannot do both: a cap small enough for
-   the first case starves the shared estimate once there are hundreds of users.)
+1. **Credit earned from everyone else's votes.** A user starts with ``full_votes`` votes of
+   credit; each vote spends what it weighs; while others vote, the user earns ``max_share``
+   of their weight back, never holding more than ``full_votes``. So a user alone on a new
+   service counts as ``full_votes`` votes however much they vote; in a crowd, where others
+   add far more than 1 / ``max_share`` votes between one user's votes, everyone counts
+   fully and the shared estimate learns at the crowd's pace; and a burst (fifty votes in a
+   row, from a new account or one that sat silent) counts as ``full_votes`` at most, since
+   credit is earned while others vote and cannot be saved up. (An absolute lifetime cap
+   cannot do both: small enough for the lone user, it starves the shared estimate once
+   there are hundreds of users; a share of everyone's total lets a burst take that share
+   at once.)
 
 2. **Trust.** Each vote is scored by how surprising it was to the shared estimate, against
    how surprising the estimate expected it to be: for an outcome y it gave probability p,
    the excess surprise is (p - y) * logit(p), mean zero when users vote as the estimate
    expects. A user's recent excess (older votes discounted by ``memory`` per vote) divided
    by its standard deviation is a z-score; while it stays under ``trusted_z`` the user's
-   votes count fully, beyond that their weight fades as exp(-(z - trusted_z)). A user who
-   keeps contradicting what everyone else taught (an adversary, or someone whose taste
-   differs) fades out of the shared estimate within a few votes and keeps shaping their
-   own routing. Trust comes back once their votes agree again, e.g. after a model really
-   changed and the shared estimate caught up. While the shared estimate knows nothing
-   (p = 0.5) no vote is surprising: trust only bites where there is a consensus to
-   contradict, which is why the share limit is needed as well.
+   votes count fully, beyond that their weight fades as exp(trusted_z - z). A user who
+   keeps contradicting what everyone else taught fades out of the shared estimate within
+   a few votes and keeps shaping their own routing; trust comes back once their votes agree
+   again (e.g. after a model really changed and the shared estimate caught up). Where the
+   shared estimate knows little (p near 0.5) no vote is surprising: trust only bites where
+   there is a consensus to contradict, which is why the credit limit is needed as well.
 
-Feedback without a user (an offline data set's labels) always counts fully. Everything is a
-function of the votes in order: replaying them rebuilds the same weights.
+Feedback without a user (an offline data set's labels) always counts fully and earns
+nobody credit. Everything is a function of the votes in order: replaying them rebuilds the
+same weights.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ class _Record:
     weight: float = 0.0  # total weight in the shared estimate so far
     excess: float = 0.0  # discounted sum of excess surprise
     variance: float = 0.0  # discounted sum of its variance
+    credit: float = 0.0  # weight the next votes may still have
+    seen_total: float = 0.0  # all users' weight just after this user's last vote
 
 
 class UserInfluence:
@@ -77,7 +84,7 @@ class UserInfluence:
         self,
         full_votes: int,
         *,
-        max_share: float = 0.02,
+        max_share: float = 0.05,
         trusted_z: float = 2.0,
         memory: float = 0.97,
     ) -> None:
@@ -101,15 +108,23 @@ class UserInfluence:
         when it expected anything); its weight in the shared estimate."""
         if not user_id:
             return 1.0
-        record = self._records.setdefault(user_id, _Record())
+        record = self._records.get(user_id)
+        if record is None:
+            record = self._records[user_id] = _Record(
+                credit=float(self.full_votes), seen_total=self._total
+            )
         record.votes += 1
         if surprise is not None:
             record.excess = self.memory * record.excess + surprise.excess
             record.variance = self.memory * record.variance + surprise.variance
-        room = self.full_votes + self.max_share * (self._total - record.weight) - record.weight
-        weight = max(0.0, min(self.trust(user_id), room))
+        # Everyone else's weight since this user's last vote (their own was added then).
+        earned = self.max_share * (self._total - record.seen_total)
+        record.credit = min(float(self.full_votes), record.credit + earned)
+        weight = max(0.0, min(1.0, self.trust(user_id), record.credit))
+        record.credit -= weight
         record.weight += weight
         self._total += weight
+        record.seen_total = self._total
         return weight
 
     def trust(self, user_id: str) -> float:
@@ -132,11 +147,6 @@ class UserInfluence:
         record = self._records.get(user_id)
         return 0.0 if record is None else record.weight
 
-    @property
-    def total_weight(self) -> float:
-        """All users' weight in the shared estimate."""
-        return self._total
-
     def users(self) -> list[str]:
         return sorted(self._records)
 
@@ -149,8 +159,9 @@ class UserInfluence:
             "users": np.array(users, dtype=np.str_),
             "votes": np.array([r.votes for r in records], dtype=np.int64),
             "numbers": np.array(
-                [[r.weight, r.excess, r.variance] for r in records], dtype=np.float64
-            ).reshape(len(records), 3),
+                [[r.weight, r.excess, r.variance, r.credit, r.seen_total] for r in records],
+                dtype=np.float64,
+            ).reshape(len(records), 5),
             # Kept, not recomputed: a different summation order could move it by a rounding
             # error, and a restarted router must decide exactly as before.
             "total": np.array([self._total], dtype=np.float64),
@@ -158,10 +169,10 @@ class UserInfluence:
 
     def load_state(self, arrays: dict[str, npt.NDArray[np.generic]]) -> None:
         users, votes, numbers = arrays["users"], arrays["votes"], arrays["numbers"]
-        if not (len(users) == len(votes) == len(numbers)) or numbers.shape[1:] != (3,):
+        if not (len(users) == len(votes) == len(numbers)) or numbers.shape[1:] != (5,):
             raise ValueError("the snapshot's influence arrays disagree with each other")
         self._records = {
-            str(u): _Record(int(v), float(w), float(e), float(s))
-            for u, v, (w, e, s) in zip(users, votes, numbers.tolist(), strict=True)
+            str(u): _Record(int(v), *(float(x) for x in row))
+            for u, v, row in zip(users, votes, numbers.tolist(), strict=True)
         }
         self._total = float(arrays["total"][0])

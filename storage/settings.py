@@ -141,16 +141,16 @@ class Settings(BaseSettings):
     router_user_full_votes: int = Field(
         default=1,
         ge=1,
-        description="A user alone on the service counts as this many votes in the routing "
-        "every user gets, however much they vote. Their own routing learns from every vote.",
+        description="A user alone on the service, or voting in a burst, counts as this many "
+        "votes in the routing every user gets. Their own routing learns from every vote.",
     )
     router_user_max_share: float = Field(
-        default=0.02,
+        default=0.05,
         ge=0.0,
         lt=1.0,
-        description="Beyond the full votes, a user may hold at most this share of everyone "
-        "else's weight in the shared routing estimate (0: every user counts as "
-        "router_user_full_votes votes at most).",
+        description="While others vote, a user earns back this share of their weight as "
+        "credit for their own votes in the shared routing estimate, up to "
+        "router_user_full_votes (0: a user counts as router_user_full_votes votes in all).",
     )
     router_cost_weight: float = Field(
         default=0.1,

