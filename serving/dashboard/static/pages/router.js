@@ -185,13 +185,14 @@ function usersCard(users) {
     userCell(u.user_id),
     formatNumber(u.feedback, 0),
     formatNumber(u.shared_weight, 2),
+    typeof u.trust === "number" ? formatNumber(u.trust, 2) : NONE,
     formatNumber(u.own_evidence_rows, 0),
     resetButton(u.user_id),
   ]);
   return card(
     "Users' influence on routing",
-    { aside: h("span", { class: "muted" }, "every vote shapes the user's own routing; in everyone else's, the n-th vote weighs less and less (under two votes in all at the default)") },
-    table(["User", "Feedback", "Weight in everyone's routing", "Own evidence rows", ""], rows, { empty: "No user has given feedback yet.", testid: "user-ratings" }),
+    { aside: h("span", { class: "muted" }, "every vote shapes the user's own routing; in everyone else's, a vote counts only while others keep voting (a burst counts as one vote), and a user who keeps contradicting a confident estimate loses trust") },
+    table(["User", "Feedback", "Weight in everyone's routing", "Trust", "Own evidence rows", ""], rows, { empty: "No user has given feedback yet.", testid: "user-ratings" }),
   );
 }
 
