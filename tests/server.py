@@ -48,11 +48,37 @@ CPU_WORKER_SETTINGS = {
 }
 
 
+def _xdist_share() -> tuple[int, int]:
+    """(this worker's index, the number of workers) under pytest-xdist, else (0, 1)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker.startswith("gw") and worker[2:].isdigit() and count > 1:
+        return int(worker[2:]), count
+    return 0, 1
+
+
+# Ports this process handed out: a server stopped to be restarted on the same port
+# (PrivateRedis, PrivatePostgres) must not see it given to another server meanwhile.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port free now on 127.0.0.1 that this process never handed out before.
+
+    The port is only reserved once its server binds it, so under pytest-xdist each
+    worker takes ports from its own slice of the range: two workers never start
+    servers on the same port in the moment between this and the bind.
+    """
+    index, count = _xdist_share()
+    for _ in range(1000):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        # Halved first: Linux gives bind() odd ports only, so the parity alone splits nothing.
+        if (port >> 1) % count == index and port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free port found for this test worker")
 
 
 def tailor_env(extra: Mapping[str, str]) -> dict[str, str]:

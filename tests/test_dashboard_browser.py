@@ -33,7 +33,9 @@ from tests.server import (
 )
 
 # Chromium drives the dashboard of a `tailor serve` process.
-pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+# One worker under `make test` (-n 2): one server and one Chromium for the module, and
+# the last test reads what the ones above left in the charts.
+pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.xdist_group("dashboard")]
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the networking flags Chromium keeps calling Google's hosts, which this
@@ -48,6 +50,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOTS = REPO_ROOT / "test-output" / "dashboard"
+SAMPLE_SECONDS = 2
+# How many points the overview page keeps (MAX_POINTS in pages/overview.js).
+OVERVIEW_POINTS = 360
 ADMIN_KEY = "admin-" + secrets.token_hex(8)
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -57,7 +62,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     env = served_env(
         tmp_path_factory.mktemp("data"),
         ADMIN_KEY,
-        TAILOR_DASHBOARD_SAMPLE_SECONDS="1",
+        # The overview page draws its last 360 points: at one every 2 s, 12 minutes of
+        # this module before the overview test, time for the job test on a busy machine.
+        TAILOR_DASHBOARD_SAMPLE_SECONDS=str(SAMPLE_SECONDS),
         TAILOR_FINETUNE_BATCH_SIZE="2",
         **CPU_WORKER_SETTINGS,
     )
@@ -387,6 +394,11 @@ def test_overview_charts_update_live(page: Page, server: RunningServer, tmp_path
     for chart in ("requests", "latency", "routing", "cost", "cache", "queue", "jobs"):
         expect(page.get_by_test_id(f"chart-{chart}").locator("svg")).to_be_visible()
     before = chart_points(page, "chart-requests")
+    # A full page only shifts its points: the count below could never grow.
+    assert before <= OVERVIEW_POINTS - 4, (
+        f"the server is {before * SAMPLE_SECONDS} s old: the overview page already holds "
+        f"its {OVERVIEW_POINTS} points"
+    )
     questions = ["Hello there", "What is two plus two?", "Name a colour.", "Say hi."] * 2
     for text in questions:
         chat(server, user["api_key"], text)
