@@ -25,10 +25,14 @@ run: models
 		(umask 077 && $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(32))" > $(ADMIN_KEY_FILE))
 	@TAILOR_ADMIN_KEY_FILE="$${TAILOR_ADMIN_KEY_FILE:-$(ADMIN_KEY_FILE)}" $(BIN)/tailor serve --quiet
 
-# The whole suite on both cores. `loadgroup` keeps each xdist_group (tests that
-# share a costly module fixture, or Ray) on one worker; the rest go one by one.
+# The whole suite on both cores, a module at a time per worker (`loadfile`): a
+# module's costly fixtures (servers, models, Chromium, Ray) are built once, and
+# only one module starts Ray. `loadgroup` would not do: with pytest 9.2 it groups
+# nothing (pytest-xdist issue 1386). tests/conftest.py orders the heavy modules
+# first and gives each worker its share of the cores.
 test: models browser lint typecheck
-	TAILOR_TEST_MODEL_STORE=$(CURDIR)/var/models $(BIN)/pytest -n 2 --dist loadgroup --durations=25
+	TAILOR_TEST_MODEL_STORE=$(CURDIR)/var/models $(BIN)/pytest -n 2 --dist loadfile \
+		--no-loadscope-reorder --durations=25
 
 # The fast loop: lint, types and the tests that need no server, browser or
 # training, on both cores (pytest-xdist; under a minute once the models are prepared).

@@ -36,8 +36,7 @@ from adapters.validation import BaseModelSpec, ValidationLimits, validate_safete
 from storage.model_store import load_prepared
 from tests.server import prepared_model_store
 
-# One worker under `make test` (-n 2), so that the peft adapters below are made once.
-pytestmark = [pytest.mark.models, pytest.mark.xdist_group("adapter-validation")]
+pytestmark = pytest.mark.models
 
 SMOLLM2 = "smollm2-135m-instruct"
 GEMMA = "gemma-3-270m"

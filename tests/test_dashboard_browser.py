@@ -33,9 +33,7 @@ from tests.server import (
 )
 
 # Chromium drives the dashboard of a `tailor serve` process.
-# One worker under `make test` (-n 2): one server and one Chromium for the module, and
-# the last test reads what the ones above left in the charts.
-pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.xdist_group("dashboard")]
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the networking flags Chromium keeps calling Google's hosts, which this

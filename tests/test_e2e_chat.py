@@ -14,8 +14,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from tests.adapter_upload import chat_personal_and_plain, upload_and_promote
 from tests.server import RunningServer, running_server, served_env
 
-# One worker under `make test` (-n 2), so that the module's server starts once.
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e-chat")]
+pytestmark = pytest.mark.e2e
 
 ADMIN_KEY = "admin-" + secrets.token_hex(8)
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}

@@ -18,9 +18,6 @@ from serving.engine.requests import Event, Failed, Finished, GenerationRequest, 
 from serving.engine.sampling import SamplingParams
 from tests.server import prepared_model_store
 
-# One worker under `make test` (-n 2), so that the model below loads once.
-pytestmark = pytest.mark.xdist_group("engine")
-
 CHAT_PROMPTS = [
     "What is the capital of France?",
     "Write a haiku about the sea.",

@@ -10,6 +10,7 @@ and every version still points at weights that exist.
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import secrets
@@ -43,7 +44,9 @@ KILLS = 2
 
 @pytest.fixture(params=["sqlite+memory", "postgresql+redis"])
 def server_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    env = served_env(tmp_path, ADMIN_KEY)
+    # Only the model the adapters are for: each test starts four servers, and loading
+    # Gemma too would add a third to every start.
+    env = served_env(tmp_path, ADMIN_KEY, TAILOR_MODELS=json.dumps([MODEL]))
     if request.param == "sqlite+memory":
         yield {**env, "TAILOR_DATABASE_URL": f"sqlite:///{tmp_path / 'tailor.db'}"}
     else:

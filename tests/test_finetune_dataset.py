@@ -22,9 +22,6 @@ from storage.repositories import ExampleRepository, FeedbackRepository
 from tests.server import prepared_model_store
 from tests.test_repositories import add_base_model, add_response, add_user
 
-# One worker under `make test` (-n 2), so that each tokenizer below loads once.
-pytestmark = pytest.mark.xdist_group("finetune-dataset")
-
 CHAT = [
     {"role": "system", "content": "Answer briefly."},
     {"role": "user", "content": "Capital of France?"},

@@ -29,9 +29,6 @@ from storage.model_store import (
 SMOLLM2 = "smollm2-135m-instruct"
 GEMMA = "gemma-3-270m"
 
-# One worker under `make test` (-n 2), so that the store below is prepared once.
-pytestmark = pytest.mark.xdist_group("model-store")
-
 
 @dataclass(frozen=True)
 class Store:

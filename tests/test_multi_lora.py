@@ -41,9 +41,6 @@ from adapters.errors import InvalidAdapter
 from adapters.lora_weights import TARGET_MODULES, LoraWeights, tensor_name
 from adapters.multi_lora import MultiLoraConfig, MultiLoraLinear, MultiLoraModel
 
-# One worker under `make test` (-n 2), so that each base model and its adapters load once.
-pytestmark = pytest.mark.xdist_group("multi-lora")
-
 MODEL_STORE = Path(
     os.environ.get(
         "TAILOR_TEST_MODEL_STORE", Path(__file__).resolve().parents[1] / "var" / "models"

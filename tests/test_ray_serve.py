@@ -20,10 +20,6 @@ from ray.serve.schema import ServeDeploySchema
 from tests.adapter_upload import chat_personal_and_plain, upload_and_promote
 from tests.server import RunningServer, prepared_model_store, run_tailor, running_server
 
-# One worker under `make test` (-n 2): one Ray at a time, and the module's Ray server
-# started once.
-pytestmark = pytest.mark.xdist_group("ray")
-
 ADMIN_KEY = "admin-" + secrets.token_hex(8)
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 SMOL = "smollm2-135m-instruct"
