@@ -122,7 +122,9 @@ class QualityEstimator:
             return 0.0
         vector = normalise_rows(vector)
         phi = with_intercept(vector)
-        weight = self.influence.next_weight(event.user_id, self._surprise(event, phi))
+        # A data set's labels (no user) always count fully: no surprise to score.
+        surprise = self._surprise(event, phi) if event.user_id else None
+        weight = self.influence.next_weight(event.user_id, surprise)
         # A vote with no weight left for everyone else still joins the user's own evidence.
         if event.other_model is not None:
             if weight > 0:
