@@ -2,9 +2,9 @@
 
 Routing embeds every request before it is answered, so this path is the
 router's main cost. The service uses MiniLM as an int8 ONNX model run by
-onnxruntime (``OnnxQueryEmbedder``, 1-16 ms a query on two CPU cores against
-6-40 ms for torch float32, which ``SentenceEmbedder`` keeps as the reference);
-texts are cut at the model's maximum length, and the vectors of recent texts
+onnxruntime (``OnnxQueryEmbedder``, ~90 us a token on one core, 4.5x faster than
+torch float32, which ``SentenceEmbedder`` keeps as the reference);
+texts are cut at ``MAX_QUERY_TOKENS``, and the vectors of recent texts
 are remembered (a repeated prompt costs one dictionary lookup). Every stored
 query vector must come from the same embedder as the live ones: the offline
 evaluation uses this one too.
@@ -24,8 +24,12 @@ import numpy.typing as npt
 from storage.errors import ModelStoreError
 
 Vector = npt.NDArray[np.float32]
-# MiniLM's own limit; longer texts are cut (the start of a query says what it is about).
-MAX_QUERY_TOKENS = 256
+# Texts are cut to their first 32 tokens. The encoder's time grows with every token (~90 us
+# a token on one core here: 256 tokens took 28 ms, past a decision's whole p99 budget), and
+# on dcrouter the served estimate routed as well from the first 32, 64 or 128 tokens as from
+# MiniLM's own limit of 256 (test AIQ 0.592 / 0.588 / 0.593 / 0.586, docs/benchmarks.md):
+# the start of a question says what kind it is. Chats are routed on their latest user turn.
+MAX_QUERY_TOKENS = 32
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -74,7 +78,9 @@ class OnnxQueryEmbedder(_RememberingEmbedder):
     """MiniLM as the int8 ONNX model of the model store (``tailor models prepare``),
     run by onnxruntime on one thread: what the service routes with."""
 
-    name = "minilm-int8"
+    # Vectors of texts cut at another length are another space (cached apart, snapshots
+    # rebuilt), hence the length in the name.
+    name = f"minilm-int8-{MAX_QUERY_TOKENS}"
 
     def __init__(self, session: Any, tokenizer: Any, *, remembered: int = 4096) -> None:
         super().__init__(remembered=remembered)
@@ -123,7 +129,7 @@ class OnnxQueryEmbedder(_RememberingEmbedder):
 class SentenceEmbedder(_RememberingEmbedder):
     """A loaded sentence-transformers model (float32 torch), as a reference."""
 
-    name = "minilm-float"
+    name = f"minilm-float-{MAX_QUERY_TOKENS}"
 
     def __init__(self, model: Any, *, remembered: int = 4096) -> None:
         super().__init__(remembered=remembered)
@@ -135,7 +141,9 @@ class SentenceEmbedder(_RememberingEmbedder):
         # Imported here: loading torch and the model is slow and must not happen at import.
         from storage.model_store import load_sentence_embedder
 
-        return cls(load_sentence_embedder(), remembered=remembered)
+        model = load_sentence_embedder()
+        model.max_seq_length = MAX_QUERY_TOKENS  # cut as the service cuts
+        return cls(model, remembered=remembered)
 
     def _compute(self, text: str) -> npt.NDArray[np.float32]:
         import torch

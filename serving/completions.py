@@ -91,18 +91,20 @@ def prepare(
         raise ApiError(404, f"the model {body.model!r} does not exist", code="model_not_found")
     if isinstance(body, ChatCompletionCreate):
         endpoint: Endpoint = "chat.completions"
-        routing_text = "\n".join(m.text for m in body.messages)
+        prompt_text, routing_text = body.transcript, body.routing_text
         logged: dict[str, Any] = {"messages": [m.model_dump() for m in body.messages]}
     else:
         endpoint = "completions"
         try:
-            routing_text = body.prompt_text
+            prompt_text = body.prompt_text
         except ValueError as exc:
             raise ApiError(400, str(exc), code="invalid_prompt") from None
-        logged = {"prompt": routing_text}
+        routing_text = prompt_text
+        logged = {"prompt": prompt_text}
     try:
         decision = runtime.router.route(
-            _route_request(runtime, user_id, body, routing_text, requested), runtime.candidates
+            _route_request(runtime, user_id, body, routing_text, prompt_text, requested),
+            runtime.candidates,
         )
     except BudgetNotMet as exc:
         raise ApiError(400, str(exc), code="budget_not_met") from None
@@ -112,7 +114,7 @@ def prepare(
     if isinstance(body, ChatCompletionCreate):
         prompt_ids = _chat_prompt(served, body)
     else:
-        prompt_ids = list(served.tokenizer(routing_text)["input_ids"])
+        prompt_ids = list(served.tokenizer(prompt_text)["input_ids"])
     if not prompt_ids:
         raise ApiError(400, "the prompt is empty", code="invalid_prompt")
     room = served.context_length - len(prompt_ids)
@@ -162,6 +164,7 @@ def _route_request(
     user_id: str,
     body: ChatCompletionCreate | CompletionCreate,
     routing_text: str,
+    prompt_text: str,
     requested: str | None,
 ) -> RouteRequest:
     """The request's routing limits, falling back to the user's preferences."""
@@ -178,7 +181,7 @@ def _route_request(
         user_id=user_id,
         prompt_text=routing_text,
         # Before a model is chosen there is no tokenizer: ~4 characters a token.
-        prompt_tokens=len(routing_text) // 4,
+        prompt_tokens=len(prompt_text) // 4,
         max_tokens=body.requested_max_tokens or DEFAULT_MAX_TOKENS,
         requested_model=requested,
         max_price_per_million=body.max_price if body.max_price is not None else max_price,

@@ -117,6 +117,18 @@ class ChatCompletionCreate(SamplingFields):
         _check_characters(sum(len(m.text) for m in messages))
         return messages
 
+    @property
+    def transcript(self) -> str:
+        return "\n".join(m.text for m in self.messages)
+
+    @property
+    def routing_text(self) -> str:
+        """What the router reads: this turn's question, the latest user message. The router
+        reads only a text's first few tokens (router/query_embedder.py), which a system
+        prompt or the first turn would otherwise fill for every turn of a conversation."""
+        asked = [m.text for m in self.messages if m.role == "user"]
+        return asked[-1] if asked else self.transcript
+
 
 class CompletionCreate(SamplingFields):
     prompt: str | list[str]

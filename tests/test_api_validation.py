@@ -526,3 +526,29 @@ def test_the_text_walk_names_the_first_bad_string_at_any_depth() -> None:
         "the key contains a lone surrogate (U+DC00), which is not valid Unicode",
     )
     assert first_text_problem({"a": ["\U0001f600", 1, None, 2.5]}) is None
+
+
+def test_a_chat_is_routed_on_its_latest_user_turn() -> None:
+    from serving.openai_schemas import ChatCompletionCreate
+
+    # The router reads a text's first few tokens: a long system prompt or the first turn
+    # must not stand in for what each later turn asks.
+    system = "You are a careful assistant. " * 40
+    chat = ChatCompletionCreate.model_validate(
+        {
+            "model": "auto",
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": "What is 2 + 2?"},
+                {"role": "assistant", "content": "4"},
+                {"role": "user", "content": [{"type": "text", "text": "Prove Fermat's last"}]},
+            ],
+        }
+    )
+    assert chat.routing_text == "Prove Fermat's last"
+    assert chat.transcript.startswith(system) and chat.transcript.endswith("Prove Fermat's last")
+    # No user turn at all: the whole transcript, as before.
+    only_system = ChatCompletionCreate.model_validate(
+        {"model": "auto", "messages": [{"role": "system", "content": "Say hi."}]}
+    )
+    assert only_system.routing_text == only_system.transcript == "Say hi."

@@ -58,7 +58,7 @@ def test_the_services_int8_query_embedder_stays_close_to_float_minilm() -> None:
         "How do I reverse a list in Python?",
         "What is the way to invert the order of a Python list?",
         "The Eiffel Tower is in Paris.",
-        "Q: There are 3 houses in a row, numbered 1 to 3. " * 40,  # cut at 256 tokens
+        "Q: There are 3 houses in a row, numbered 1 to 3. " * 40,  # cut at MAX_QUERY_TOKENS
     ]
     vectors = np.stack([fast.embed(t) for t in texts])
     assert vectors.shape == (4, EMBEDDING_DIMENSIONS) and vectors.dtype == np.float32
@@ -66,3 +66,5 @@ def test_the_services_int8_query_embedder_stays_close_to_float_minilm() -> None:
     cosines = [float(v @ reference.embed(t)) for v, t in zip(vectors, texts, strict=True)]
     assert min(cosines) > 0.97
     assert float(vectors[0] @ vectors[1]) > 0.7 > 0.3 > float(vectors[0] @ vectors[2])
+    # Past the cut nothing counts: a routing decision's time is bounded by the cut's length.
+    assert np.array_equal(fast.embed(texts[3] + " Who owns the zebra?"), vectors[3])

@@ -13,9 +13,11 @@ import pytest
 from router.elo import (
     EagleRatings,
     EloRatings,
+    GameLog,
     LocalElo,
     Outcome,
     pairwise_outcomes,
+    replay_games,
     win_probability_vs_field,
 )
 from router.embeddings import QueryIndex, texts_key
@@ -111,6 +113,27 @@ def test_local_elo_replays_only_the_nearest_queries() -> None:
     # Replay starts fresh every time: the same neighbours give the same ratings.
     assert local.ratings([1.0, 0.05])[0] == ratings
     assert far["a"] + far["b"] == pytest.approx(2000.0)
+
+
+def test_the_served_game_log_replays_exactly_as_the_reference_replay() -> None:
+    # The router's flat game log (model numbers) must give the ratings the paper's replay
+    # over Outcome objects gives, draws and replay order included.
+    models = ["a", "b", "c"]
+    games = [
+        [Outcome("a", "b"), Outcome("c", "a", draw=True)],
+        [],
+        [Outcome("b", "c"), Outcome("b", "a"), Outcome("a", "c")],
+        [Outcome("c", "b")],
+    ]
+    log = GameLog(models)
+    for outcomes in games:
+        log.append(outcomes)
+    restored = GameLog.from_state(models, log.state())
+    for ids in ([0], [2, 0, 3], [3, 1, 2, 0], []):
+        expected = replay_games(models, games, ids, k=24.0, initial=1200.0)
+        assert log.replay(ids, k=24.0, initial=1200.0) == pytest.approx(expected, abs=1e-9)
+        assert restored.replay(ids, k=24.0, initial=1200.0) == pytest.approx(expected, abs=1e-9)
+    assert log.replay([2, 0], k=24.0, initial=1200.0) != log.replay([0, 2], k=24.0, initial=1200.0)
 
 
 def test_eagle_blends_global_and_local_with_p() -> None:
