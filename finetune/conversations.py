@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune.chat_format import Message, prompt_ids, transcript
-from finetune.errors import DatasetError
+from finetune.errors import ConversationTooLong, DatasetError
 
 IGNORED = -100  # the label transformers' losses skip
 
@@ -67,7 +67,7 @@ def tokenize_conversation(
         input_ids = [*input_ids, tokenizer.eos_token_id]
         labels = [*labels, tokenizer.eos_token_id]
     if len(input_ids) > max_length:
-        raise DatasetError(
+        raise ConversationTooLong(
             f"a conversation has {len(input_ids)} tokens, more than the {max_length} "
             "the model takes"
         )
@@ -87,14 +87,25 @@ class TimeSplit:
     test: list[TokenizedConversation]
 
 
+# The fewest conversations a job learns from: each of train, validation and test needs
+# some, and fewer cannot say anything about the user.
+MIN_CONVERSATIONS = 10
+MIN_TEST_CONVERSATIONS = 4
+MIN_VALIDATION_CONVERSATIONS = 2
+
+
 def split_by_time(
     conversations: Sequence[TokenizedConversation],
     *,
     validation_fraction: float = 0.1,
     test_fraction: float = 0.1,
-    minimum: int = 10,
+    minimum: int = MIN_CONVERSATIONS,
 ) -> TimeSplit:
-    """Oldest first in, newest last: train, then validation, then test (each at least one)."""
+    """Oldest first in, newest last: train, then validation, then test.
+
+    The test split has at least ``MIN_TEST_CONVERSATIONS``: the gate's paired bootstrap
+    over one or two conversations decided nothing (a candidate was promoted on 70 tokens).
+    """
     if not (0 < validation_fraction < 1 and 0 < test_fraction < 1):
         raise ValueError("the fractions must lie in (0, 1)")
     if validation_fraction + test_fraction >= 1:
@@ -102,8 +113,8 @@ def split_by_time(
     total = len(conversations)
     if total < minimum:
         raise DatasetError(f"{total} conversation(s) to learn from; at least {minimum} are needed")
-    n_test = max(1, round(total * test_fraction))
-    n_validation = max(1, round(total * validation_fraction))
+    n_test = max(MIN_TEST_CONVERSATIONS, round(total * test_fraction))
+    n_validation = max(MIN_VALIDATION_CONVERSATIONS, round(total * validation_fraction))
     n_train = total - n_test - n_validation
     items = list(conversations)
     return TimeSplit(

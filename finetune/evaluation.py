@@ -9,8 +9,14 @@ A candidate is promoted only if, on the user's test split (newest data),
 - it beats the base model, and what the user is served now (the generalists
   and the active specialist), by a paired bootstrap whose 95% lower bound of
   the per-token NLL gain is above zero;
-- its NLL on a fixed generic text set rises by at most 1% over the base
-  model's (it must not forget how to write ordinary text);
+- it still answers the fixed factual probes (``finetune.factual_probes``): of
+  those the base model answers, it may lose at most ``max_probe_loss`` of them
+  (it must not forget what the model knew);
+- its NLL on a fixed generic text set rises by at most ``max_generic_rise``
+  over the base model's (10% by default, ``TAILOR_FINETUNE_MAX_GENERIC_RISE``:
+  a real style raises it by several percent, so this is a trade-off between
+  how far an adapter may move the model's ordinary writing and what it may
+  learn; the probes guard knowledge);
 - every score is finite. A candidate whose logits overflow or turn NaN (its
   weights finite but absurd, a fine-tune that diverged) has no meaningful NLL:
   it is held back with that reason, never compared, and never raises, so the
@@ -30,11 +36,17 @@ import torch.nn.functional as F
 from adapters.lora_weights import LoraWeights
 from adapters.multi_lora import MultiLoraModel
 from finetune.bootstrap import GainInterval, paired_gain_interval
+from finetune.chat_format import prompt_ids
 from finetune.config import SERVED_TOP_K
 from finetune.conversations import IGNORED, TokenizedConversation
+from finetune.factual_probes import FactualProbe, probe_answered
 from finetune.training import make_batch
 
 GENERIC_MAX_TOKENS = 256
+# Enough for a short factual answer; the probes were checked at this length.
+PROBE_MAX_NEW_TOKENS = 24
+# Where a base model (a plain transcript) starts inventing the next turn.
+NEXT_TURN = "\nUser:"
 
 
 @dataclass(frozen=True)
@@ -128,6 +140,67 @@ class VariantScorer:
             tokens += scored.sum(dim=1).tolist()
         return Scores(nll=tuple(nll), tokens=tuple(int(t) for t in tokens))
 
+    @torch.inference_mode()
+    def generate(
+        self,
+        name: str,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        batch_size: int = 16,
+    ) -> list[list[int]]:
+        """Greedy replies to ``prompts`` under one variant (left-padded batches)."""
+        slots, gate = self._slots[name]
+        device = self.handle.device
+        replies: list[list[int]] = []
+        for start in range(0, len(prompts), batch_size):
+            group = prompts[start : start + batch_size]
+            width = max(len(p) for p in group)
+            ids = torch.full((len(group), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(group), width), dtype=torch.long)
+            for row, prompt in enumerate(group):
+                ids[row, width - len(prompt) :] = torch.tensor(list(prompt))
+                mask[row, width - len(prompt) :] = 1
+            kwargs = {
+                "input_ids": ids.to(device),
+                "attention_mask": mask.to(device),
+                "max_new_tokens": max_new_tokens,
+                "do_sample": False,
+                "pad_token_id": self.pad_id,
+            }
+            if any(slots):
+                with self.handle.routing([slots] * len(group), gate_slots=[gate] * len(group)):
+                    output = self.model.generate(**kwargs)
+            else:
+                output = self.model.generate(**kwargs)
+            replies += [row[width:].tolist() for row in output]
+        return replies
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """The factual probes as one base model is asked them."""
+
+    probes: tuple[FactualProbe, ...]
+    prompts: tuple[tuple[int, ...], ...]
+    tokenizer: Any
+
+    @classmethod
+    def build(cls, tokenizer: Any, probes: Sequence[FactualProbe]) -> ProbeSet:
+        prompts = tuple(
+            tuple(prompt_ids(tokenizer, [{"role": "user", "content": p.question}])) for p in probes
+        )
+        return cls(tuple(probes), prompts, tokenizer)
+
+    def answered(self, scorer: VariantScorer, name: str) -> tuple[bool, ...]:
+        """Which probes the variant ``name`` answers right."""
+        replies = scorer.generate(name, self.prompts, max_new_tokens=PROBE_MAX_NEW_TOKENS)
+        texts = [
+            self.tokenizer.decode(reply, skip_special_tokens=True).split(NEXT_TURN)[0]
+            for reply in replies
+        ]
+        return tuple(probe_answered(p, t) for p, t in zip(self.probes, texts, strict=True))
+
 
 def generic_conversations(tokenizer: Any, texts: Sequence[str]) -> list[TokenizedConversation]:
     """Plain text, every token scored (a language-modelling check, not a chat one)."""
@@ -141,7 +214,9 @@ def generic_conversations(tokenizer: Any, texts: Sequence[str]) -> list[Tokenize
 @dataclass(frozen=True)
 class GateRules:
     confidence: float = 0.95
-    max_generic_rise: float = 0.01  # relative to the base model's generic NLL
+    max_generic_rise: float = 0.10  # relative to the base model's generic NLL
+    # Of the factual probes the base model answers, the share the candidate may lose.
+    max_probe_loss: float = 0.05
     resamples: int = 2000
 
     def __post_init__(self) -> None:
@@ -149,6 +224,8 @@ class GateRules:
             raise ValueError("confidence must lie in (0, 1)")
         if self.max_generic_rise < 0:
             raise ValueError("max_generic_rise must not be negative")
+        if not 0 <= self.max_probe_loss < 1:
+            raise ValueError("max_probe_loss must lie in [0, 1)")
         if self.resamples < 1:
             raise ValueError("resamples must be at least 1")
 
@@ -164,6 +241,11 @@ class EvaluationReport:
     generic_rise: float
     promote: bool
     reasons: list[str] = field(default_factory=list)
+    # Factual probes answered by the base model and by the candidate, of ``probes_asked``;
+    # the questions the candidate lost. None when no probes were asked.
+    probes_asked: int = 0
+    probes_answered: dict[str, int] | None = None
+    probes_lost: list[str] = field(default_factory=list)
 
     def as_metrics(self) -> dict[str, Any]:
         """What the registry stores with the candidate (JSON)."""
@@ -180,6 +262,7 @@ def evaluate_candidate(
     test: Sequence[TokenizedConversation],
     generic: Sequence[TokenizedConversation],
     *,
+    probes: ProbeSet | None = None,
     rules: GateRules = GateRules(),
 ) -> EvaluationReport:
     """Scores ``base``, ``current`` and ``candidate`` variants and applies the gate rules."""
@@ -192,6 +275,17 @@ def evaluate_candidate(
     generic_base = scorer.score("base", generic)
     generic_candidate = scorer.score("candidate", generic)
     rise = generic_candidate.per_token / generic_base.per_token - 1.0
+    lost: list[str] = []
+    answered: dict[str, int] | None = None
+    if probes is not None and probes.probes:
+        by_base = probes.answered(scorer, "base")
+        by_candidate = probes.answered(scorer, "candidate")
+        answered = {"base": sum(by_base), "candidate": sum(by_candidate)}
+        lost = [
+            p.question
+            for p, b, c in zip(probes.probes, by_base, by_candidate, strict=True)
+            if b and not c
+        ]
 
     # Once a score is NaN or infinite no comparison means anything: those
     # reasons replace the rules' (a NaN compares false and would pass them).
@@ -203,7 +297,9 @@ def evaluate_candidate(
     ]
     if has_current:
         scored.append(("the current experts", "test split", current))
-    reasons = _non_finite_reasons(scored) or _rule_reasons(gain_base, gain_current, rise, rules)
+    reasons = _non_finite_reasons(scored) or (
+        _rule_reasons(gain_base, gain_current, rise, rules) + _probe_reasons(lost, answered, rules)
+    )
     return EvaluationReport(
         test_conversations=len(test),
         test_tokens=sum(base.tokens),
@@ -221,7 +317,25 @@ def evaluate_candidate(
         generic_rise=rise,
         promote=not reasons,
         reasons=reasons,
+        probes_asked=0 if probes is None else len(probes.probes),
+        probes_answered=answered,
+        probes_lost=lost,
     )
+
+
+def _probe_reasons(
+    lost: Sequence[str], answered: dict[str, int] | None, rules: GateRules
+) -> list[str]:
+    if answered is None:
+        return []
+    allowed = math.floor(rules.max_probe_loss * answered["base"])
+    if len(lost) <= allowed:
+        return []
+    shown = "; ".join(repr(q) for q in lost[:3]) + ("; ..." if len(lost) > 3 else "")
+    return [
+        f"forgot {len(lost)} of the {answered['base']} factual probes the base model answers "
+        f"(at most {allowed} allowed): {shown}"
+    ]
 
 
 def _gain(baseline: Scores, candidate: Scores, rules: GateRules) -> GainInterval:
@@ -264,7 +378,8 @@ def _rule_reasons(
         )
     if rise > rules.max_generic_rise:
         reasons.append(
-            f"generic text NLL rose {rise:.2%} (at most {rules.max_generic_rise:.0%} allowed)"
+            f"generic text NLL rose {rise:.2%} (at most {rules.max_generic_rise:.0%} allowed, "
+            "TAILOR_FINETUNE_MAX_GENERIC_RISE)"
         )
     return reasons
 

@@ -6,6 +6,11 @@ experts fixed. The gate so learns how to mix experts on data the experts have
 not fitted, which is what keeps it from simply trusting the newest expert.
 Without generalists there is no gate and every step is an expert step.
 
+How long and how hard it trains is a ``TrainingPlan`` (``finetune.training_plan``):
+a number of steps, with the rate warmed up and then decayed. Every ``check_every``
+steps the validation loss is measured; the run keeps the experts (and gate) of
+the best check and stops once ``patience`` checks in a row did not improve on it.
+
 Progress goes to a callback after every step; the callback may raise to stop
 (a cancel request, a lost lease), and nothing is kept from a stopped run.
 """
@@ -23,6 +28,11 @@ from torch import nn
 
 from finetune.conversations import IGNORED, TimeSplit, TokenizedConversation
 from finetune.experts import AttachedExperts
+from finetune.training_plan import TrainingPlan, plan_training
+
+# Steps whose durations the ETA averages: the first steps are slow (allocations, caches),
+# so a mean since the start overestimates the rest for a long while.
+ETA_WINDOW = 10
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,8 @@ class Progress:
     tokens_per_second: float  # every token the model read, since the start
     eta_seconds: float
     gate_loss: float | None = None
+    validation_loss: float | None = None  # at the steps that checked it
+    learning_rate: float | None = None
 
     def payload(self) -> dict[str, float | int | None]:
         return {
@@ -42,6 +54,12 @@ class Progress:
             "epoch": self.epoch,
             "loss": round(self.loss, 5),
             "gate_loss": None if self.gate_loss is None else round(self.gate_loss, 5),
+            "validation_loss": (
+                None if self.validation_loss is None else round(self.validation_loss, 5)
+            ),
+            "learning_rate": None
+            if self.learning_rate is None
+            else float(f"{self.learning_rate:.4g}"),
             "tokens_per_second": round(self.tokens_per_second, 1),
             "eta_seconds": round(self.eta_seconds, 1),
         }
@@ -56,6 +74,11 @@ class TrainingReport:
     seconds: float
     first_loss: float
     last_loss: float  # mean of the last epoch's steps
+    # The validation loss before training, and at the check whose experts were kept.
+    first_validation_loss: float = math.nan
+    best_validation_loss: float = math.nan
+    best_step: int = 0
+    stopped_early: bool = False
 
     @property
     def tokens_per_second(self) -> float:
@@ -127,39 +150,51 @@ def train_experts(
     split: TimeSplit,
     *,
     pad_id: int,
+    plan: TrainingPlan | None = None,
     on_progress: Callable[[Progress], None] = lambda _: None,
     clock: Callable[[], float] = time.monotonic,
 ) -> TrainingReport:
     config = experts.config
+    plan = plan or plan_training(config, train_conversations=len(split.train))
     model = experts.model
     device = next(p.device for p in model.parameters())
     rng = random.Random(config.seed)
-    steps_per_epoch = math.ceil(len(split.train) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
+    total_steps = plan.steps
     expert_parameters = experts.expert_parameters()
     gate_parameters = experts.gate_parameters()
     expert_optimizer = torch.optim.AdamW(
-        expert_parameters, lr=config.learning_rate, weight_decay=config.weight_decay
+        expert_parameters, lr=plan.learning_rate, weight_decay=config.weight_decay
     )
-    # Linear warm-down to a tenth: small data sets overfit late steps most.
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        expert_optimizer, lambda step: 1.0 - 0.9 * step / max(1, total_steps)
+        expert_optimizer, lambda step: _rate_factor(step, plan)
     )
     gate_optimizer = (
         torch.optim.AdamW(gate_parameters, lr=config.gate_learning_rate)
         if gate_parameters
         else None
     )
-    validation = _cycle(split.validation, config.batch_size, rng)
+    validation = _cycle(split.validation, plan.batch_size, rng)
+    kept = [*expert_parameters, *gate_parameters]
+
+    first_validation = best_validation = validation_loss(
+        model, split.validation, pad_id=pad_id, batch_size=plan.batch_size
+    )
+    best_state = _copy(kept)
+    best_step = checks_since_best = 0
+    stopped_early = diverged = False
 
     started = clock()
     step = gate_steps = tokens = answer_tokens = 0
     first_loss = math.nan
     epoch_losses: list[float] = []
+    step_seconds: list[float] = []
     model.train()
-    for epoch in range(1, config.epochs + 1):
+    epoch = 0
+    while step < total_steps and not (stopped_early or diverged):
+        epoch += 1
         epoch_losses = []
-        for group in batches(split.train, batch_size=config.batch_size, rng=rng):
+        for group in batches(split.train, batch_size=plan.batch_size, rng=rng):
+            step_started = clock()
             batch = make_batch(group, pad_id=pad_id, device=device)
             _trainable(expert_parameters, True)
             _trainable(gate_parameters, False)
@@ -167,6 +202,7 @@ def train_experts(
             expert_optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(expert_parameters, config.max_grad_norm)
+            rate = expert_optimizer.param_groups[0]["lr"]
             expert_optimizer.step()
             schedule.step()
             step += 1
@@ -175,9 +211,13 @@ def train_experts(
             value = float(loss.detach())
             first_loss = value if step == 1 else first_loss
             epoch_losses.append(value)
+            # Diverged: nothing later can recover, and the weights are left as they are
+            # (not the best checkpoint), so the worker's magnitude check refuses them with
+            # the reason instead of registering a silent no-op.
+            diverged = not math.isfinite(value)
 
             gate_value = None
-            if gate_optimizer is not None and step % config.gate_every == 0:
+            if gate_optimizer is not None and step % config.gate_every == 0 and not diverged:
                 gate_batch = make_batch(next(validation), pad_id=pad_id, device=device)
                 _trainable(expert_parameters, False)
                 _trainable(gate_parameters, True)
@@ -188,18 +228,39 @@ def train_experts(
                 gate_steps += 1
                 gate_value = float(gate_loss.detach())
 
+            checked = None
+            if (step % plan.check_every == 0 or step == total_steps) and not diverged:
+                checked = validation_loss(
+                    model, split.validation, pad_id=pad_id, batch_size=plan.batch_size
+                )
+                if checked < best_validation:
+                    best_validation, best_step, checks_since_best = checked, step, 0
+                    best_state = _copy(kept)
+                else:
+                    checks_since_best += 1
+                    stopped_early = checks_since_best >= plan.patience and step < total_steps
+
+            step_seconds.append(clock() - step_started)
+            recent = step_seconds[-ETA_WINDOW:]
             elapsed = clock() - started
+            remaining = 0 if stopped_early else total_steps - step
             on_progress(
                 Progress(
                     step=step,
-                    total_steps=total_steps,
+                    total_steps=step if stopped_early else total_steps,
                     epoch=epoch,
                     loss=value,
                     tokens_per_second=tokens / elapsed if elapsed > 0 else 0.0,
-                    eta_seconds=elapsed / step * (total_steps - step),
+                    eta_seconds=sum(recent) / len(recent) * remaining,
                     gate_loss=gate_value,
+                    validation_loss=checked,
+                    learning_rate=rate,
                 )
             )
+            if step >= total_steps or stopped_early or diverged:
+                break
+    if not diverged:
+        _restore(kept, best_state)
     _trainable(expert_parameters, False)
     _trainable(gate_parameters, False)
     model.eval()
@@ -211,7 +272,52 @@ def train_experts(
         seconds=clock() - started,
         first_loss=first_loss,
         last_loss=sum(epoch_losses) / len(epoch_losses),
+        first_validation_loss=first_validation,
+        best_validation_loss=best_validation,
+        best_step=best_step,
+        stopped_early=stopped_early,
     )
+
+
+@torch.no_grad()
+def validation_loss(
+    model: nn.Module,
+    conversations: Sequence[TokenizedConversation],
+    *,
+    pad_id: int,
+    batch_size: int,
+) -> float:
+    """Mean NLL per answer token over ``conversations``, in eval mode (no dropout)."""
+    device = next(p.device for p in model.parameters())
+    was_training = model.training
+    model.eval()
+    total = count = 0.0
+    for start in range(0, len(conversations), batch_size):
+        batch = make_batch(conversations[start : start + batch_size], pad_id=pad_id, device=device)
+        n = batch.answer_tokens
+        total += float(batch_loss(model, batch)) * n  # the loss is a mean over answer tokens
+        count += n
+    model.train(was_training)
+    return total / count if count else math.nan
+
+
+def _rate_factor(step: int, plan: TrainingPlan) -> float:
+    """Linear warm-up from a tenth, then a linear fall to a tenth: a small data set
+    overfits late steps most, and a cold start at the full rate can undo the base."""
+    if step < plan.warmup_steps:
+        return 0.1 + 0.9 * step / plan.warmup_steps
+    span = max(1, plan.steps - plan.warmup_steps)
+    return 1.0 - 0.9 * min(1.0, (step - plan.warmup_steps) / span)
+
+
+def _copy(parameters: Sequence[nn.Parameter]) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in parameters]
+
+
+@torch.no_grad()
+def _restore(parameters: Sequence[nn.Parameter], values: Sequence[torch.Tensor]) -> None:
+    for parameter, value in zip(parameters, values, strict=True):
+        parameter.copy_(value)
 
 
 def _cycle(

@@ -52,20 +52,23 @@ from finetune.conversations import (
 )
 from finetune.crash_points import WEIGHTS_WRITTEN, crash_point
 from finetune.dataset import Conversation, collect_conversations
-from finetune.errors import DatasetError, JobCancelled, LeaseLost
+from finetune.errors import ConversationTooLong, DatasetError, JobCancelled, LeaseLost
 from finetune.evaluation import (
     EvaluationReport,
     GateRules,
+    ProbeSet,
     Variant,
     VariantScorer,
     evaluate_candidate,
     generic_conversations,
 )
 from finetune.experts import attach_experts
+from finetune.factual_probes import FACTUAL_PROBES, FactualProbe
 from finetune.generic_text import GENERIC_TEXTS
 from finetune.health import Heartbeat
 from finetune.queue import ClaimedJob, JobQueue
 from finetune.training import Progress, train_experts
+from finetune.training_plan import plan_training
 from finetune.triggers import JobTrigger, TriggerPolicy
 from storage.repositories import AdapterRepository, BaseModelRepository
 from storage.settings import Settings
@@ -83,6 +86,8 @@ class WorkerConfig:
     gate: GateRules = field(default_factory=GateRules)
     # The generic passages the gate scores for forgetting (fewer: faster, noisier).
     generic_texts: tuple[str, ...] = GENERIC_TEXTS
+    # The factual questions a candidate must still answer (none: the check is off).
+    factual_probes: tuple[FactualProbe, ...] = FACTUAL_PROBES
     heartbeat_seconds: float = 2.0
     poll_seconds: float = 2.0
     progress_every_seconds: float = 1.0
@@ -186,6 +191,7 @@ class ExpertsNow:
 class PreparedData:
     split: TimeSplit
     source_counts: dict[str, int]
+    too_long: int  # conversations left out: longer than the model takes
 
 
 class FinetuneWorker:
@@ -311,10 +317,13 @@ class FinetuneWorker:
                 "validation": len(data.split.validation),
                 "test": len(data.split.test),
                 "train_tokens": sum(len(c.input_ids) for c in data.split.train),
+                "left_out_too_long": data.too_long,
             },
         )
         lease.check()
 
+        plan = plan_training(config, train_conversations=len(data.split.train))
+        self.queue.add_event(claim, "plan", plan.payload())
         now = self._experts_now(claim)
         torch.manual_seed(config.seed)
         device = self.config.torch_device
@@ -329,6 +338,7 @@ class FinetuneWorker:
             experts,
             data.split,
             pad_id=_pad_id(tokenizer),
+            plan=plan,
             on_progress=self._progress_writer(claim, lease),
         )
         weights = experts.export()
@@ -345,6 +355,10 @@ class FinetuneWorker:
                 "tokens_per_second": round(report.tokens_per_second, 1),
                 "first_loss": _json_loss(report.first_loss),
                 "last_loss": _json_loss(report.last_loss),
+                "first_validation_loss": _json_loss(report.first_validation_loss),
+                "best_validation_loss": _json_loss(report.best_validation_loss),
+                "best_step": report.best_step,
+                "stopped_early": report.stopped_early,
             },
         )
         lease.check()
@@ -359,7 +373,13 @@ class FinetuneWorker:
 
         evaluation = self._evaluate(model_dir, tokenizer, data.split.test, weights, now, claim)
         metrics = evaluation.as_metrics() | {
-            "training": {"steps": report.steps, "last_loss": _json_loss(report.last_loss)},
+            "training": {
+                "steps": report.steps,
+                "last_loss": _json_loss(report.last_loss),
+                "best_validation_loss": _json_loss(report.best_validation_loss),
+                "stopped_early": report.stopped_early,
+                "plan": plan.payload(),
+            },
             "quantization": config.quantization,
         }
         self.queue.add_event(claim, "evaluation", metrics)
@@ -416,7 +436,13 @@ class FinetuneWorker:
             lease.check()
             now = time.monotonic()
             final = progress.step == progress.total_steps
-            if final or progress.step == 1 or now - last >= self.config.progress_every_seconds:
+            checked = progress.validation_loss is not None
+            if (
+                final
+                or checked
+                or progress.step == 1
+                or now - last >= self.config.progress_every_seconds
+            ):
                 self.queue.add_event(claim, "progress", _json_safe(progress.payload()))
                 last = now
 
@@ -443,11 +469,20 @@ class FinetuneWorker:
                 conversations = _pooled_conversations(session)
         if not conversations:
             raise DatasetError("there is no data to learn from: upload examples or rate answers")
-        tokenized = _tokenize_all(tokenizer, conversations, max_length=max_length)
+        tokenized, too_long = _tokenize_all(tokenizer, conversations, max_length=max_length)
         sources: dict[str, int] = {}
         for conversation in conversations:
             sources[conversation.source] = sources.get(conversation.source, 0) + 1
-        return PreparedData(split_by_time(tokenized), sources)
+        try:
+            split = split_by_time(tokenized)
+        except DatasetError as error:
+            if not too_long:
+                raise
+            raise DatasetError(
+                f"{error} ({too_long} more were left out: longer than the {max_length} "
+                "tokens the model takes)"
+            ) from None
+        return PreparedData(split, sources, too_long)
 
     def _experts_now(self, claim: ClaimedJob) -> ExpertsNow:
         with self.database.session() as session:
@@ -502,7 +537,12 @@ class FinetuneWorker:
         model = load_evaluation_base(model_dir, device=self.config.torch_device)
         scorer = VariantScorer(model, variants, pad_id=_pad_id(tokenizer))
         generic = generic_conversations(tokenizer, self.config.generic_texts)
-        return evaluate_candidate(scorer, test, generic, rules=self.config.gate)
+        probes = (
+            ProbeSet.build(tokenizer, self.config.factual_probes)
+            if self.config.factual_probes
+            else None
+        )
+        return evaluate_candidate(scorer, test, generic, probes=probes, rules=self.config.gate)
 
 
 def _json_loss(loss: float) -> float | None:
@@ -528,18 +568,23 @@ def _pooled_conversations(session: Any) -> list[Conversation]:
 
 def _tokenize_all(
     tokenizer: Any, conversations: Sequence[Conversation], *, max_length: int
-) -> list[TokenizedConversation]:
+) -> tuple[list[TokenizedConversation], int]:
+    """The conversations as the model reads them, and how many were left out for being
+    longer than it takes (one long example must not fail the whole job)."""
     tokenized: list[TokenizedConversation] = []
+    too_long = 0
     for index, conversation in enumerate(conversations):
         try:
             tokenized.append(
                 tokenize_conversation(tokenizer, conversation.messages, max_length=max_length)
             )
+        except ConversationTooLong:
+            too_long += 1
         except DatasetError as error:
             raise DatasetError(
                 f"{conversation.source} {index + 1} of {len(conversations)}: {error}"
             ) from None
-    return tokenized
+    return tokenized, too_long
 
 
 def _load_tokenizer(model_dir: Path) -> Any:
@@ -571,8 +616,10 @@ def worker_from_settings(
         ),
         heartbeat_seconds=settings.finetune_heartbeat_seconds,
         auto_promote=settings.finetune_auto_promote,
+        gate=GateRules(max_generic_rise=settings.finetune_max_generic_rise),
         trigger_every_seconds=settings.finetune_trigger_check_seconds,
         generic_texts=GENERIC_TEXTS[: settings.finetune_generic_texts],
+        factual_probes=FACTUAL_PROBES[: settings.finetune_factual_probes],
         heartbeat_file=settings.finetune_heartbeat_file,
     )
     policy = TriggerPolicy.from_settings(settings)

@@ -35,6 +35,7 @@ from serving.engine.engine import (
 from serving.engine.requests import Failed, Finished, GenerationRequest, TextDelta
 from serving.engine.sampling import SamplingParams
 from serving.errors import ApiError, error_body
+from serving.generation_defaults import BUILT_IN, GenerationDefaults
 from serving.metrics import Metrics
 from serving.openai_schemas import ChatCompletionCreate, CompletionCreate, SamplingFields
 from serving.runtime import ModelRuntime, ServedModel
@@ -45,7 +46,29 @@ from storage.repositories import ResponseRepository, UserRepository
 logger = logging.getLogger(__name__)
 
 Endpoint = Literal["chat.completions", "completions"]
-DEFAULT_MAX_TOKENS = 256
+# What the router assumes of a request without max_tokens, before a model (and
+# so its own default) is chosen.
+ROUTING_MAX_TOKENS = BUILT_IN.max_tokens
+# A transcript (a model without a chat template) has no end-of-turn token: the
+# answer ends where the model goes on to write the next turn, as the fine-tune
+# worker trains it to ("Assistant: <answer>\nUser: ..."). The roles are those
+# chat_format.transcript writes ("developer" is sent as "system").
+TRANSCRIPT_TURN_MARKERS = tuple(
+    f"\n{role.capitalize()}:" for role in ("user", "assistant", "system")
+)
+# The transcript ends with "Assistant:"; the model opens its answer with the
+# space, which its tokenizers fold into the first word ("▁The"), so the prompt
+# cannot end with it: the engine drops it from the answer instead.
+TRANSCRIPT_ANSWER_LEAD = " "
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """The tokens to continue, and how the answer ends apart from the caller's stops."""
+
+    ids: list[int]
+    turn_markers: tuple[str, ...] = ()
+    answer_lead: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,13 +84,16 @@ class PreparedCompletion:
     logged_request: dict[str, Any]
 
 
-def _chat_prompt(served: ServedModel, body: ChatCompletionCreate) -> list[int]:
+def _chat_prompt(served: ServedModel, body: ChatCompletionCreate) -> Prompt:
     messages = [
         {"role": m.role if m.role != "developer" else "system", "content": m.text}
         for m in body.messages
     ]
     # The same form the fine-tune worker trains on.
-    return chat_format.prompt_ids(served.tokenizer, messages)
+    ids = chat_format.prompt_ids(served.tokenizer, messages)
+    if served.has_chat_template:
+        return Prompt(ids)
+    return Prompt(ids, TRANSCRIPT_TURN_MARKERS, TRANSCRIPT_ANSWER_LEAD)
 
 
 def prepare(
@@ -112,13 +138,15 @@ def prepare(
         raise ApiError(400, str(exc), code="no_route") from None
     served = runtime.models[decision.model]
     if isinstance(body, ChatCompletionCreate):
-        prompt_ids = _chat_prompt(served, body)
+        prompt = _chat_prompt(served, body)
     else:
-        prompt_ids = list(served.tokenizer(prompt_text)["input_ids"])
+        prompt = Prompt(list(served.tokenizer(prompt_text)["input_ids"]))
+    prompt_ids = prompt.ids
     if not prompt_ids:
         raise ApiError(400, "the prompt is empty", code="invalid_prompt")
+    defaults = served.generation_defaults
     room = served.context_length - len(prompt_ids)
-    max_tokens = body.requested_max_tokens or min(DEFAULT_MAX_TOKENS, room)
+    max_tokens = body.requested_max_tokens or min(defaults.max_tokens, room)
     if room < 1 or max_tokens > room:
         raise ApiError(
             400,
@@ -127,7 +155,7 @@ def prepare(
             code="context_length_exceeded",
         )
     try:
-        params = _sampling(body, max_tokens)
+        params = _sampling(body, defaults, max_tokens)
     except ValueError as exc:
         raise ApiError(400, str(exc), code="invalid_sampling") from None
     experts = runtime.expert_sets.get(
@@ -137,7 +165,7 @@ def prepare(
     settings = runtime.services.settings
     now = time.monotonic()
     slo = decision.details.get("latency_slo_s") or settings.router_latency_slo_seconds
-    logged.update(_logged_params(body, max_tokens))
+    logged.update(_logged_params(body, params))
     return PreparedCompletion(
         endpoint=endpoint,
         response_id=response_id,
@@ -154,6 +182,8 @@ def prepare(
             deadline=now + settings.request_timeout_seconds,
             slo_deadline=None if slo is None else now + float(slo),
             predicted_tokens=min(decision.predicted_tokens or max_tokens, max_tokens),
+            turn_markers=prompt.turn_markers,
+            answer_lead=prompt.answer_lead,
         ),
         logged_request=logged,
     )
@@ -182,7 +212,7 @@ def _route_request(
         prompt_text=routing_text,
         # Before a model is chosen there is no tokenizer: ~4 characters a token.
         prompt_tokens=len(prompt_text) // 4,
-        max_tokens=body.requested_max_tokens or DEFAULT_MAX_TOKENS,
+        max_tokens=body.requested_max_tokens or ROUTING_MAX_TOKENS,
         requested_model=requested,
         max_price_per_million=body.max_price if body.max_price is not None else max_price,
         strict_budget=body.strict_budget,
@@ -218,23 +248,28 @@ def _expert_evidence(
     return tuple(found)
 
 
-def _sampling(body: SamplingFields, max_tokens: int) -> SamplingParams:
+def _sampling(
+    body: SamplingFields, defaults: GenerationDefaults, max_tokens: int
+) -> SamplingParams:
+    """The request's sampling; what it leaves out, the model's defaults."""
+    stop = body.stop_sequences
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stop_sequences,
+        temperature=defaults.temperature if body.temperature is None else body.temperature,
+        top_p=defaults.top_p if body.top_p is None else body.top_p,
+        stop=defaults.stop if stop is None else stop,
         seed=body.seed,
     )
 
 
-def _logged_params(body: SamplingFields, max_tokens: int) -> dict[str, Any]:
+def _logged_params(body: SamplingFields, params: SamplingParams) -> dict[str, Any]:
+    # What the answer was sampled with, defaults included.
     return {
         "model": body.model,
-        "max_tokens": max_tokens,
-        "temperature": body.temperature,
-        "top_p": body.top_p,
-        "stop": list(body.stop_sequences),
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "stop": list(params.stop),
         "seed": body.seed,
         "personalize": body.personalize,
         "max_price": body.max_price,

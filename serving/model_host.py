@@ -35,6 +35,11 @@ class HostedModel:
     has_chat_template: bool
 
 
+def enforced_context_length(own: int, settings: Settings) -> int:
+    """The context a request to a model gets: the model's own, capped by the setting."""
+    return min(own, settings.max_context_tokens)
+
+
 def pick_device(setting: str) -> torch.device:
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -71,7 +76,7 @@ def load_hosted_model(
     eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
     if tokenizer.eos_token_id is not None:
         eos_ids.add(int(tokenizer.eos_token_id))
-    limit = min(context_length, settings.max_context_tokens)
+    limit = enforced_context_length(context_length, settings)
     engine = Engine(
         model_id=model_id,
         model=model,

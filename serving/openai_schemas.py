@@ -65,8 +65,10 @@ class SamplingFields(RequestBody):
     model: str = Field(min_length=1, max_length=MAX_MODEL_ID_CHARACTERS)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    # None (left out, or null): the model's default (serving/generation_defaults.py),
+    # as are max_tokens and stop.
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: (
         Annotated[str, Field(max_length=MAX_STOP_CHARACTERS)]
         | list[Annotated[str, Field(max_length=MAX_STOP_CHARACTERS)]]
@@ -98,9 +100,10 @@ class SamplingFields(RequestBody):
         return value
 
     @property
-    def stop_sequences(self) -> tuple[str, ...]:
+    def stop_sequences(self) -> tuple[str, ...] | None:
+        """The stop sequences asked for; None when the request leaves them to the model."""
         if self.stop is None:
-            return ()
+            return None
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
     @property

@@ -32,7 +32,9 @@ from router.snapshot import load_snapshot, save_snapshot
 from router.state_sync import relearn_lengths, sync_feedback
 from serving.backend import GenerationBackend, LocalBackend
 from serving.engine.engine import Engine
-from serving.model_host import HostedModel, load_hosted_model
+from serving.generation_defaults import GenerationDefaults
+from serving.generation_defaults import resolve as resolve_generation_defaults
+from serving.model_host import HostedModel, enforced_context_length, load_hosted_model
 from serving.services import Services
 from serving.worker_supervisor import WorkerSupervisor
 from storage.repositories import BaseModelRepository, UserRepository
@@ -49,6 +51,8 @@ class ServedModel:
     tokenizer: Any
     context_length: int
     has_chat_template: bool
+    # For the sampling fields a request leaves out.
+    generation_defaults: GenerationDefaults
 
 
 class ModelRuntime:
@@ -130,6 +134,12 @@ class ModelRuntime:
                 records = BaseModelRepository(session).list_all()
             if settings.models is not None:
                 records = [r for r in records if r.id in settings.models]
+            unknown = sorted(set(settings.generation_defaults) - {r.id for r in records})
+            if unknown:
+                logger.warning(
+                    "TAILOR_GENERATION_DEFAULTS names models not served here: %s",
+                    ", ".join(unknown),
+                )
             # One after the other: transformers' from_pretrained switches
             # process-wide state (meta-device init) and is not thread-safe.
             loaded = [self._load_one(record) for record in records]
@@ -255,12 +265,15 @@ class ModelRuntime:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(path)
-            context_length = min(record.context_length, settings.max_context_tokens)
+            context_length = enforced_context_length(record.context_length, settings)
         return ServedModel(
             model_id=record.id,
             tokenizer=tokenizer,
             context_length=context_length,
             has_chat_template=tokenizer.chat_template is not None,
+            generation_defaults=resolve_generation_defaults(
+                record.id, path, settings.generation_defaults
+            ),
         )
 
     def stop(self) -> None:

@@ -98,9 +98,18 @@ class ExamplesPage(BaseModel):
 class Hyperparameters(RequestBody):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    epochs: int | None = Field(default=None, ge=1, le=20)
+    # Left out, each is sized to the user's data (finetune.training_plan).
+    steps: int | None = Field(default=None, ge=1, le=10_000)
+    epochs: int | None = Field(default=None, ge=1, le=25)
+    batch_size: int | None = Field(default=None, ge=1, le=64)
     learning_rate: float | None = Field(default=None, gt=0.0, le=0.01)
     rank: int | None = Field(default=None, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> Hyperparameters:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give steps or epochs, not both")
+        return self
 
 
 class FineTuneCreate(RequestBody):

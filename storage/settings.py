@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -49,6 +49,24 @@ class RayModelDeployment(BaseModel):
         ):
             raise ValueError("min_replicas is above max_replicas")
         return self
+
+
+class GenerationOverride(BaseModel):
+    """One base model's sampling defaults, overriding its generation config field by field.
+
+    What a model leaves out comes from its ``generation_config.json``, then from
+    Tailor's built-in defaults (serving/generation_defaults.py); a request's own
+    fields win over all of them. The bounds are those of a request.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
+    max_tokens: int | None = Field(default=None, ge=1)
+    stop: tuple[Annotated[str, Field(min_length=1, max_length=1000)], ...] | None = Field(
+        default=None, max_length=4
+    )
 
 
 class Settings(BaseSettings):
@@ -208,6 +226,13 @@ class Settings(BaseSettings):
         description='Serve only these base models, JSON (["smollm2-135m-instruct"]); '
         "unset: every registered one.",
     )
+    generation_defaults: dict[str, GenerationOverride] = Field(
+        default_factory=dict,
+        description="Per-model sampling defaults for requests that leave them out, JSON: "
+        '{"smollm2-135m-instruct": {"temperature": 0.2, "top_p": 0.9, "max_tokens": 256, '
+        '"stop": ["###"]}}; what a model leaves out comes from its generation_config.json, '
+        "then from Tailor's built-in defaults.",
+    )
     ray_max_replicas: int = Field(
         default=4, ge=1, description="Autoscaling ceiling of each model's Ray Serve deployment."
     )
@@ -308,6 +333,22 @@ class Settings(BaseSettings):
         description="How many of the fixed generic passages the evaluation gate scores "
         "to catch forgetting (fewer: faster, noisier).",
     )
+    finetune_factual_probes: int = Field(
+        default=30,
+        ge=0,
+        le=30,
+        description="How many of the fixed factual questions the evaluation gate asks base "
+        "and candidate (0: the check is off). A candidate may lose at most 5% of those the "
+        "base model answers.",
+    )
+    finetune_max_generic_rise: float = Field(
+        default=0.10,
+        ge=0.0,
+        le=10.0,
+        description="The evaluation gate's limit on how much a candidate may raise the "
+        "NLL of the generic passages over the base model's (0.10: 10%). A real style "
+        "raises it by several percent; the factual probes guard knowledge.",
+    )
     finetune_trigger_check_seconds: float = Field(
         default=30.0, gt=0, description="How often a worker looks for jobs to queue by itself."
     )
@@ -381,7 +422,10 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "settings"
-        raise ConfigurationError(f"{ENV_PREFIX}{field.upper()}", first["msg"]) from None
+        # Where inside a JSON value it went wrong (a model id, a field of it).
+        inner = ".".join(str(part) for part in first["loc"][1:])
+        problem = f"{inner}: {first['msg']}" if inner else first["msg"]
+        raise ConfigurationError(f"{ENV_PREFIX}{field.upper()}", problem) from None
     except SettingsError as exc:
         # Raised when a complex value (JSON) cannot even be parsed.
         match = re.search(r'field "(\w+)"', str(exc))

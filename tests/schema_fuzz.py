@@ -257,7 +257,7 @@ def _seeded(schema: Any, client: asgi.ASGIClient, admin_key: str) -> FuzzTarget:
                             {"role": "assistant", "content": f"answer {i}"},
                         ]
                     }
-                    for i in range(4)
+                    for i in range(10)
                 ]
             },
             headers=user_auth,

@@ -143,9 +143,30 @@ def test_a_bad_example_is_named_and_nothing_is_stored(client: TestClient) -> Non
         assert ExampleRepository(session).count(user_id=ada) == 0
 
 
+def upload_examples(client: TestClient, key: dict[str, str], count: int, tag: str = "") -> None:
+    lines = [
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"question {tag}{i}"},
+                    {"role": "assistant", "content": f"answer {tag}{i}"},
+                ]
+            }
+        )
+        for i in range(count)
+    ]
+    response = client.post(
+        "/v1/examples",
+        content="\n".join(lines),
+        headers={**key, "Content-Type": "application/jsonl"},
+    )
+    assert response.status_code == 201, response.text
+
+
 def test_fine_tune_jobs_are_idempotent_private_and_cancellable(client: TestClient) -> None:
     _, ada_key = new_user(client, "ada")
     _, bob_key = new_user(client, "bob")
+    upload_examples(client, ada_key, 10)
     retry = {**ada_key, "Idempotency-Key": "try-1"}
     created = client.post("/v1/fine-tunes", json={"hyperparameters": {"epochs": 2}}, headers=retry)
     assert created.status_code == 201
@@ -177,6 +198,49 @@ def test_fine_tune_jobs_are_idempotent_private_and_cancellable(client: TestClien
     assert gemma.status_code == 201 and gemma.json()["model"] == "gemma-3-270m"
 
 
+def test_a_job_that_could_learn_nothing_is_refused_at_once(client: TestClient) -> None:
+    ada, ada_key = new_user(client, "ada")
+    jobs: list[str] = []
+
+    def queue(hyperparameters: dict[str, Any], expected: int) -> dict[str, Any]:
+        response = client.post(
+            "/v1/fine-tunes", json={"hyperparameters": hyperparameters}, headers=ada_key
+        )
+        assert response.status_code == expected, response.text
+        if expected == 201:
+            jobs.append(response.json()["id"])
+        return dict(response.json())
+
+    refused = queue({}, 422)["error"]
+    assert refused["code"] == "invalid_training_data"
+    assert "0 conversation(s)" in refused["message"] and "at least 10" in refused["message"]
+    upload_examples(client, ada_key, 9)
+    assert "9 conversation(s)" in queue({}, 422)["error"]["message"]
+    # An admin queueing for the user hears the same.
+    admin = client.post(
+        "/admin/jobs", json={"model": "smollm2-135m-instruct", "user_id": ada}, headers=ADMIN
+    )
+    assert admin.status_code == 422 and admin.json()["error"]["code"] == "invalid_training_data"
+    assert client.get("/v1/fine-tunes", headers=ada_key).json()["data"] == []
+
+    upload_examples(client, ada_key, 1, tag="x")
+    first = queue({"epochs": 2}, 201)
+    with services(client).database.session() as session:
+        from storage.tables import FineTuneJob, JobState
+
+        job = session.get(FineTuneJob, first["id"])
+        assert job is not None
+        job.state = JobState.SUCCEEDED  # as a worker leaves it
+        session.commit()
+    # Same data, same hyperparameters: the same adapter again.
+    again = queue({"epochs": 2}, 422)["error"]["message"]
+    assert f"nothing new to learn since job {first['id']}" in again
+    queue({"epochs": 3}, 201)  # other hyperparameters: a real second try
+    upload_examples(client, ada_key, 1, tag="y")
+    queue({"epochs": 2}, 201)  # new data
+    assert len(jobs) == 3
+
+
 def test_rate_limits_answer_429_with_retry_after(tmp_path: Path) -> None:
     with app_client(
         "sqlite+memory", tmp_path, rate_limit_burst=3, rate_limit_requests_per_minute=1
@@ -199,6 +263,7 @@ def test_rate_limits_answer_429_with_retry_after(tmp_path: Path) -> None:
 
 def test_admins_see_every_job_cancel_retry_and_queue_generalists(client: TestClient) -> None:
     ada_id, ada_key = new_user(client, "ada")
+    upload_examples(client, ada_key, 10)
     job = client.post("/v1/fine-tunes", json={}, headers=ada_key).json()
     assert client.get("/admin/jobs", headers=ada_key).status_code == 403
 

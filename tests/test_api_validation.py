@@ -300,6 +300,9 @@ def test_stored_strings_are_bounded_by_their_columns(client: TestClient, tmp_pat
 
 def test_cursors_are_bounded_to_64_bit_row_ids(client: TestClient) -> None:
     _, key = new_user(client, "ada")
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ho"}]
+    added = client.post("/v1/examples", json={"examples": [{"messages": chat}] * 10}, headers=key)
+    assert added.status_code == 201, added.text
     job = client.post("/v1/fine-tunes", json={}, headers=key).json()
     urls = [
         ("/v1/examples", key),

@@ -109,14 +109,14 @@ def test_admin_queues_a_users_specialist_and_sees_their_counts(
                     {"role": "assistant", "content": "ho"},
                 ]
             }
-        ] * 3
+        ] * 10
         added = client.post(
             "/v1/examples", json={"examples": examples}, headers=bearer(user["api_key"])
         )
         assert added.status_code in (200, 201), added.text
 
         detail = client.get(f"/admin/users/{user['id']}", headers=ADMIN).json()
-        assert detail["example_count"] == 3
+        assert detail["example_count"] == 10
         assert detail["feedback_count"] == 0
         assert detail["routing"] == {
             "cost_weight": None,

@@ -16,7 +16,7 @@ from finetune.conversations import (
     tokenize_conversation,
 )
 from finetune.dataset import collect_conversations
-from finetune.errors import DatasetError
+from finetune.errors import ConversationTooLong, DatasetError
 from storage.database import Database
 from storage.repositories import ExampleRepository, FeedbackRepository
 from tests.server import prepared_model_store
@@ -74,15 +74,20 @@ def test_the_prompt_part_is_what_serving_sends(tokenizer: Any) -> None:
 def test_bad_conversations_are_refused(tokenizer: Any) -> None:
     with pytest.raises(DatasetError, match="assistant"):
         tokenize_conversation(tokenizer, CHAT[:2], max_length=512)
-    with pytest.raises(DatasetError, match="more than the 8"):
+    with pytest.raises(ConversationTooLong, match="more than the 8"):
         tokenize_conversation(tokenizer, CHAT, max_length=8)
 
 
 def test_splits_follow_time_and_refuse_tiny_sets() -> None:
     items = [TokenizedConversation([i], [i]) for i in range(20)]
     split = split_by_time(items)
-    assert [len(split.train), len(split.validation), len(split.test)] == [16, 2, 2]
-    assert split.train[-1].input_ids == [15] and split.test[0].input_ids == [18]
+    # Small sets keep a test split the gate can judge on (at least 4 conversations).
+    assert [len(split.train), len(split.validation), len(split.test)] == [14, 2, 4]
+    assert split.train[-1].input_ids == [13] and split.test[0].input_ids == [16]
+    big = split_by_time([TokenizedConversation([i], [i]) for i in range(100)])
+    assert [len(big.train), len(big.validation), len(big.test)] == [80, 10, 10]
+    smallest = split_by_time(items[:10])
+    assert [len(smallest.train), len(smallest.validation), len(smallest.test)] == [4, 2, 4]
     with pytest.raises(DatasetError, match="at least 10"):
         split_by_time(items[:9])
     with pytest.raises(ValueError):

@@ -20,12 +20,14 @@ from finetune.config import TrainingConfig
 from finetune.conversations import TokenizedConversation, tokenize_conversation
 from finetune.evaluation import (
     GateRules,
+    ProbeSet,
     Variant,
     VariantScorer,
     evaluate_candidate,
     generic_conversations,
 )
 from finetune.experts import attach_experts, gate_weights
+from finetune.factual_probes import FACTUAL_PROBES
 from finetune.generic_text import GENERIC_TEXTS
 from tests.finetune_fixtures import MODEL, pirate_conversations
 from tests.server import prepared_model_store
@@ -126,13 +128,22 @@ def test_a_candidate_that_is_worse_stays_a_candidate_with_the_reasons() -> None:
         pad_id=0,
     )
     generic = generic_conversations(tokenizer, GENERIC_TEXTS[:4])
+    probes = ProbeSet.build(tokenizer, FACTUAL_PROBES[:6])
 
-    report = evaluate_candidate(scorer, test, generic, rules=GateRules(resamples=200))
+    report = evaluate_candidate(
+        scorer, test, generic, probes=probes, rules=GateRules(resamples=200)
+    )
 
     assert report.promote is False
     assert report.nll_per_token["candidate"] > report.nll_per_token["base"]
     assert report.gain_vs_base.upper < 0 and report.gain_vs_current is None
     assert any("not better than the base model" in r for r in report.reasons)
+    # The base model answers every probe (they were chosen so); the wrecked one forgets.
+    assert report.probes_asked == 6 and report.probes_answered is not None
+    assert report.probes_answered["base"] == 6 > report.probes_answered["candidate"]
+    assert len(report.probes_lost) == 6 - report.probes_answered["candidate"]
+    assert any(r.startswith("forgot ") and "factual probes" in r for r in report.reasons)
+    assert report.as_metrics()["probes_lost"] == report.probes_lost
     assert any("generic text NLL rose" in r for r in report.reasons)
     metrics = report.as_metrics()
     assert metrics["promote"] is False and metrics["gain_vs_base"]["gain"] < 0

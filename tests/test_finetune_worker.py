@@ -69,6 +69,9 @@ def make_worker(registry: AdapterRegistry, name: str = "w1", **config: object) -
         progress_every_seconds=0.01,
         # A few generic passages: CPU forwards are slow, and the rule is the same.
         generic_texts=GENERIC_TEXTS[:6],
+        # No factual probes: the fixtures' template answers forget facts by design (see
+        # tests/server.py's CPU_WORKER_SETTINGS); the probe rule has its own tests.
+        factual_probes=(),
         **config,  # type: ignore[arg-type]
     )
     return FinetuneWorker(queue, registry, settings)
@@ -109,7 +112,7 @@ def test_a_job_trains_evaluates_and_promotes_a_specialist(registry: AdapterRegis
 
     state, error, kinds = job_state(registry, job_id)
     assert (state, error) == (JobState.SUCCEEDED, None)
-    assert kinds[:3] == ["started", "dataset", "progress"]
+    assert kinds[:4] == ["started", "dataset", "plan", "progress"]
     assert kinds[-4:] == ["trained", "evaluation", "registered", "promoted"]
     with registry.database.session() as session:
         events = JobRepository(session).list_events(job_id=job_id)
@@ -119,7 +122,11 @@ def test_a_job_trains_evaluates_and_promotes_a_specialist(registry: AdapterRegis
     assert all(p["tokens_per_second"] > 0 and p["eta_seconds"] >= 0 for p in progress)
     assert progress[-1]["loss"] < progress[0]["loss"]  # it learnt
     dataset = next(e.payload for e in events if e.kind == "dataset")
-    assert (dataset["train"], dataset["validation"], dataset["test"]) == (12, 1, 1)
+    assert (dataset["train"], dataset["validation"], dataset["test"]) == (8, 2, 4)
+    plan = next(e.payload for e in events if e.kind == "plan")
+    assert plan["steps"] >= progress[-1]["step"] and plan["chosen"] == ["epochs"]
+    checked = [p["validation_loss"] for p in progress if p["validation_loss"] is not None]
+    assert checked, "the validation loss is reported at its checks"
 
     [version] = versions_of(registry, alice)
     assert version.state is AdapterState.ACTIVE and version.job_id == job_id
@@ -128,7 +135,8 @@ def test_a_job_trains_evaluates_and_promotes_a_specialist(registry: AdapterRegis
     assert report["promote"] is True and report["reasons"] == []
     nll = report["nll_per_token"]
     assert nll["candidate"] < nll["base"] and report["gain_vs_base"]["lower"] > 0
-    assert report["generic_rise"] <= 0.01
+    assert report["generic_rise"] <= 0.10
+    assert report["probes_lost"] == [] or len(report["probes_lost"]) <= 1
     # What was registered is what serving resolves for Alice, and only for her.
     experts = registry.expert_set(base_model_id=MODEL, user_id=alice)
     assert experts.specialist is not None and experts.specialist.version_id == version.id
@@ -151,7 +159,8 @@ def test_a_specialist_trains_beside_the_generalist_with_a_gate(
     state, error, _ = job_state(registry, generalist_job)
     assert (state, error) == (JobState.SUCCEEDED, None)
     [generalist] = versions_of(registry, None)
-    assert generalist.state is AdapterState.ACTIVE  # pooled data of both users
+    # Pooled data of both users.
+    assert generalist.state is AdapterState.ACTIVE, generalist.eval_metrics["reasons"]
 
     specialist_job = queue_job(registry, alice)
     assert worker.run_one() == specialist_job
@@ -180,7 +189,9 @@ def test_a_specialist_trains_beside_the_generalist_with_a_gate(
     [
         (0, "no data to learn from"),
         (5, "at least 10 are needed"),
-        (-1, "more than the"),  # one conversation longer than the model's context
+        # One conversation longer than the model's context is left out, not fatal: here
+        # it leaves 9, too few.
+        (-1, "(1 more were left out: longer than the"),
     ],
 )
 def test_unusable_data_fails_the_job_at_once_with_a_clear_error(
@@ -196,7 +207,7 @@ def test_unusable_data_fails_the_job_at_once_with_a_clear_error(
             registry.database,
             alice,
             [
-                *pirate_conversations(12),
+                *pirate_conversations(9),
                 [
                     {"role": "user", "content": "Go on."},
                     {"role": "assistant", "content": long_answer},

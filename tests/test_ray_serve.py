@@ -119,19 +119,20 @@ def test_chat_through_ray_serve_with_the_users_adapter(
 def test_a_fine_tune_worker_actor_runs_the_queued_jobs(ray_server: RunningServer) -> None:
     created = httpx.post(f"{ray_server.url}/admin/users", json={"name": "bo"}, headers=ADMIN)
     me = {"Authorization": f"Bearer {created.json()['api_key']}"}
+    # Ten conversations pass the door's count, but each is longer than the model's 8,192
+    # tokens: the actor claims the job, leaves them all out and fails it with the reason,
+    # which shows the worker runs on Ray without training for minutes.
     examples = [
         {
             "messages": [
-                {"role": "user", "content": f"Hi {i}"},
+                {"role": "user", "content": f"Hi {i}. " + "word " * 9000},
                 {"role": "assistant", "content": "Yo"},
             ]
         }
-        for i in range(3)
+        for i in range(10)
     ]
     httpx.post(f"{ray_server.url}/v1/examples", json={"examples": examples}, headers=me)
     job = httpx.post(f"{ray_server.url}/v1/fine-tunes", json={"model": SMOL}, headers=me).json()
-    # Too little data: the actor claims the job and fails it with the reason,
-    # which shows the worker runs on Ray without training for minutes.
     deadline = time.monotonic() + 120
     while (state := httpx.get(f"{ray_server.url}/v1/fine-tunes/{job['id']}", headers=me).json())[
         "status"
@@ -139,6 +140,7 @@ def test_a_fine_tune_worker_actor_runs_the_queued_jobs(ray_server: RunningServer
         assert time.monotonic() < deadline, "no worker actor took the job"
         time.sleep(0.5)
     assert state["status"] == "failed" and "at least 10" in state["error"]
+    assert "10 more were left out" in state["error"]
 
 
 @pytest.mark.e2e

@@ -3,7 +3,10 @@
 Decoding each new token alone breaks multi-byte characters and word-piece
 spacing, so the whole output is decoded and the new part is the difference.
 Text that could be the start of a stop sequence is held back until it is
-known not to be one: a client never sees part of a stop sequence.
+known not to be one: a client never sees part of a stop sequence. ``lead``,
+when the output starts with it, is not part of the answer: it is held back
+until the output is known to start otherwise, and never shown; stop sequences
+are looked for in the answer after it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ class Decoder(Protocol):
 class IncrementalDetokenizer:
     decoder: Decoder
     stop: tuple[str, ...] = ()
+    lead: str = ""
     token_ids: list[int] = field(default_factory=list)
     emitted: str = ""
     stopped: bool = False
@@ -27,10 +31,13 @@ class IncrementalDetokenizer:
     def add(self, token_id: int) -> str:
         """Add a token; returns the text that can be shown now (maybe empty)."""
         self.token_ids.append(token_id)
-        text = self.decoder.decode(self.token_ids, skip_special_tokens=True)
+        decoded = self.decoder.decode(self.token_ids, skip_special_tokens=True)
         # A trailing replacement character means a multi-byte character is
         # not complete yet.
-        if text.endswith("\ufffd"):
+        if decoded.endswith("\ufffd"):
+            return ""
+        text = self._answer(decoded)
+        if text is None:
             return ""
         for stop in self.stop:
             at = text.find(stop, max(0, len(self.emitted) - len(stop) + 1))
@@ -43,8 +50,18 @@ class IncrementalDetokenizer:
         """What is left to show when generation ends without a stop sequence."""
         if self.stopped:
             return ""
-        text = self.decoder.decode(self.token_ids, skip_special_tokens=True)
+        text = self._answer(self.decoder.decode(self.token_ids, skip_special_tokens=True))
+        if text is None:
+            return ""
         return self._emit_up_to(text, len(text))
+
+    def _answer(self, decoded: str) -> str | None:
+        """The output without its lead; None while it may still become the lead."""
+        if decoded.startswith(self.lead):
+            return decoded[len(self.lead) :]
+        if self.lead.startswith(decoded):
+            return None
+        return decoded
 
     def _held_back(self, text: str) -> int:
         longest = 0

@@ -333,7 +333,9 @@ class Engine:
                 return None
         return _Row(
             handle=handle,
-            detokenizer=IncrementalDetokenizer(self.tokenizer, params.stop),
+            detokenizer=IncrementalDetokenizer(
+                self.tokenizer, params.stop + request.turn_markers, request.answer_lead
+            ),
             generator=generator,
             lease=lease,
             pending_token=-1,

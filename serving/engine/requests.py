@@ -24,6 +24,13 @@ class GenerationRequest:
     # router's predicted output length, shortest first.
     slo_deadline: float | None = None
     predicted_tokens: int | None = None
+    # The prompt format's own ends of an answer, apart from the caller's stop
+    # sequences (and their limit): a transcript's next-turn markers ("\nUser:").
+    turn_markers: tuple[str, ...] = ()
+    # Text the model opens its answer with that belongs to the prompt format,
+    # not to the answer (the space after a transcript's "Assistant:"): dropped
+    # once, when the answer starts with it.
+    answer_lead: str = ""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from serving.deps import AdminDep, CursorQuery, SessionDep, SettingsDep
-from serving.routes.fine_tunes import events_page, job_hyperparameters, job_public, known_model
+from serving.routes.fine_tunes import (
+    check_learnable,
+    events_page,
+    job_hyperparameters,
+    job_public,
+    known_model,
+)
 from serving.schemas import ListPublic
 from serving.user_schemas import AdminJobCreate, AdminJobPublic, JobEventPublic
 from storage.repositories import BaseModelRepository, JobRepository, UserRepository
@@ -49,6 +55,12 @@ def queue_job(
     hyperparameters = job_hyperparameters(body.hyperparameters, settings)
     if body.user_id is not None:
         UserRepository(session).get(user_id=body.user_id)
+        check_learnable(
+            session,
+            user_id=body.user_id,
+            base_model_id=body.model,
+            hyperparameters=hyperparameters,
+        )
     job, _ = JobRepository(session).create(
         kind=AdapterKind.GENERALIST if body.user_id is None else AdapterKind.SPECIALIST,
         base_model_id=body.model,

@@ -9,7 +9,10 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
+from sqlalchemy.orm import Session
 
+from finetune.admission import check_specialist_data
+from finetune.errors import DatasetError
 from serving.deps import CursorQuery, SessionDep, SettingsDep, UserDep
 from serving.errors import ApiError
 from serving.schemas import ListPublic
@@ -55,12 +58,32 @@ def known_model(models: Sequence[BaseModel], model_id: str) -> str:
     return model_id
 
 
+def check_learnable(
+    session: Session, *, user_id: str, base_model_id: str, hyperparameters: dict[str, Any]
+) -> None:
+    """A 422 naming what is missing when a specialist job could learn nothing."""
+    try:
+        check_specialist_data(
+            session, user_id=user_id, base_model_id=base_model_id, hyperparameters=hyperparameters
+        )
+    except DatasetError as exc:
+        raise ApiError(422, str(exc), code="invalid_training_data") from None
+
+
 def job_hyperparameters(hyperparameters: Hyperparameters, settings: Settings) -> dict[str, Any]:
     """What a job row stores: the values given, once checked against what is served."""
     rank = hyperparameters.rank
     if rank is not None and rank > settings.max_adapter_rank:
         raise ApiError(
             400, f"rank must be at most {settings.max_adapter_rank}", code="invalid_hyperparameters"
+        )
+    batch = hyperparameters.batch_size
+    if batch is not None and batch > settings.finetune_batch_size:
+        raise ApiError(
+            400,
+            f"batch_size must be at most {settings.finetune_batch_size} "
+            "(TAILOR_FINETUNE_BATCH_SIZE)",
+            code="invalid_hyperparameters",
         )
     return hyperparameters.model_dump(exclude_none=True)
 
@@ -87,11 +110,25 @@ def create_fine_tune(
         model_id = chosen.id
     else:
         model_id = known_model(models, body.model)
-    job, created = JobRepository(session).create(
+    hyperparameters = job_hyperparameters(body.hyperparameters, settings)
+    jobs = JobRepository(session)
+    replayed = (
+        jobs.by_idempotency_key(user_id=user.user_id, key=idempotency_key)
+        if idempotency_key is not None
+        else None
+    )
+    if replayed is None:
+        check_learnable(
+            session,
+            user_id=user.user_id,
+            base_model_id=model_id,
+            hyperparameters=hyperparameters,
+        )
+    job, created = jobs.create(
         kind=AdapterKind.SPECIALIST,
         base_model_id=model_id,
         user_id=user.user_id,
-        hyperparameters=job_hyperparameters(body.hyperparameters, settings),
+        hyperparameters=hyperparameters,
         idempotency_key=idempotency_key,
     )
     session.commit()

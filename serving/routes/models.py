@@ -5,21 +5,29 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
-from serving.deps import PrincipalDep, SessionDep
+from serving.deps import PrincipalDep, SessionDep, SettingsDep
+from serving.model_host import enforced_context_length
 from serving.schemas import AUTO_MODEL_ID, ListPublic, ModelPublic
 from storage.repositories import BaseModelRepository
+from storage.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
-def model_entries(session: Session) -> list[ModelPublic]:
+def model_entries(session: Session, settings: Settings | None = None) -> list[ModelPublic]:
+    """Every base model; with ``settings``, the context length a request gets (what
+    serving enforces), else the model's own."""
     return [
         ModelPublic(
             id=model.id,
             created=int(model.created_at.timestamp()),
             architecture=model.architecture,
             parameters=model.parameter_count,
-            context_length=model.context_length,
+            context_length=(
+                model.context_length
+                if settings is None
+                else enforced_context_length(model.context_length, settings)
+            ),
             chat=model.chat_template is not None,
             cost_per_million_tokens=model.cost_per_million_tokens,
         )
@@ -28,8 +36,10 @@ def model_entries(session: Session) -> list[ModelPublic]:
 
 
 @router.get("/models")
-def list_models(_principal: PrincipalDep, session: SessionDep) -> ListPublic[ModelPublic]:
-    entries = model_entries(session)
+def list_models(
+    _principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> ListPublic[ModelPublic]:
+    entries = model_entries(session, settings)
     created = min((entry.created for entry in entries), default=0)
     # "auto" lets the router pick among the models above for each request.
     entries.append(ModelPublic(id=AUTO_MODEL_ID, created=created))

@@ -49,7 +49,7 @@ class JobRepository:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if idempotency_key is not None:
-            existing = self._by_idempotency_key(user_id=user_id, key=idempotency_key)
+            existing = self.by_idempotency_key(user_id=user_id, key=idempotency_key)
             if existing is not None:
                 return existing, False
         target = (
@@ -80,13 +80,13 @@ class JobRepository:
         except IntegrityError:
             # Lost a race with the same key: the winner's job is the answer.
             assert idempotency_key is not None
-            winner = self._by_idempotency_key(user_id=user_id, key=idempotency_key)
+            winner = self.by_idempotency_key(user_id=user_id, key=idempotency_key)
             if winner is None:
                 raise
             return winner, False
         return job, True
 
-    def _by_idempotency_key(self, *, user_id: str | None, key: str) -> FineTuneJob | None:
+    def by_idempotency_key(self, *, user_id: str | None, key: str) -> FineTuneJob | None:
         query = select(FineTuneJob).where(
             FineTuneJob.user_id == user_id, FineTuneJob.idempotency_key == key
         )
