@@ -187,12 +187,15 @@ class JobQueue:
         *,
         result_version_id: str | None,
         adapter_id: str | None = None,
+        outcome: str | None = None,
+        outcome_reason: str | None = None,
     ) -> None:
         with self.database.session() as session:
             job = self._owned(session, claim)
             job.state = JobState.SUCCEEDED
             job.result_version_id = result_version_id
             job.adapter_id = adapter_id or job.adapter_id
+            job.outcome, job.outcome_reason = outcome, outcome_reason
             job.error = None
             self._release(job)
 

@@ -412,6 +412,7 @@ class FinetuneWorker:
         self.queue.check_owned(session, claim)
 
     def _finish(self, claim: ClaimedJob, version: AdapterVersion, *, promote: bool) -> None:
+        outcome, reason = "held_back", None
         if version.state is AdapterState.CANDIDATE and promote and self.config.auto_promote:
             try:
                 # The candidate was judged against its parent, the version
@@ -420,13 +421,28 @@ class FinetuneWorker:
                     version_id=version.id, expected_active_version_id=version.parent_version_id
                 )
                 self.queue.add_event(claim, "promoted", {"version_id": version.id})
+                outcome = "promoted"
             except InvalidTransition as error:
                 # Someone promoted or retired by hand meanwhile: theirs stands.
                 self.queue.add_event(claim, "not_promoted", {"reason": str(error)})
+                reason = str(error)
         elif version.state is AdapterState.CANDIDATE:
-            reasons = version.eval_metrics.get("reasons") or ["automatic promotion is off"]
+            reasons = version.eval_metrics.get("reasons") or [
+                "automatic promotion is off: the user or an admin decides"
+            ]
             self.queue.add_event(claim, "not_promoted", {"reasons": reasons})
-        self.queue.succeed(claim, result_version_id=version.id, adapter_id=version.adapter_id)
+            reason = "; ".join(reasons)
+        else:
+            # A resumed job whose version was already decided by hand.
+            outcome = "promoted" if version.state is AdapterState.ACTIVE else "held_back"
+            reason = None if outcome == "promoted" else f"the version is {version.state.value}"
+        self.queue.succeed(
+            claim,
+            result_version_id=version.id,
+            adapter_id=version.adapter_id,
+            outcome=outcome,
+            outcome_reason=reason,
+        )
 
     def _progress_writer(self, claim: ClaimedJob, lease: LeaseKeeper) -> Callable[[Progress], None]:
         last = 0.0

@@ -132,6 +132,9 @@ class FineTunePublic(BaseModel):
     hyperparameters: dict[str, Any]
     attempt: int
     error: str | None
+    # Once it succeeded: "promoted" (the user is served the new version) or "held_back".
+    outcome: Literal["promoted", "held_back"] | None = None
+    outcome_reason: str | None = None
 
 
 class AdminJobPublic(FineTunePublic):

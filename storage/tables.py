@@ -395,6 +395,10 @@ class FineTuneJob(Base):
     result_version_id: Mapped[str | None] = mapped_column(
         ForeignKey("adapter_versions.id", ondelete="SET NULL"), default=None
     )
+    # For a job that succeeded: what became of its version, "promoted" or "held_back",
+    # and why it was held back (the gate's reasons, or that promotion is by hand).
+    outcome: Mapped[str | None] = mapped_column(String(20), default=None)
+    outcome_reason: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)

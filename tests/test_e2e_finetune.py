@@ -54,6 +54,7 @@ def test_examples_become_a_promoted_specialist_that_answers_the_next_chat(
 
     finished = wait_until_finished(server, me, job["id"], timeout=600)
     assert finished["status"] == "succeeded", finished
+    assert finished["outcome"] == "promoted" and finished["outcome_reason"] is None
     events = httpx.get(f"{server.url}/v1/fine-tunes/{job['id']}/events", headers=me).json()["data"]
     kinds = [e["kind"] for e in events]
     assert kinds[0] == "started" and kinds[-1] == "promoted"

@@ -131,6 +131,7 @@ def test_a_job_trains_evaluates_and_promotes_a_specialist(registry: AdapterRegis
     [version] = versions_of(registry, alice)
     assert version.state is AdapterState.ACTIVE and version.job_id == job_id
     assert job.result_version_id == version.id and job.adapter_id == version.adapter_id
+    assert (job.outcome, job.outcome_reason) == ("promoted", None)
     report = version.eval_metrics
     assert report["promote"] is True and report["reasons"] == []
     nll = report["nll_per_token"]
@@ -316,6 +317,11 @@ def test_a_version_promoted_by_hand_meanwhile_is_not_replaced_by_the_job(
 
     state, _, kinds = job_state(registry, job_id)
     assert state is JobState.SUCCEEDED and kinds == ["resumed", "not_promoted"]
+    with registry.database.session() as session:
+        job = JobRepository(session).get(job_id=job_id)
+    # The job says what became of its version, and why.
+    assert job.outcome == "held_back" and job.outcome_reason is not None
+    assert f"the active version of {by_hand.adapter_id} is {by_hand.id}" in job.outcome_reason
     states = {v.id: v.state for v in versions_of(registry, alice)}
     assert states == {by_hand.id: AdapterState.ACTIVE, earlier.id: AdapterState.CANDIDATE}
 

@@ -37,6 +37,8 @@ def job_public(job: FineTuneJob) -> FineTunePublic:
         hyperparameters=job.hyperparameters,
         attempt=job.attempt,
         error=job.error,
+        outcome=job.outcome if job.outcome in ("promoted", "held_back") else None,
+        outcome_reason=job.outcome_reason,
     )
 
 
