@@ -33,9 +33,10 @@ from openai import APIConnectionError, OpenAI
 EXAMPLES_FILE = Path(__file__).with_name("pirate_examples.jsonl")
 # The small chat model: it learns the examples' voice in a few CPU minutes.
 DEFAULT_MODEL = "smollm2-135m-instruct"
-# Three passes over the data with rank-8 experts: under a minute of training on
-# an idle 2-core CPU. After two passes the voice shows only on some questions.
-HYPERPARAMETERS = {"epochs": 3, "rank": 8}
+# Rank-8 experts; how long to train is left to the service, which sizes it to the data
+# (28 examples: ~50 steps, a few CPU minutes). A fixed 2 or 3 epochs (9-15 steps) left
+# the voice on only some questions, or cost the answer its facts.
+HYPERPARAMETERS = {"rank": 8}
 # A question none of the examples asks: the answer shows what generalised.
 QUESTION = "What is the capital of France?"
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")

@@ -25,10 +25,18 @@ IGNORED = -100  # the label transformers' losses skip
 class TokenizedConversation:
     input_ids: list[int]
     labels: list[int]  # the token where it is learnt, IGNORED elsewhere
+    # The user turn the first answer replies to, for people to read (sample answers).
+    question: str = ""
 
     @property
     def answer_tokens(self) -> int:
         return sum(label != IGNORED for label in self.labels)
+
+    @property
+    def first_prompt(self) -> list[int]:
+        """The tokens that ask for the first answer: what serving would send."""
+        start = next((i for i, label in enumerate(self.labels) if label != IGNORED), 0)
+        return self.input_ids[:start]
 
 
 def tokenize_conversation(
@@ -71,7 +79,11 @@ def tokenize_conversation(
             f"a conversation has {len(input_ids)} tokens, more than the {max_length} "
             "the model takes"
         )
-    return TokenizedConversation(input_ids=input_ids, labels=labels)
+    first_answer = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    asked = [m["content"] for m in messages[:first_answer] if m["role"] == "user"]
+    return TokenizedConversation(
+        input_ids=input_ids, labels=labels, question=asked[-1] if asked else ""
+    )
 
 
 def _template_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:

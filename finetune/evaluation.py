@@ -47,6 +47,10 @@ GENERIC_MAX_TOKENS = 256
 PROBE_MAX_NEW_TOKENS = 24
 # Where a base model (a plain transcript) starts inventing the next turn.
 NEXT_TURN = "\nUser:"
+# Sample answers kept with a report (base, current and candidate on the newest test
+# conversations), for the user or an admin deciding by hand, and their length.
+SAMPLE_ANSWERS = 3
+SAMPLE_MAX_NEW_TOKENS = 48
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,11 @@ class ProbeSet:
 
     def answered(self, scorer: VariantScorer, name: str) -> tuple[bool, ...]:
         """Which probes the variant ``name`` answers right."""
-        replies = scorer.generate(name, self.prompts, max_new_tokens=PROBE_MAX_NEW_TOKENS)
+        # One batch: a decoding step through the multi-LoRA layers costs about the same
+        # for 1 row as for 32 on a CPU (per-layer overhead), so fewer, wider steps.
+        replies = scorer.generate(
+            name, self.prompts, max_new_tokens=PROBE_MAX_NEW_TOKENS, batch_size=32
+        )
         texts = [
             self.tokenizer.decode(reply, skip_special_tokens=True).split(NEXT_TURN)[0]
             for reply in replies
@@ -246,6 +254,8 @@ class EvaluationReport:
     probes_asked: int = 0
     probes_answered: dict[str, int] | None = None
     probes_lost: list[str] = field(default_factory=list)
+    # {"question", "base", "current", "candidate"} on the newest test conversations.
+    samples: list[dict[str, str]] = field(default_factory=list)
 
     def as_metrics(self) -> dict[str, Any]:
         """What the registry stores with the candidate (JSON)."""
@@ -263,9 +273,11 @@ def evaluate_candidate(
     generic: Sequence[TokenizedConversation],
     *,
     probes: ProbeSet | None = None,
+    tokenizer: Any = None,
     rules: GateRules = GateRules(),
 ) -> EvaluationReport:
-    """Scores ``base``, ``current`` and ``candidate`` variants and applies the gate rules."""
+    """Scores ``base``, ``current`` and ``candidate`` variants and applies the gate rules;
+    with a ``tokenizer``, keeps their answers to the newest test questions as samples."""
     base = scorer.score("base", test)
     candidate = scorer.score("candidate", test)
     has_current = "current" in scorer.variants and bool(scorer.variants["current"].experts)
@@ -297,6 +309,7 @@ def evaluate_candidate(
     ]
     if has_current:
         scored.append(("the current experts", "test split", current))
+    samples = [] if tokenizer is None else sample_answers(scorer, test, tokenizer=tokenizer)
     reasons = _non_finite_reasons(scored) or (
         _rule_reasons(gain_base, gain_current, rise, rules) + _probe_reasons(lost, answered, rules)
     )
@@ -320,7 +333,37 @@ def evaluate_candidate(
         probes_asked=0 if probes is None else len(probes.probes),
         probes_answered=answered,
         probes_lost=lost,
+        samples=samples,
     )
+
+
+def sample_answers(
+    scorer: VariantScorer, test: Sequence[TokenizedConversation], *, tokenizer: Any
+) -> list[dict[str, str]]:
+    """Greedy answers of base, current and candidate to the newest test questions."""
+    if not test:
+        return []
+    chosen = list(test)[-SAMPLE_ANSWERS:]
+    prompts = [c.first_prompt for c in chosen]
+    # "current" only when the user is served experts now (else it is the base model).
+    names = [
+        n
+        for n in ("base", "current", "candidate")
+        if n in scorer.variants and (n != "current" or scorer.variants[n].experts)
+    ]
+    replies = {
+        name: scorer.generate(name, prompts, max_new_tokens=SAMPLE_MAX_NEW_TOKENS) for name in names
+    }
+    return [
+        {"question": c.question}
+        | {
+            name: tokenizer.decode(replies[name][i], skip_special_tokens=True)
+            .split(NEXT_TURN)[0]
+            .strip()
+            for name in names
+        }
+        for i, c in enumerate(chosen)
+    ]
 
 
 def _probe_reasons(

@@ -558,7 +558,9 @@ class FinetuneWorker:
             if self.config.factual_probes
             else None
         )
-        return evaluate_candidate(scorer, test, generic, probes=probes, rules=self.config.gate)
+        return evaluate_candidate(
+            scorer, test, generic, probes=probes, tokenizer=tokenizer, rules=self.config.gate
+        )
 
 
 def _json_loss(loss: float) -> float | None:

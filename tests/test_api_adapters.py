@@ -109,6 +109,44 @@ def test_upload_promote_rollback_download(client: TestClient, tmp_path: Path) ->
     assert client.get("/v1/adapters", headers=ada_key).json()["data"][0]["state"] != "active"
 
 
+def test_a_user_promotes_and_rolls_back_only_their_own_specialist(
+    client: TestClient, tmp_path: Path
+) -> None:
+    ada, ada_key = new_user(client, "ada")
+    bob, bob_key = new_user(client, "bob")
+    first = upload(client, peft_files(tmp_path, weights(1)), ada)
+    second = upload(client, peft_files(tmp_path, weights(2)), ada)
+    theirs = upload(client, peft_files(tmp_path, weights(3)), bob)
+    shared = upload(client, peft_files(tmp_path, weights(4)), None, kind="generalist")
+    adapter_id = first["adapter_id"]
+
+    # Another user's expert, or a generalist, does not exist for Ada; nothing changes.
+    for other in (theirs["id"], theirs["adapter_id"], shared["id"], shared["adapter_id"]):
+        assert client.post(f"/v1/adapters/{other}/promote", headers=ada_key).status_code == 404
+        assert client.post(f"/v1/adapters/{other}/rollback", headers=ada_key).status_code == 404
+    assert client.get("/v1/adapters", headers=bob_key).json()["data"][0]["state"] == "candidate"
+
+    # Her expert's id promotes its newest candidate; a version id that very version.
+    promoted = client.post(f"/v1/adapters/{adapter_id}/promote", headers=ada_key)
+    assert promoted.status_code == 200 and promoted.json()["id"] == second["id"]
+    assert promoted.json()["state"] == "active"
+    older = client.post(f"/v1/adapters/{first['id']}/promote", headers=ada_key)
+    assert older.status_code == 200 and older.json()["replaced_version_id"] == second["id"]
+    again = client.post(f"/v1/adapters/{first['id']}/promote", headers=ada_key)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_transition"
+
+    rolled = client.post(f"/v1/adapters/{adapter_id}/rollback", headers=ada_key)
+    assert rolled.status_code == 200 and rolled.json()["id"] == second["id"]
+    (mine,) = [
+        a
+        for a in client.get("/v1/adapters", headers=ada_key).json()["data"]
+        if a["id"] == adapter_id
+    ]
+    assert mine["active_version_id"] == second["id"]
+    assert client.post(f"/v1/adapters/{adapter_id}/rollback", headers=ada_key).status_code == 409
+    assert bob != ada
+
+
 def test_generalists_are_shared_with_every_user(client: TestClient, tmp_path: Path) -> None:
     _, ada_key = new_user(client, "ada")
     shared = upload(client, peft_files(tmp_path, weights(3)), None, kind="generalist")

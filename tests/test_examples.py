@@ -32,7 +32,14 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 def test_personalise_script_runs_the_whole_loop(tmp_path: Path) -> None:
     # The server's default batch size, as `make run` has it: the script must
     # work for a user who changed nothing.
-    env = served_env(tmp_path / "data", ADMIN_KEY, **CPU_WORKER_SETTINGS)
+    # The gate as `make run` has it, factual probes included: these examples keep their
+    # facts (unlike the unit tests' template answers), and a script for new users must
+    # show what the service really decides.
+    env = served_env(
+        tmp_path / "data",
+        ADMIN_KEY,
+        **(CPU_WORKER_SETTINGS | {"TAILOR_FINETUNE_FACTUAL_PROBES": "30"}),
+    )
     admin_key_file = tmp_path / "admin-key"
     admin_key_file.write_text(ADMIN_KEY + "\n")
     with running_server(env, timeout=120) as server:
@@ -75,15 +82,16 @@ def test_personalise_script_runs_the_whole_loop(tmp_path: Path) -> None:
         printed = re.findall(r"^  (\w+) ", output, flags=re.MULTILINE)
         assert printed == kinds
 
-        base_answer = re.search(r"base model: +'(.*)'$", output, flags=re.MULTILINE)
-        expert_answer = re.search(r"with your experts: +'(.*)'$", output, flags=re.MULTILINE)
+        # Python's repr quotes with ' or, when the text holds one, with ".
+        base_answer = re.search(r"base model: +(['\"])(.*)\1$", output, flags=re.MULTILINE)
+        expert_answer = re.search(r"with your experts: +(['\"])(.*)\1$", output, re.MULTILINE)
         assert base_answer and expert_answer, output
         if "promoted" in kinds:
             # The new specialist answered, in the voice of its examples.
             assert f"adapters that answered: specialist {job['adapter_id']} v1" in output
-            assert expert_answer[1] != base_answer[1]
+            assert expert_answer[2] != base_answer[2]
             # Every example opens with "Arr, matey!" and ends "Yo ho ho!": any of it counts.
-            assert any(word in expert_answer[1].lower() for word in ("arr", "matey", "yo ho"))
+            assert any(word in expert_answer[2].lower() for word in ("arr", "matey", "yo ho"))
         else:
             assert "not_promoted" in kinds and "was not promoted" in output
 

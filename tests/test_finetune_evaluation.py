@@ -131,7 +131,7 @@ def test_a_candidate_that_is_worse_stays_a_candidate_with_the_reasons() -> None:
     probes = ProbeSet.build(tokenizer, FACTUAL_PROBES[:6])
 
     report = evaluate_candidate(
-        scorer, test, generic, probes=probes, rules=GateRules(resamples=200)
+        scorer, test, generic, probes=probes, tokenizer=tokenizer, rules=GateRules(resamples=200)
     )
 
     assert report.promote is False
@@ -144,6 +144,11 @@ def test_a_candidate_that_is_worse_stays_a_candidate_with_the_reasons() -> None:
     assert len(report.probes_lost) == 6 - report.probes_answered["candidate"]
     assert any(r.startswith("forgot ") and "factual probes" in r for r in report.reasons)
     assert report.as_metrics()["probes_lost"] == report.probes_lost
+    # Sample answers to the newest test questions, side by side, for a person deciding.
+    newest = [m[0]["content"] for m in pirate_conversations(4)[-3:]]
+    assert [s["question"] for s in report.samples] == newest
+    assert all({"base", "candidate"} <= set(s) and s["base"] for s in report.samples)
+    assert all(s["base"] != s["candidate"] for s in report.samples)
     assert any("generic text NLL rose" in r for r in report.reasons)
     metrics = report.as_metrics()
     assert metrics["promote"] is False and metrics["gain_vs_base"]["gain"] < 0
