@@ -25,8 +25,9 @@ uploads the same set with every answer moved to another question
 Aims, printed beside the figures: the style on at least 80% of the held-out
 prompts, at least 95% of the probes the base model answers still answered,
 queue to decision under 300 s on a 2-core CPU, the damaged set held back.
-One set takes several minutes on a 2-core CPU (two jobs, each training and
-then scoring the gate, plus the generation); all three take about three times that.
+One set is two jobs (each training, then the gate's scoring) and the generation:
+``--sets pirate`` took 35 minutes on a 2-core CPU shared with a CI run (QLoRA at
+14-24 tokens/s); all three sets take about three times as long.
 """
 
 from __future__ import annotations

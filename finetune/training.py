@@ -243,11 +243,12 @@ def train_experts(
             step_seconds.append(clock() - step_started)
             recent = step_seconds[-ETA_WINDOW:]
             elapsed = clock() - started
-            remaining = 0 if stopped_early else total_steps - step
+            ended = stopped_early or diverged
+            remaining = 0 if ended else total_steps - step
             on_progress(
                 Progress(
                     step=step,
-                    total_steps=step if stopped_early else total_steps,
+                    total_steps=step if ended else total_steps,
                     epoch=epoch,
                     loss=value,
                     tokens_per_second=tokens / elapsed if elapsed > 0 else 0.0,
