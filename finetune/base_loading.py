@@ -1,9 +1,9 @@
 """The base model a job trains on: NF4 4-bit (QLoRA) or full precision.
 
-A fresh model object per job: after ``generate()`` has run on a 4-bit model,
-LoRA training on that same object was seen not to learn at all (loss identical
-at every step, no error; a freshly loaded model learnt), so
-training never borrows serving's model.
+A fresh model object per job: training never borrows serving's model. On the
+CPU, bitsandbytes repacks NF4 weights for inference after the first no-grad
+eval-mode forward, and the repacked layers pass no gradient back; a training
+model is kept from repacking (``_keep_4bit_layers_differentiable``).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def load_training_base(model_dir: Path, *, quantization: Quantization, device: t
         model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
             model, use_gradient_checkpointing=False
         )
+        _keep_4bit_layers_differentiable(model)
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
         model.to(device)
@@ -49,6 +50,25 @@ def load_training_base(model_dir: Path, *, quantization: Quantization, device: t
     model.config.use_cache = False  # no KV cache is wanted while training
     model.train()
     return model
+
+
+def _keep_4bit_layers_differentiable(model: Any) -> None:
+    """Stop bitsandbytes repacking NF4 weights for CPU inference.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a ``Linear4bit``'s
+    weights the first time it runs in eval mode without gradients (our validation
+    check, or a ``generate()``), and from then on every forward, training ones
+    included, goes through ``gemv_4bit``, which has no backward: the gradient
+    through every frozen base layer is silently dropped, so the experts learn from
+    a wrong gradient and the training loss rises (measured: directional
+    derivatives of the wrong sign). The repacking is an inference speed-up; a
+    training model goes without it.
+    """
+    from bitsandbytes.nn import Linear4bit
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def load_evaluation_base(model_dir: Path, *, device: torch.device) -> Any:
