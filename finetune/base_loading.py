@@ -64,7 +64,7 @@ def _keep_4bit_layers_differentiable(model: Any) -> None:
     derivatives of the wrong sign). The repacking is an inference speed-up; a
     training model goes without it.
     """
-    from bitsandbytes.nn import Linear4bit
+    from bitsandbytes.nn.modules import Linear4bit
 
     for module in model.modules():
         if isinstance(module, Linear4bit):
