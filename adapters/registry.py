@@ -35,7 +35,7 @@ from storage.clock import utc_now
 from storage.database import Database
 from storage.errors import BackendUnavailable, Conflict, NotFound
 from storage.repositories import AdapterRepository, BaseModelRepository
-from storage.tables import Adapter, AdapterKind, AdapterState, AdapterVersion
+from storage.tables import Adapter, AdapterKind, AdapterState, AdapterVersion, Decider
 
 INVALIDATION_CHANNEL = "adapters.invalidate"
 HOT_COPY_PREFIX = "adapter-weights:"
@@ -193,14 +193,17 @@ class AdapterRegistry:
         self,
         *,
         version_id: str,
+        by: Decider,
         user_id: str | None = None,
         expected_active_version_id: str | object | None = ...,
     ) -> AdapterVersion:
         """Make a candidate the active version of its expert, atomically.
 
-        ``user_id`` limits the call to that user's own specialists (None: an
-        admin, any expert). ``expected_active_version_id``, when given, must
-        be the active version at the moment of the swap (compare-and-set).
+        ``by`` is recorded on both versions (who promoted, who retired the one
+        replaced). ``user_id`` limits the call to that user's own specialists
+        (None: an admin, any expert). ``expected_active_version_id``, when
+        given, must be the active version at the moment of the swap
+        (compare-and-set).
         """
         with self.database.session() as session:
             version = self._version_for(session, version_id=version_id, user_id=user_id)
@@ -216,12 +219,14 @@ class AdapterRegistry:
                     f"the active version of {version.adapter_id} is {current_id}, "
                     f"not {expected_active_version_id}"
                 )
-            self._swap(session, version=version, current=current, remember_replaced=True)
+            self._swap(session, version=version, current=current, by=by, remember_replaced=True)
             promoted = version
         self._publish(InvalidationEvent(promoted.adapter_id, promoted.id))
         return promoted
 
-    def rollback(self, *, adapter_id: str, user_id: str | None = None) -> AdapterVersion:
+    def rollback(
+        self, *, adapter_id: str, by: Decider, user_id: str | None = None
+    ) -> AdapterVersion:
         """Make the version the current one replaced active again; retire the current one."""
         with self.database.session() as session:
             adapter = self._adapter_for(session, adapter_id=adapter_id, user_id=user_id)
@@ -235,12 +240,12 @@ class AdapterRegistry:
             previous = AdapterRepository(session).get_version(
                 version_id=current.replaced_version_id
             )
-            self._swap(session, version=previous, current=current, remember_replaced=False)
+            self._swap(session, version=previous, current=current, by=by, remember_replaced=False)
             restored = previous
         self._publish(InvalidationEvent(adapter_id, restored.id))
         return restored
 
-    def retire(self, *, version_id: str, user_id: str | None = None) -> AdapterVersion:
+    def retire(self, *, version_id: str, by: Decider, user_id: str | None = None) -> AdapterVersion:
         """Take a version out of use for good (an active one leaves the expert without)."""
         with self.database.session() as session:
             version = self._version_for(session, version_id=version_id, user_id=user_id)
@@ -249,6 +254,7 @@ class AdapterRegistry:
             was_active = version.state is AdapterState.ACTIVE
             version.state = AdapterState.RETIRED
             version.retired_at = utc_now()
+            version.retired_by = by.value
             retired = version
         if was_active:
             self._publish(InvalidationEvent(retired.adapter_id, None))
@@ -260,6 +266,7 @@ class AdapterRegistry:
         *,
         version: AdapterVersion,
         current: AdapterVersion | None,
+        by: Decider,
         remember_replaced: bool,
     ) -> None:
         # Both updates name the state they expect: if another transaction
@@ -271,7 +278,7 @@ class AdapterRegistry:
             demoted = session.execute(
                 update(AdapterVersion)
                 .where(AdapterVersion.id == current.id, AdapterVersion.state == AdapterState.ACTIVE)
-                .values(state=AdapterState.RETIRED, retired_at=now)
+                .values(state=AdapterState.RETIRED, retired_at=now, retired_by=by.value)
                 .execution_options(synchronize_session=False)
             )
             if demoted.rowcount != 1:  # type: ignore[attr-defined]
@@ -279,7 +286,9 @@ class AdapterRegistry:
         values: dict[str, Any] = {
             "state": AdapterState.ACTIVE,
             "promoted_at": now,
+            "promoted_by": by.value,
             "retired_at": None,
+            "retired_by": None,
         }
         if remember_replaced:
             values["replaced_version_id"] = current.id if current else None
@@ -345,13 +354,15 @@ class AdapterRegistry:
             adapter_id = version.adapter_id if version is not None else target_id
             return self._adapter_for(session, adapter_id=adapter_id, user_id=user_id)
 
-    def retire_expert(self, *, adapter_id: str, user_id: str | None = None) -> list[AdapterVersion]:
+    def retire_expert(
+        self, *, adapter_id: str, by: Decider, user_id: str | None = None
+    ) -> list[AdapterVersion]:
         """Retire every version of an expert that is still in use or in waiting."""
         with self.database.session() as session:
             self._adapter_for(session, adapter_id=adapter_id, user_id=user_id)
             versions = AdapterRepository(session).list_versions(adapter_id=adapter_id)
         retired = [
-            self.retire(version_id=v.id, user_id=user_id)
+            self.retire(version_id=v.id, by=by, user_id=user_id)
             for v in versions
             if v.state in (AdapterState.CANDIDATE, AdapterState.ACTIVE)
         ]

@@ -14,6 +14,15 @@ better the candidate is on the same conversations.
 The gain is token-weighted, as the loss is: the mean NLL per token over all the
 scored tokens, baseline minus candidate, so a long conversation counts more
 than a short one. It is positive when the candidate is better.
+
+A bootstrap over a handful of conversations is overconfident: with four, every
+resample is drawn from the same four differences, and a lower bound above zero
+only says that all four improved. So a gain also needs a paired sign-flip
+(randomisation) test: if the candidate were no better, each conversation's
+difference would be as likely negative as positive, and the test asks how often
+flipping signs at random gives a gain at least as large as the one observed.
+That p-value can never be below 2^-n with n conversations, which is what makes
+"not enough data to judge" a fact rather than a guess: at 95% it takes 5.
 """
 
 from __future__ import annotations
@@ -24,13 +33,20 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+# Up to this many conversations the sign-flip test enumerates every flip (2^n);
+# past it, it draws ``resamples`` of them.
+EXACT_FLIPS_UP_TO = 14
+# How sure the gate must be that a candidate is better (GateRules.confidence's default).
+DEFAULT_CONFIDENCE = 0.95
+
 
 @dataclass(frozen=True)
 class GainInterval:
     """The gain in nats per token (positive: candidate better) and its interval.
 
     `lower` and `upper` are the (1 - confidence) / 2 and (1 + confidence) / 2
-    percentiles of the bootstrap distribution of the gain.
+    percentiles of the bootstrap distribution of the gain; `p_value` is the
+    one-sided paired sign-flip test's (NaN when nothing could be computed).
     """
 
     gain: float
@@ -38,11 +54,28 @@ class GainInterval:
     upper: float
     resamples: int
     confidence: float
+    p_value: float = float("nan")
+    conversations: int = 0
 
     @property
     def significant(self) -> bool:
-        """Whether the whole interval lies above zero: the candidate is better."""
-        return self.lower > 0.0
+        """The candidate is better: the interval lies above zero and the sign-flip
+        test rejects "no better" at the confidence level."""
+        return self.lower > 0.0 and self.p_value <= 1.0 - self.confidence
+
+    @property
+    def enough_data(self) -> bool:
+        """Whether these many conversations could show a gain at all (2^-n is the
+        smallest p-value the sign-flip test can give)."""
+        return self.conversations > 0 and 0.5**self.conversations <= 1.0 - self.confidence
+
+
+def fewest_conversations_to_judge(confidence: float) -> int:
+    """The fewest held-out conversations on which a gain can be significant."""
+    n = 1
+    while 0.5**n > 1.0 - confidence:
+        n += 1
+    return n
 
 
 def _as_finite_array(name: str, values: Sequence[float] | Sequence[int]) -> npt.NDArray[np.float64]:
@@ -63,7 +96,7 @@ def paired_gain_interval(
     tokens: Sequence[int],
     *,
     resamples: int = 2000,
-    confidence: float = 0.95,
+    confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
 ) -> GainInterval:
     """The token-weighted NLL gain of the candidate over the baseline, with a
@@ -120,4 +153,31 @@ def paired_gain_interval(
         upper=float(upper),
         resamples=resamples,
         confidence=confidence,
+        # The token total is the same under every flip, so sums compare as gains do.
+        p_value=_sign_flip_p_value(difference, resamples=resamples, rng=rng),
+        conversations=n,
     )
+
+
+def _sign_flip_p_value(
+    difference: npt.NDArray[np.float64],
+    *,
+    resamples: int,
+    rng: np.random.Generator,
+) -> float:
+    """One-sided: the share of sign flips whose gain is at least the observed one.
+
+    The observed signs are one of the flips, so the p-value is never 0.
+    """
+    n = len(difference)
+    observed = difference.sum()
+    if n <= EXACT_FLIPS_UP_TO:
+        every = np.arange(2**n)[:, None] >> np.arange(n)[None, :] & 1
+        signs = 1.0 - 2.0 * every  # all 2^n sign patterns, the observed one among them
+    else:
+        signs = np.vstack([np.ones(n), rng.choice([-1.0, 1.0], size=(resamples, n))])
+    flipped = signs @ difference
+    # A tolerance: the observed sum recomputed through a matrix product may differ
+    # in its last bits, and must count as "at least as large".
+    at_least = flipped >= observed - 1e-9 * max(1.0, float(np.abs(difference).sum()))
+    return float(at_least.mean())

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from finetune.bootstrap import DEFAULT_CONFIDENCE, fewest_conversations_to_judge
 from finetune.chat_format import Message, prompt_ids, transcript
 from finetune.errors import ConversationTooLong, DatasetError
 
@@ -102,7 +103,9 @@ class TimeSplit:
 # The fewest conversations a job learns from: each of train, validation and test needs
 # some, and fewer cannot say anything about the user.
 MIN_CONVERSATIONS = 10
-MIN_TEST_CONVERSATIONS = 4
+# The test split: the fewest on which the gate can show a gain at its default confidence
+# (finetune.bootstrap: 5 at 95%); fewer would always be "not enough data to judge".
+MIN_TEST_CONVERSATIONS = fewest_conversations_to_judge(DEFAULT_CONFIDENCE)
 MIN_VALIDATION_CONVERSATIONS = 2
 
 
@@ -115,8 +118,9 @@ def split_by_time(
 ) -> TimeSplit:
     """Oldest first in, newest last: train, then validation, then test.
 
-    The test split has at least ``MIN_TEST_CONVERSATIONS``: the gate's paired bootstrap
-    over one or two conversations decided nothing (a candidate was promoted on 70 tokens).
+    The test split has at least ``MIN_TEST_CONVERSATIONS``: a paired bootstrap over
+    one or two conversations decided nothing (a candidate was promoted on 70 tokens),
+    and the gate's sign-flip test needs five.
     """
     if not (0 < validation_fraction < 1 and 0 < test_fraction < 1):
         raise ValueError("the fractions must lie in (0, 1)")

@@ -7,16 +7,19 @@ answer tokens only (the same tokens training learnt).
 
 A candidate is promoted only if, on the user's test split (newest data),
 - it beats the base model, and what the user is served now (the generalists
-  and the active specialist), by a paired bootstrap whose 95% lower bound of
-  the per-token NLL gain is above zero;
+  and the active specialist), on the per-token NLL: a paired bootstrap's 95%
+  lower bound above zero, and a paired sign-flip test at 5%
+  (``finetune.bootstrap``). Fewer held-out conversations than such a test
+  needs (5 at 95%) give the verdict "not enough data to judge": held back,
+  and the user or an admin decides from the figures and sample answers;
 - it still answers the fixed factual probes (``finetune.factual_probes``): of
   those the base model answers, it may lose at most ``max_probe_loss`` of them
   (it must not forget what the model knew);
 - its NLL on a fixed generic text set rises by at most ``max_generic_rise``
-  over the base model's (10% by default, ``TAILOR_FINETUNE_MAX_GENERIC_RISE``:
-  a real style raises it by several percent, so this is a trade-off between
-  how far an adapter may move the model's ordinary writing and what it may
-  learn; the probes guard knowledge);
+  over the base model's (10% by default, ``TAILOR_FINETUNE_MAX_GENERIC_RISE``,
+  and an admin may set it per user: a real style raises it by several percent,
+  so this is a trade-off between how far an adapter may move the model's
+  ordinary writing and what it may learn; the probes guard knowledge);
 - every score is finite. A candidate whose logits overflow or turn NaN (its
   weights finite but absurd, a fine-tune that diverged) has no meaningful NLL:
   it is held back with that reason, never compared, and never raises, so the
@@ -35,7 +38,12 @@ import torch.nn.functional as F
 
 from adapters.lora_weights import LoraWeights
 from adapters.multi_lora import MultiLoraModel
-from finetune.bootstrap import GainInterval, paired_gain_interval
+from finetune.bootstrap import (
+    DEFAULT_CONFIDENCE,
+    GainInterval,
+    fewest_conversations_to_judge,
+    paired_gain_interval,
+)
 from finetune.chat_format import prompt_ids
 from finetune.config import SERVED_TOP_K
 from finetune.conversations import IGNORED, TokenizedConversation
@@ -221,11 +229,13 @@ def generic_conversations(tokenizer: Any, texts: Sequence[str]) -> list[Tokenize
 
 @dataclass(frozen=True)
 class GateRules:
-    confidence: float = 0.95
+    confidence: float = DEFAULT_CONFIDENCE
     max_generic_rise: float = 0.10  # relative to the base model's generic NLL
     # Of the factual probes the base model answers, the share the candidate may lose.
     max_probe_loss: float = 0.05
     resamples: int = 2000
+    # Where max_generic_rise was set, named in a hold-back reason so it can be changed.
+    generic_rise_source: str = "TAILOR_FINETUNE_MAX_GENERIC_RISE"
 
     def __post_init__(self) -> None:
         if not 0 < self.confidence < 1:
@@ -249,6 +259,9 @@ class EvaluationReport:
     generic_rise: float
     promote: bool
     reasons: list[str] = field(default_factory=list)
+    # "promote", "hold_back", or "not_enough_data" (too few held-out conversations
+    # to show a gain at all: a person decides).
+    verdict: str = "hold_back"
     # Factual probes answered by the base model and by the candidate, of ``probes_asked``;
     # the questions the candidate lost. None when no probes were asked.
     probes_asked: int = 0
@@ -262,8 +275,10 @@ class EvaluationReport:
         metrics: dict[str, Any] = _finite(asdict(self))
         # A property, which asdict leaves out; the dashboard shows it.
         metrics["gain_vs_base"]["significant"] = self.gain_vs_base.significant
+        metrics["gain_vs_base"]["enough_data"] = self.gain_vs_base.enough_data
         if self.gain_vs_current is not None:
             metrics["gain_vs_current"]["significant"] = self.gain_vs_current.significant
+            metrics["gain_vs_current"]["enough_data"] = self.gain_vs_current.enough_data
         return metrics
 
 
@@ -310,9 +325,21 @@ def evaluate_candidate(
     if has_current:
         scored.append(("the current experts", "test split", current))
     samples = [] if tokenizer is None else sample_answers(scorer, test, tokenizer=tokenizer)
-    reasons = _non_finite_reasons(scored) or (
-        _rule_reasons(gain_base, gain_current, rise, rules) + _probe_reasons(lost, answered, rules)
-    )
+    # Generic text and probes judge the candidate whatever the test split's size; the
+    # gain needs enough held-out conversations to mean anything.
+    too_little = not gain_base.enough_data
+    wrong = _generic_reasons(rise, rules) + _probe_reasons(lost, answered, rules)
+    if too_little:
+        reasons, verdict = [_too_little_reason(len(test), rules), *wrong], "not_enough_data"
+    else:
+        reasons, verdict = _gain_reasons(gain_base, gain_current, rules) + wrong, "hold_back"
+    if wrong:
+        verdict = "hold_back"
+    non_finite = _non_finite_reasons(scored)
+    if non_finite:
+        reasons, verdict = non_finite, "hold_back"
+    elif not reasons:
+        verdict = "promote"
     return EvaluationReport(
         test_conversations=len(test),
         test_tokens=sum(base.tokens),
@@ -330,6 +357,7 @@ def evaluate_candidate(
         generic_rise=rise,
         promote=not reasons,
         reasons=reasons,
+        verdict=verdict,
         probes_asked=0 if probes is None else len(probes.probes),
         probes_answered=answered,
         probes_lost=lost,
@@ -381,6 +409,15 @@ def _probe_reasons(
     ]
 
 
+def _too_little_reason(conversations: int, rules: GateRules) -> str:
+    return (
+        f"not enough data to judge: {conversations} held-out conversation(s) cannot show a "
+        f"gain with {rules.confidence:.0%} confidence (at least "
+        f"{fewest_conversations_to_judge(rules.confidence)} are needed); add examples, or read "
+        "the figures and sample answers and promote it by hand"
+    )
+
+
 def _gain(baseline: Scores, candidate: Scores, rules: GateRules) -> GainInterval:
     if baseline.non_finite or candidate.non_finite:
         # No interval exists; a NaN one is never significant and stores as null.
@@ -405,26 +442,32 @@ def _non_finite_reasons(scored: Sequence[tuple[str, str, Scores]]) -> list[str]:
     ]
 
 
-def _rule_reasons(
-    gain_base: GainInterval, gain_current: GainInterval | None, rise: float, rules: GateRules
+def _gain_reasons(
+    gain_base: GainInterval, gain_current: GainInterval | None, rules: GateRules
 ) -> list[str]:
     reasons: list[str] = []
     if not gain_base.significant:
-        reasons.append(
-            f"not better than the base model: gain {gain_base.gain:.4f} nats/token, "
-            f"{rules.confidence:.0%} lower bound {gain_base.lower:.4f}"
-        )
+        reasons.append(f"not better than the base model: {_gain_figures(gain_base, rules)}")
     if gain_current is not None and not gain_current.significant:
-        reasons.append(
-            f"not better than the current experts: gain {gain_current.gain:.4f} nats/token, "
-            f"{rules.confidence:.0%} lower bound {gain_current.lower:.4f}"
-        )
+        reasons.append(f"not better than the current experts: {_gain_figures(gain_current, rules)}")
+    return reasons
+
+
+def _generic_reasons(rise: float, rules: GateRules) -> list[str]:
+    reasons: list[str] = []
     if rise > rules.max_generic_rise:
         reasons.append(
             f"generic text NLL rose {rise:.2%} (at most {rules.max_generic_rise:.0%} allowed, "
-            "TAILOR_FINETUNE_MAX_GENERIC_RISE)"
+            f"{rules.generic_rise_source})"
         )
     return reasons
+
+
+def _gain_figures(gain: GainInterval, rules: GateRules) -> str:
+    return (
+        f"gain {gain.gain:.4f} nats/token, {rules.confidence:.0%} lower bound {gain.lower:.4f}, "
+        f"sign-flip p {gain.p_value:.3f} over {gain.conversations} conversations"
+    )
 
 
 def _finite(value: Any) -> Any:

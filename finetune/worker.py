@@ -23,6 +23,7 @@ most one version however often its worker dies.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import math
@@ -72,7 +73,7 @@ from finetune.training_plan import plan_training
 from finetune.triggers import JobTrigger, TriggerPolicy
 from storage.repositories import AdapterRepository, BaseModelRepository
 from storage.settings import Settings
-from storage.tables import AdapterKind, AdapterState, AdapterVersion, BaseModel, User
+from storage.tables import AdapterKind, AdapterState, AdapterVersion, BaseModel, Decider, User
 
 log = logging.getLogger(__name__)
 
@@ -418,7 +419,9 @@ class FinetuneWorker:
                 # The candidate was judged against its parent, the version
                 # active when the job started: promote only over that one.
                 self.registry.promote(
-                    version_id=version.id, expected_active_version_id=version.parent_version_id
+                    version_id=version.id,
+                    by=Decider.GATE,
+                    expected_active_version_id=version.parent_version_id,
                 )
                 self.queue.add_event(claim, "promoted", {"version_id": version.id})
                 outcome = "promoted"
@@ -559,7 +562,24 @@ class FinetuneWorker:
             else None
         )
         return evaluate_candidate(
-            scorer, test, generic, probes=probes, tokenizer=tokenizer, rules=self.config.gate
+            scorer, test, generic, probes=probes, tokenizer=tokenizer, rules=self._gate_rules(claim)
+        )
+
+    def _gate_rules(self, claim: ClaimedJob) -> GateRules:
+        """The service's rules, with the user's own generic-text limit if an admin set one."""
+        if claim.user_id is None:
+            return self.config.gate
+        with self.database.session() as session:
+            own = session.get(User, claim.user_id)
+            limit = None if own is None else own.finetune_max_generic_rise
+        if limit is None:
+            return self.config.gate
+        return dataclasses.replace(
+            self.config.gate,
+            max_generic_rise=limit,
+            generic_rise_source=(
+                f"this user's own limit, PATCH /admin/users/{claim.user_id}/fine-tuning"
+            ),
         )
 
 

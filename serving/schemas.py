@@ -11,10 +11,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
 from serving.request_text import RequestBody
 from serving.routing_schemas import RoutingPreferencesPublic
+from storage.repositories.users import MAX_GENERIC_RISE
 from storage.tables import Adapter, AdapterKind, AdapterState, Scope, User
 
 AUTO_MODEL_ID = "auto"
@@ -109,6 +110,26 @@ class AdminUserDetail(UserPublic):
 
     feedback_count: int
     example_count: int
+    # The user's own fine-tune gate limit (null: the service's setting).
+    max_generic_rise: float | None = None
+
+
+class FineTuningLimitsPublic(BaseModel):
+    """A user's own fine-tune gate limit, and the one their jobs are judged by."""
+
+    user_id: str
+    # Null: the service's TAILOR_FINETUNE_MAX_GENERIC_RISE applies.
+    max_generic_rise: float | None
+    effective_max_generic_rise: float
+
+
+class FineTuningLimitsUpdate(RequestBody):
+    """PATCH: how far this user's specialists may raise the generic-text NLL over the
+    base model's (0.25: 25%); null returns the user to the service's setting."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    max_generic_rise: float | None = Field(ge=0.0, le=MAX_GENERIC_RISE)
 
 
 class UserCreated(BaseModel):
@@ -158,6 +179,16 @@ class AdapterVersionPublic(BaseModel):
     created_at: datetime
     promoted_at: datetime | None
     retired_at: datetime | None
+    # Who decided: "gate", "user" or "admin" (None for versions decided before this was kept).
+    promoted_by: str | None = None
+    retired_by: str | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def overrode_gate(self) -> bool:
+        """A person promoted a version the evaluation gate had held back."""
+        judged = self.eval_metrics.get("promote")
+        return self.promoted_by in ("user", "admin") and judged is False
 
 
 class AdapterPublic(BaseModel):

@@ -344,10 +344,11 @@ class Settings(BaseSettings):
     finetune_max_generic_rise: float = Field(
         default=0.10,
         ge=0.0,
-        le=10.0,
+        le=10.0,  # storage.repositories.users.MAX_GENERIC_RISE, a user's own limit's bound
         description="The evaluation gate's limit on how much a candidate may raise the "
         "NLL of the generic passages over the base model's (0.10: 10%). A real style "
-        "raises it by several percent; the factual probes guard knowledge.",
+        "raises it by several percent; the factual probes guard knowledge. An admin may set "
+        "a user's own (PATCH /admin/users/{id}/fine-tuning).",
     )
     finetune_trigger_check_seconds: float = Field(
         default=30.0, gt=0, description="How often a worker looks for jobs to queue by itself."

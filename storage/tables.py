@@ -100,6 +100,15 @@ class AdapterState(enum.StrEnum):
     FAILED = "failed"
 
 
+class Decider(enum.StrEnum):
+    """Who promoted or retired a version: a person's promotion of a version the gate
+    held back is an override of the gate."""
+
+    GATE = "gate"  # the fine-tune worker, on the evaluation gate's verdict
+    USER = "user"  # the expert's owner, through /v1/adapters
+    ADMIN = "admin"
+
+
 class JobState(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -137,6 +146,9 @@ class User(Base):
     # is "everything the user had said when the reset happened".
     route_reset_feedback_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     route_reset_at: Mapped[datetime | None] = mapped_column(default=None)
+    # An admin's setting of the gate's generic-text limit for this user's specialists
+    # (NULL: TAILOR_FINETUNE_MAX_GENERIC_RISE): how far a style may move ordinary text.
+    finetune_max_generic_rise: Mapped[float | None] = mapped_column(Float, default=None)
 
     api_keys: Mapped[list[ApiKey]] = relationship(
         back_populates="user", order_by="ApiKey.created_at", lazy="selectin"
@@ -267,6 +279,9 @@ class AdapterVersion(Base):
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
     promoted_at: Mapped[datetime | None] = mapped_column(default=None)
     retired_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Who made the last promotion and retirement (``Decider`` values; NULL before 0007).
+    promoted_by: Mapped[str | None] = mapped_column(String(20), default=None)
+    retired_by: Mapped[str | None] = mapped_column(String(20), default=None)
 
     adapter: Mapped[Adapter] = relationship(back_populates="versions")
 

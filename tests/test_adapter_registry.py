@@ -19,7 +19,7 @@ from adapters.registry import (
 )
 from storage.cache import open_cache
 from storage.repositories import AdapterRepository, UserRepository
-from storage.tables import AdapterKind, AdapterState
+from storage.tables import AdapterKind, AdapterState, Decider
 from tests.adapter_factory import random_lora
 from tests.backends import REDIS_URL, postgres_schema
 from tests.finetune_fixtures import registry_on
@@ -85,11 +85,15 @@ def test_promotion_and_rollback_swap_the_active_version(registry: AdapterRegistr
     assert v1.adapter_id == v2.adapter_id and v2.version == 2
 
     with registry.cache.subscribe(INVALIDATION_CHANNEL) as events:
-        registry.promote(version_id=v1.id, user_id=ada)
-        promoted = registry.promote(version_id=v2.id, user_id=ada, expected_active_version_id=v1.id)
+        registry.promote(version_id=v1.id, by=Decider.GATE)
+        promoted = registry.promote(
+            version_id=v2.id, by=Decider.ADMIN, expected_active_version_id=v1.id
+        )
         assert promoted.state is AdapterState.ACTIVE and promoted.replaced_version_id == v1.id
-        restored = registry.rollback(adapter_id=v1.adapter_id, user_id=ada)
+        assert promoted.promoted_by == "admin"
+        restored = registry.rollback(adapter_id=v1.adapter_id, by=Decider.USER, user_id=ada)
         assert restored.id == v1.id and restored.state is AdapterState.ACTIVE
+        assert (restored.promoted_by, restored.retired_by) == ("user", None)
         received = [events.get(timeout=2) for _ in range(3)]
     assert [InvalidationEvent.from_bytes(m).active_version_id for m in received if m] == [
         v1.id,
@@ -98,31 +102,33 @@ def test_promotion_and_rollback_swap_the_active_version(registry: AdapterRegistr
     ]
     with registry.database.session() as session:
         adapters = AdapterRepository(session)
-        states = {v.id: v.state for v in adapters.list_versions(adapter_id=v1.adapter_id)}
-    assert states == {v1.id: AdapterState.ACTIVE, v2.id: AdapterState.RETIRED}
+        versions = adapters.list_versions(adapter_id=v1.adapter_id)
+        states = {v.id: (v.state, v.retired_by) for v in versions}
+    # Each decision names who took it: the rollback retired v2 on the user's word.
+    assert states == {v1.id: (AdapterState.ACTIVE, None), v2.id: (AdapterState.RETIRED, "user")}
     with pytest.raises(InvalidTransition, match="replaced no earlier version"):
-        registry.rollback(adapter_id=v1.adapter_id, user_id=ada)
+        registry.rollback(adapter_id=v1.adapter_id, by=Decider.USER, user_id=ada)
 
 
 def test_wrong_promotions_are_refused_and_change_nothing(registry: AdapterRegistry) -> None:
     ada, bob = new_user(registry, "ada"), new_user(registry, "bob")
     v1 = registry.register_candidate(lora(registry, 1), kind=AdapterKind.SPECIALIST, user_id=ada)
     v2 = registry.register_candidate(lora(registry, 2), kind=AdapterKind.SPECIALIST, user_id=ada)
-    registry.promote(version_id=v1.id)
+    registry.promote(version_id=v1.id, by=Decider.ADMIN)
     with pytest.raises(InvalidTransition, match="only a candidate"):
-        registry.promote(version_id=v1.id)
+        registry.promote(version_id=v1.id, by=Decider.ADMIN)
     with pytest.raises(AdapterNotFound):
-        registry.promote(version_id=v2.id, user_id=bob)
+        registry.promote(version_id=v2.id, by=Decider.USER, user_id=bob)
     with pytest.raises(AdapterNotFound):
-        registry.rollback(adapter_id=v2.adapter_id, user_id=bob)
+        registry.rollback(adapter_id=v2.adapter_id, by=Decider.USER, user_id=bob)
     with pytest.raises(InvalidTransition, match="active version"):
-        registry.promote(version_id=v2.id, expected_active_version_id=None)
+        registry.promote(version_id=v2.id, by=Decider.ADMIN, expected_active_version_id=None)
     with pytest.raises(AdapterNotFound):
-        registry.promote(version_id="adv_missing")
+        registry.promote(version_id="adv_missing", by=Decider.ADMIN)
     assert v2.sha256 is not None
     registry.blobs.delete(v2.sha256)
     with pytest.raises(InvalidTransition, match=r"weights .* missing"):
-        registry.promote(version_id=v2.id)
+        registry.promote(version_id=v2.id, by=Decider.ADMIN)
     set_ = registry.expert_set(base_model_id=MODEL, user_id=ada)
     assert set_.specialist is not None and set_.specialist.version_id == v1.id
 
@@ -139,7 +145,9 @@ def test_racing_promotions_leave_exactly_one_active(registry: AdapterRegistry) -
     def promote(version_id: str) -> None:
         barrier.wait()
         try:
-            registry.promote(version_id=version_id, expected_active_version_id=None)
+            registry.promote(
+                version_id=version_id, by=Decider.ADMIN, expected_active_version_id=None
+            )
             outcomes.append("won")
         except InvalidTransition:
             outcomes.append("lost")
@@ -205,7 +213,7 @@ def test_expert_sets_hold_generalists_and_only_the_users_specialist(
         lora(registry, 3), kind=AdapterKind.SPECIALIST, user_id=bob
     )
     for version in (general, mine, theirs):
-        registry.promote(version_id=version.id)
+        registry.promote(version_id=version.id, by=Decider.ADMIN)
 
     expert_set = registry.expert_set(base_model_id=MODEL, user_id=ada)
     assert [e.version_id for e in expert_set.experts] == [general.id, mine.id]
@@ -213,7 +221,7 @@ def test_expert_sets_hold_generalists_and_only_the_users_specialist(
     assert registry.expert_set(base_model_id=MODEL, user_id=ada, personalize=False).is_empty
     other = registry.expert_set(base_model_id=MODEL, user_id=bob)
     assert other.specialist is not None and other.specialist.version_id == theirs.id
-    registry.retire(version_id=mine.id, user_id=ada)
+    registry.retire(version_id=mine.id, by=Decider.USER, user_id=ada)
     assert registry.expert_set(base_model_id=MODEL, user_id=ada).specialist is None
 
 

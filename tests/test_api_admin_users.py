@@ -161,6 +161,51 @@ def test_duplicates_and_unknown_ids(client: TestClient) -> None:
         assert_error(response.json(), "not_found_error")
 
 
+def test_an_admin_sets_and_clears_a_users_fine_tune_limit(client: TestClient) -> None:
+    ada = client.post("/admin/users", json={"name": "ada"}, headers=admin()).json()
+    url = f"/admin/users/{ada['id']}/fine-tuning"
+    assert (
+        client.get(f"/admin/users/{ada['id']}", headers=admin()).json()["max_generic_rise"] is None
+    )
+
+    raised = client.patch(url, json={"max_generic_rise": 0.3}, headers=admin())
+    assert raised.status_code == 200
+    assert raised.json() == {
+        "user_id": ada["id"],
+        "max_generic_rise": 0.3,
+        "effective_max_generic_rise": 0.3,
+    }
+    assert (
+        client.get(f"/admin/users/{ada['id']}", headers=admin()).json()["max_generic_rise"] == 0.3
+    )
+
+    # Out of range, not a number, unknown fields, missing: 422, and the limit stays.
+    for body in (
+        {"max_generic_rise": -0.1},
+        {"max_generic_rise": 11},
+        {"max_generic_rise": "x"},
+        {"max_generic_rise": 0.2, "other": 1},
+        {},
+    ):
+        response = client.patch(url, json=body, headers=admin())
+        assert response.status_code == 422, body
+        assert_error(response.json(), "invalid_request_error")
+    assert (
+        client.get(f"/admin/users/{ada['id']}", headers=admin()).json()["max_generic_rise"] == 0.3
+    )
+    # A user's own key cannot set it; an unknown user is a 404.
+    user = client.patch(url, json={"max_generic_rise": 5}, headers=admin(ada["api_key"]))
+    assert user.status_code == 403
+    missing = client.patch(
+        "/admin/users/usr_missing/fine-tuning", json={"max_generic_rise": 0.2}, headers=admin()
+    )
+    assert missing.status_code == 404
+
+    cleared = client.patch(url, json={"max_generic_rise": None}, headers=admin()).json()
+    # Back to the service's setting (TAILOR_FINETUNE_MAX_GENERIC_RISE, 10% by default).
+    assert cleared["max_generic_rise"] is None and cleared["effective_max_generic_rise"] == 0.10
+
+
 def test_users_are_paged(client: TestClient) -> None:
     for i in range(5):
         client.post("/admin/users", json={"name": f"user-{i}"}, headers=admin())

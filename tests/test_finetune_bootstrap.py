@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from finetune.bootstrap import GainInterval, paired_gain_interval
+from finetune.bootstrap import GainInterval, fewest_conversations_to_judge, paired_gain_interval
 
 
 def _conversations(n: int, seed: int) -> tuple[list[float], list[int]]:
@@ -95,12 +95,38 @@ def test_long_conversation_outweighs_short_ones() -> None:
     assert interval.gain == pytest.approx(55.0 / 1090.0)
 
 
-def test_one_conversation_collapses_to_the_point() -> None:
+def test_one_conversation_collapses_to_the_point_and_decides_nothing() -> None:
     interval = paired_gain_interval([30.0], [27.0], [10], resamples=50)
     assert interval.gain == pytest.approx(0.3)
     assert interval.lower == interval.gain == interval.upper
-    assert interval.significant
+    # The bootstrap alone would call this significant; one conversation cannot be.
+    assert interval.lower > 0 and interval.p_value == 0.5
+    assert not interval.significant and not interval.enough_data
     assert interval.resamples == 50
+
+
+@pytest.mark.parametrize(("confidence", "fewest"), [(0.95, 5), (0.9, 4), (0.99, 7), (0.5, 1)])
+def test_too_few_conversations_can_never_be_significant(confidence: float, fewest: int) -> None:
+    assert fewest_conversations_to_judge(confidence) == fewest
+    for n in (fewest - 1, fewest):
+        if n == 0:
+            continue
+        # Every conversation better by the same margin: the strongest evidence n can give.
+        interval = paired_gain_interval([30.0] * n, [27.0] * n, [10] * n, confidence=confidence)
+        # The bootstrap's lower bound is above zero either way; the flips decide.
+        assert interval.lower > 0 and interval.p_value == pytest.approx(0.5**n)
+        assert interval.enough_data is (n >= fewest)
+        assert interval.significant is (n >= fewest)
+
+
+def test_many_conversations_use_drawn_flips_reproducibly() -> None:
+    baseline, tokens = _conversations(40, seed=3)
+    candidate = [b - 0.1 * t for b, t in zip(baseline, tokens, strict=True)]
+    first = paired_gain_interval(baseline, candidate, tokens, seed=5)
+    again = paired_gain_interval(baseline, candidate, tokens, seed=5)
+    # All 40 better: only the observed signs (and any draw equal to them) reach the gain.
+    assert first.p_value == again.p_value and first.p_value < 0.01
+    assert first.significant and first.conversations == 40
 
 
 def test_confidence_sets_the_percentiles() -> None:

@@ -81,13 +81,13 @@ def test_bad_conversations_are_refused(tokenizer: Any) -> None:
 def test_splits_follow_time_and_refuse_tiny_sets() -> None:
     items = [TokenizedConversation([i], [i]) for i in range(20)]
     split = split_by_time(items)
-    # Small sets keep a test split the gate can judge on (at least 4 conversations).
-    assert [len(split.train), len(split.validation), len(split.test)] == [14, 2, 4]
-    assert split.train[-1].input_ids == [13] and split.test[0].input_ids == [16]
+    # Small sets keep a test split the gate can judge on (at least 5 conversations).
+    assert [len(split.train), len(split.validation), len(split.test)] == [13, 2, 5]
+    assert split.train[-1].input_ids == [12] and split.test[0].input_ids == [15]
     big = split_by_time([TokenizedConversation([i], [i]) for i in range(100)])
     assert [len(big.train), len(big.validation), len(big.test)] == [80, 10, 10]
     smallest = split_by_time(items[:10])
-    assert [len(smallest.train), len(smallest.validation), len(smallest.test)] == [4, 2, 4]
+    assert [len(smallest.train), len(smallest.validation), len(smallest.test)] == [3, 2, 5]
     with pytest.raises(DatasetError, match="at least 10"):
         split_by_time(items[:9])
     with pytest.raises(ValueError):

@@ -118,7 +118,7 @@ def test_a_candidate_that_is_worse_stays_a_candidate_with_the_reasons() -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir())
     test = [
         tokenize_conversation(tokenizer, messages, max_length=512)
-        for messages in pirate_conversations(4)
+        for messages in pirate_conversations(5)
     ]
     # Large random weights: noise that wrecks the model.
     noisy = random_expert(dataclasses.replace(CONFIG, rank=8), [], seed=3, std=0.3)
@@ -134,7 +134,7 @@ def test_a_candidate_that_is_worse_stays_a_candidate_with_the_reasons() -> None:
         scorer, test, generic, probes=probes, tokenizer=tokenizer, rules=GateRules(resamples=200)
     )
 
-    assert report.promote is False
+    assert report.promote is False and report.verdict == "hold_back"
     assert report.nll_per_token["candidate"] > report.nll_per_token["base"]
     assert report.gain_vs_base.upper < 0 and report.gain_vs_current is None
     assert any("not better than the base model" in r for r in report.reasons)
@@ -145,7 +145,7 @@ def test_a_candidate_that_is_worse_stays_a_candidate_with_the_reasons() -> None:
     assert any(r.startswith("forgot ") and "factual probes" in r for r in report.reasons)
     assert report.as_metrics()["probes_lost"] == report.probes_lost
     # Sample answers to the newest test questions, side by side, for a person deciding.
-    newest = [m[0]["content"] for m in pirate_conversations(4)[-3:]]
+    newest = [m[0]["content"] for m in pirate_conversations(5)[-3:]]
     assert [s["question"] for s in report.samples] == newest
     assert all({"base", "candidate"} <= set(s) and s["base"] for s in report.samples)
     assert all(s["base"] != s["candidate"] for s in report.samples)
@@ -153,6 +153,31 @@ def test_a_candidate_that_is_worse_stays_a_candidate_with_the_reasons() -> None:
     metrics = report.as_metrics()
     assert metrics["promote"] is False and metrics["gain_vs_base"]["gain"] < 0
     assert metrics["gain_vs_base"]["significant"] is False
+
+
+@pytest.mark.slow
+def test_too_few_held_out_conversations_get_the_verdict_not_enough_data() -> None:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir())
+    conversations = pirate_conversations(4)
+    test = [tokenize_conversation(tokenizer, m, max_length=512) for m in conversations]
+    # A harmless candidate: tiny weights, so generic text and probes barely move.
+    tiny = random_expert(CONFIG, [], seed=5, std=1e-4)
+    scorer = VariantScorer(
+        load_evaluation_base(model_dir(), device=CPU),
+        [Variant("base"), Variant("current"), Variant("candidate", (tiny,))],
+        pad_id=0,
+    )
+    generic = generic_conversations(tokenizer, GENERIC_TEXTS[:2])
+
+    report = evaluate_candidate(scorer, test, generic, rules=GateRules(resamples=200))
+
+    assert report.promote is False and report.verdict == "not_enough_data"
+    assert report.reasons == [
+        "not enough data to judge: 4 held-out conversation(s) cannot show a gain with 95% "
+        "confidence (at least 5 are needed); add examples, or read the figures and sample "
+        "answers and promote it by hand"
+    ]
+    assert report.as_metrics()["gain_vs_base"]["enough_data"] is False
 
 
 def test_bad_configurations_are_refused() -> None:

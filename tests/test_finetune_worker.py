@@ -23,12 +23,13 @@ from finetune.generic_text import GENERIC_TEXTS
 from finetune.queue import JobQueue
 from finetune.worker import FinetuneWorker, WorkerConfig
 from storage.clock import utc_now
-from storage.repositories import AdapterRepository, JobRepository
+from storage.repositories import AdapterRepository, JobRepository, UserRepository
 from storage.tables import (
     Adapter,
     AdapterKind,
     AdapterState,
     AdapterVersion,
+    Decider,
     FineTuneJob,
     JobState,
     User,
@@ -122,7 +123,7 @@ def test_a_job_trains_evaluates_and_promotes_a_specialist(registry: AdapterRegis
     assert all(p["tokens_per_second"] > 0 and p["eta_seconds"] >= 0 for p in progress)
     assert progress[-1]["loss"] < progress[0]["loss"]  # it learnt
     dataset = next(e.payload for e in events if e.kind == "dataset")
-    assert (dataset["train"], dataset["validation"], dataset["test"]) == (8, 2, 4)
+    assert (dataset["train"], dataset["validation"], dataset["test"]) == (7, 2, 5)
     plan = next(e.payload for e in events if e.kind == "plan")
     assert plan["steps"] >= progress[-1]["step"] and plan["chosen"] == ["epochs"]
     checked = [p["validation_loss"] for p in progress if p["validation_loss"] is not None]
@@ -130,6 +131,7 @@ def test_a_job_trains_evaluates_and_promotes_a_specialist(registry: AdapterRegis
 
     [version] = versions_of(registry, alice)
     assert version.state is AdapterState.ACTIVE and version.job_id == job_id
+    assert version.promoted_by == "gate"
     assert job.result_version_id == version.id and job.adapter_id == version.adapter_id
     assert (job.outcome, job.outcome_reason) == ("promoted", None)
     report = version.eval_metrics
@@ -143,6 +145,29 @@ def test_a_job_trains_evaluates_and_promotes_a_specialist(registry: AdapterRegis
     assert experts.specialist is not None and experts.specialist.version_id == version.id
     bob = add_user(registry.database, "bob")
     assert registry.expert_set(base_model_id=MODEL, user_id=bob).specialist is None
+
+
+def test_an_admins_limit_for_one_user_judges_that_users_jobs(
+    sqlite_registry: AdapterRegistry,
+) -> None:
+    registry = sqlite_registry
+    alice = add_user(registry.database, "alice")
+    add_examples(registry.database, alice, pirate_conversations(14))
+    with registry.database.session() as session:
+        # No change to ordinary text allowed: any style is held back, with the reason.
+        UserRepository(session).set_max_generic_rise(user_id=alice, value=0.0)
+    job_id = queue_job(registry, alice)
+
+    assert make_worker(registry).run_one() == job_id
+
+    [version] = versions_of(registry, alice)
+    assert version.state is AdapterState.CANDIDATE
+    [reason] = [r for r in version.eval_metrics["reasons"] if "generic text" in r]
+    assert "at most 0% allowed" in reason
+    assert f"this user's own limit, PATCH /admin/users/{alice}/fine-tuning" in reason
+    with registry.database.session() as session:
+        job = JobRepository(session).get(job_id=job_id)
+    assert job.outcome == "held_back" and reason in (job.outcome_reason or "")
 
 
 def test_a_specialist_trains_beside_the_generalist_with_a_gate(
@@ -311,7 +336,7 @@ def test_a_version_promoted_by_hand_meanwhile_is_not_replaced_by_the_job(
         kind=AdapterKind.SPECIALIST,
         user_id=alice,
     )
-    registry.promote(version_id=by_hand.id)
+    registry.promote(version_id=by_hand.id, by=Decider.ADMIN)
 
     make_worker(registry).run_one()
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter
 from serving.deps import ServicesDep, SessionDep, UserDep
 from serving.schemas import AdapterPublic, AdapterVersionPublic, ListPublic
 from storage.repositories import AdapterRepository
-from storage.tables import AdapterState
+from storage.tables import AdapterState, Decider
 
 router = APIRouter(prefix="/v1", tags=["adapters"])
 
@@ -34,7 +34,7 @@ def promote_own(target_id: str, user: UserDep, services: ServicesDep) -> Adapter
     version = registry.find_version(
         target_id=target_id, user_id=user.user_id, prefer=AdapterState.CANDIDATE
     )
-    promoted = registry.promote(version_id=version.id, user_id=user.user_id)
+    promoted = registry.promote(version_id=version.id, by=Decider.USER, user_id=user.user_id)
     return AdapterVersionPublic.model_validate(promoted)
 
 
@@ -44,5 +44,5 @@ def rollback_own(target_id: str, user: UserDep, services: ServicesDep) -> Adapte
     assert user.user_id is not None
     registry = services.adapters
     adapter = registry.adapter_of(target_id=target_id, user_id=user.user_id)
-    restored = registry.rollback(adapter_id=adapter.id, user_id=user.user_id)
+    restored = registry.rollback(adapter_id=adapter.id, by=Decider.USER, user_id=user.user_id)
     return AdapterVersionPublic.model_validate(restored)

@@ -25,7 +25,7 @@ from serving.errors import ApiError
 from serving.request_text import text_problem
 from serving.schemas import AdapterPublic, AdapterVersionPublic, ListPublic
 from storage.repositories import AdapterRepository, UserRepository
-from storage.tables import Adapter, AdapterKind, AdapterState
+from storage.tables import Adapter, AdapterKind, AdapterState, Decider
 
 router = APIRouter(prefix="/admin/adapters", tags=["admin"])
 
@@ -114,14 +114,16 @@ def _form_text(value: object, field: str) -> str | None:
 def promote(target_id: str, _admin: AdminDep, services: ServicesDep) -> AdapterVersionPublic:
     registry = services.adapters
     version = registry.find_version(target_id=target_id, prefer=AdapterState.CANDIDATE)
-    return AdapterVersionPublic.model_validate(registry.promote(version_id=version.id))
+    promoted = registry.promote(version_id=version.id, by=Decider.ADMIN)
+    return AdapterVersionPublic.model_validate(promoted)
 
 
 @router.post("/{target_id}/rollback")
 def rollback(target_id: str, _admin: AdminDep, services: ServicesDep) -> AdapterVersionPublic:
     registry = services.adapters
     adapter = registry.adapter_of(target_id=target_id)
-    return AdapterVersionPublic.model_validate(registry.rollback(adapter_id=adapter.id))
+    restored = registry.rollback(adapter_id=adapter.id, by=Decider.ADMIN)
+    return AdapterVersionPublic.model_validate(restored)
 
 
 @router.delete("/{target_id}")
@@ -130,9 +132,11 @@ def retire(
 ) -> ListPublic[AdapterVersionPublic]:
     registry = services.adapters
     if target_id.startswith("adv_"):
-        retired = [registry.retire(version_id=target_id)]
+        retired = [registry.retire(version_id=target_id, by=Decider.ADMIN)]
     else:
-        retired = registry.retire_expert(adapter_id=registry.adapter_of(target_id=target_id).id)
+        retired = registry.retire_expert(
+            adapter_id=registry.adapter_of(target_id=target_id).id, by=Decider.ADMIN
+        )
     return ListPublic(data=[AdapterVersionPublic.model_validate(v) for v in retired])
 
 

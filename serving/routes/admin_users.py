@@ -6,12 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from serving.deps import AdminDep, SessionDep
+from serving.deps import AdminDep, SessionDep, SettingsDep
 from serving.schemas import (
     AdminUserDetail,
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyPublic,
+    FineTuningLimitsPublic,
+    FineTuningLimitsUpdate,
     ListPublic,
     UserCreate,
     UserCreated,
@@ -53,14 +55,36 @@ def list_users(
 
 @router.get("/users/{user_id}")
 def get_user(user_id: str, _admin: AdminDep, session: SessionDep) -> AdminUserDetail:
-    user = UserPublic.model_validate(UserRepository(session).get(user_id=user_id))
+    row = UserRepository(session).get(user_id=user_id)
+    user = UserPublic.model_validate(row)
     return AdminUserDetail.model_validate(
         {
             **user.model_dump(exclude={"keys"}),
             "api_keys": user.keys,
+            "max_generic_rise": row.finetune_max_generic_rise,
             "feedback_count": FeedbackRepository(session).count(user_id=user_id),
             "example_count": ExampleRepository(session).count(user_id=user_id),
         }
+    )
+
+
+@router.patch("/users/{user_id}/fine-tuning")
+def update_fine_tuning_limits(
+    user_id: str,
+    body: FineTuningLimitsUpdate,
+    _admin: AdminDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> FineTuningLimitsPublic:
+    user = UserRepository(session).set_max_generic_rise(
+        user_id=user_id, value=body.max_generic_rise
+    )
+    session.commit()
+    own = user.finetune_max_generic_rise
+    return FineTuningLimitsPublic(
+        user_id=user.id,
+        max_generic_rise=own,
+        effective_max_generic_rise=settings.finetune_max_generic_rise if own is None else own,
     )
 
 

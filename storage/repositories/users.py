@@ -19,6 +19,10 @@ from storage.errors import Conflict, NotFound
 from storage.ids import new_id
 from storage.tables import Feedback, User
 
+# The largest generic-text rise a limit may allow (10.0: the NLL may grow elevenfold):
+# past it the check means nothing. TAILOR_FINETUNE_MAX_GENERIC_RISE has the same bound.
+MAX_GENERIC_RISE = 10.0
+
 
 class UserRepository:
     def __init__(self, session: Session) -> None:
@@ -67,6 +71,15 @@ class UserRepository:
         user = self.get(user_id=user_id)
         for name, value in changes.items():
             setattr(user, ROUTING_PREFERENCES[name], value)
+        self.session.flush()
+        return user
+
+    def set_max_generic_rise(self, *, user_id: str, value: float | None) -> User:
+        """An admin's per-user limit of the fine-tune gate (None: the service's setting)."""
+        if value is not None and not 0 <= value <= MAX_GENERIC_RISE:
+            raise ValueError(f"max_generic_rise must lie in [0, {MAX_GENERIC_RISE}]")
+        user = self.get(user_id=user_id)
+        user.finetune_max_generic_rise = value
         self.session.flush()
         return user
 
