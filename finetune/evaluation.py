@@ -29,7 +29,7 @@ A candidate is promoted only if, on the user's test split (newest data),
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -282,6 +282,44 @@ class EvaluationReport:
         return metrics
 
 
+class BaseScoreCache:
+    """The base model's scores on the fixed generic passages and probes.
+
+    They depend only on the base model's weights and the fixed sets, not on the
+    user, so a worker computes them once per base model instead of once per job.
+    Keyed by the caller's name for the weights (the base model's sha256) and the
+    sets' token ids, so a changed set is scored afresh.
+    """
+
+    def __init__(self) -> None:
+        self._generic: dict[tuple[str, int], Scores] = {}
+        self._probes: dict[tuple[str, int], tuple[bool, ...]] = {}
+
+    def generic(
+        self, weights: str, scorer: VariantScorer, generic: Sequence[TokenizedConversation]
+    ) -> tuple[Scores, bool]:
+        """The scores, and whether they were kept from an earlier job."""
+        key = (weights, hash(tuple(tuple(c.input_ids) for c in generic)))
+        kept = key in self._generic
+        if not kept:
+            self._generic[key] = scorer.score("base", generic)
+        return self._generic[key], kept
+
+    def probes(
+        self, weights: str, scorer: VariantScorer, probes: ProbeSet
+    ) -> tuple[tuple[bool, ...], bool]:
+        """Which probes the base model answers, and whether that was kept."""
+        key = (weights, hash(probes.prompts))
+        kept = key in self._probes
+        if not kept:
+            self._probes[key] = probes.answered(scorer, "base")
+        return self._probes[key], kept
+
+
+# A stage of an evaluation is done: (its name, stages done, stages in all).
+StageCallback = Callable[[str, int, int], None]
+
+
 def evaluate_candidate(
     scorer: VariantScorer,
     test: Sequence[TokenizedConversation],
@@ -290,23 +328,57 @@ def evaluate_candidate(
     probes: ProbeSet | None = None,
     tokenizer: Any = None,
     rules: GateRules = GateRules(),
+    base_scores: tuple[BaseScoreCache, str] | None = None,
+    on_stage: StageCallback = lambda *_: None,
 ) -> EvaluationReport:
     """Scores ``base``, ``current`` and ``candidate`` variants and applies the gate rules;
-    with a ``tokenizer``, keeps their answers to the newest test questions as samples."""
-    base = scorer.score("base", test)
-    candidate = scorer.score("candidate", test)
+    with a ``tokenizer``, keeps their answers to the newest test questions as samples.
+
+    ``base_scores`` (a cache and the base model's weights id) reuses the base model's
+    generic and probe scores across jobs; ``on_stage`` hears of each stage as it ends.
+    """
     has_current = "current" in scorer.variants and bool(scorer.variants["current"].experts)
-    current = scorer.score("current", test) if has_current else base
+    has_probes = probes is not None and bool(probes.probes)
+    total = 5 + has_current + 2 * has_probes + (tokenizer is not None)
+    done = 0
+
+    def stage(name: str) -> None:
+        nonlocal done
+        done += 1
+        on_stage(name, done, total)
+
+    base = scorer.score("base", test)
+    stage("test split: base model")
+    candidate = scorer.score("candidate", test)
+    stage("test split: candidate")
+    current = base
+    if has_current:
+        current = scorer.score("current", test)
+        stage("test split: current experts")
     gain_base = _gain(base, candidate, rules)
     gain_current = _gain(current, candidate, rules) if has_current else None
-    generic_base = scorer.score("base", generic)
+    kept = ""
+    if base_scores is None:
+        generic_base = scorer.score("base", generic)
+    else:
+        generic_base, reused = base_scores[0].generic(base_scores[1], scorer, generic)
+        kept = " (kept from an earlier job)" if reused else ""
+    stage("generic text: base model" + kept)
     generic_candidate = scorer.score("candidate", generic)
+    stage("generic text: candidate")
     rise = generic_candidate.per_token / generic_base.per_token - 1.0
     lost: list[str] = []
     answered: dict[str, int] | None = None
-    if probes is not None and probes.probes:
-        by_base = probes.answered(scorer, "base")
+    if probes is not None and has_probes:
+        kept = ""
+        if base_scores is None:
+            by_base = probes.answered(scorer, "base")
+        else:
+            by_base, reused = base_scores[0].probes(base_scores[1], scorer, probes)
+            kept = " (kept from an earlier job)" if reused else ""
+        stage("factual probes: base model" + kept)
         by_candidate = probes.answered(scorer, "candidate")
+        stage("factual probes: candidate")
         answered = {"base": sum(by_base), "candidate": sum(by_candidate)}
         lost = [
             p.question
@@ -324,7 +396,10 @@ def evaluate_candidate(
     ]
     if has_current:
         scored.append(("the current experts", "test split", current))
-    samples = [] if tokenizer is None else sample_answers(scorer, test, tokenizer=tokenizer)
+    samples: list[dict[str, str]] = []
+    if tokenizer is not None:
+        samples = sample_answers(scorer, test, tokenizer=tokenizer)
+        stage("sample answers")
     # Generic text and probes judge the candidate whatever the test split's size; the
     # gain needs enough held-out conversations to mean anything.
     too_little = not gain_base.enough_data

@@ -55,6 +55,7 @@ from finetune.crash_points import WEIGHTS_WRITTEN, crash_point
 from finetune.dataset import Conversation, collect_conversations
 from finetune.errors import ConversationTooLong, DatasetError, JobCancelled, LeaseLost
 from finetune.evaluation import (
+    BaseScoreCache,
     EvaluationReport,
     GateRules,
     ProbeSet,
@@ -211,6 +212,8 @@ class FinetuneWorker:
         # Run before each claim (the automatic triggers), errors logged, not raised.
         self.before_claim = before_claim
         self._heartbeat = Heartbeat(config.heartbeat_file) if config.heartbeat_file else None
+        # The base models' scores on the fixed generic passages and probes, kept between jobs.
+        self._base_scores = BaseScoreCache()
 
     def _beat(self) -> None:
         if self._heartbeat is not None:
@@ -372,7 +375,9 @@ class FinetuneWorker:
                 f"are unusable and were not stored: {error.reason}"
             ) from None
 
-        evaluation = self._evaluate(model_dir, tokenizer, data.split.test, weights, now, claim)
+        evaluation = self._evaluate(
+            model_dir, base.sha256, tokenizer, data.split.test, weights, now, claim, lease
+        )
         metrics = evaluation.as_metrics() | {
             "training": {
                 "steps": report.steps,
@@ -538,11 +543,13 @@ class FinetuneWorker:
     def _evaluate(
         self,
         model_dir: Path,
+        base_sha256: str,
         tokenizer: Any,
         test: Sequence[TokenizedConversation],
         weights: LoraWeights,
         now: ExpertsNow,
         claim: ClaimedJob,
+        lease: LeaseKeeper,
     ) -> EvaluationReport:
         if claim.kind is AdapterKind.SPECIALIST:
             candidate = (*[w for _, w in now.generalists], weights)
@@ -561,8 +568,24 @@ class FinetuneWorker:
             if self.config.factual_probes
             else None
         )
+        started = time.monotonic()
+
+        def stage_done(name: str, done: int, total: int) -> None:
+            # Like training's progress: a cancel or a lost lease stops the evaluation too.
+            lease.check()
+            seconds = round(time.monotonic() - started, 1)
+            payload = {"stage": name, "done": done, "total": total, "seconds": seconds}
+            self.queue.add_event(claim, "evaluating", payload)
+
         return evaluate_candidate(
-            scorer, test, generic, probes=probes, tokenizer=tokenizer, rules=self._gate_rules(claim)
+            scorer,
+            test,
+            generic,
+            probes=probes,
+            tokenizer=tokenizer,
+            rules=self._gate_rules(claim),
+            base_scores=(self._base_scores, base_sha256),
+            on_stage=stage_done,
         )
 
     def _gate_rules(self, claim: ClaimedJob) -> GateRules:

@@ -114,12 +114,18 @@ def test_a_job_trains_evaluates_and_promotes_a_specialist(registry: AdapterRegis
     state, error, kinds = job_state(registry, job_id)
     assert (state, error) == (JobState.SUCCEEDED, None)
     assert kinds[:4] == ["started", "dataset", "plan", "progress"]
-    assert kinds[-4:] == ["trained", "evaluation", "registered", "promoted"]
+    assert kinds[-3:] == ["evaluation", "registered", "promoted"]
+    # The evaluation reports its stages as it goes, like training its steps.
+    evaluating = kinds[kinds.index("trained") + 1 : kinds.index("evaluation")]
+    assert evaluating and set(evaluating) == {"evaluating"}
     with registry.database.session() as session:
         events = JobRepository(session).list_events(job_id=job_id)
         job = JobRepository(session).get(job_id=job_id)
     progress = [e.payload for e in events if e.kind == "progress"]
     assert progress[-1]["step"] == progress[-1]["total_steps"] > 1
+    stages = [e.payload for e in events if e.kind == "evaluating"]
+    assert [s["done"] for s in stages] == list(range(1, stages[0]["total"] + 1))
+    assert stages[0]["stage"] == "test split: base model" and stages[-1]["seconds"] > 0
     assert all(p["tokens_per_second"] > 0 and p["eta_seconds"] >= 0 for p in progress)
     assert progress[-1]["loss"] < progress[0]["loss"]  # it learnt
     dataset = next(e.payload for e in events if e.kind == "dataset")
@@ -196,6 +202,9 @@ def test_a_specialist_trains_beside_the_generalist_with_a_gate(
         events = JobRepository(session).list_events(job_id=specialist_job)
     trained = next(e.payload for e in events if e.kind == "trained")
     assert trained["gate_steps"] == trained["steps"] > 0  # bi-level: one gate step per step
+    # The base model's generic-text scores were kept from the worker's first job.
+    stages = [e.payload["stage"] for e in events if e.kind == "evaluating"]
+    assert "generic text: base model (kept from an earlier job)" in stages
     progress = [e.payload for e in events if e.kind == "progress"]
     assert all(p["gate_loss"] is not None for p in progress)
 
