@@ -234,8 +234,9 @@ class GateRules:
     # Of the factual probes the base model answers, the share the candidate may lose.
     max_probe_loss: float = 0.05
     resamples: int = 2000
-    # Where max_generic_rise was set, named in a hold-back reason so it can be changed.
+    # Where the limits were set, named in a hold-back reason so they can be changed.
     generic_rise_source: str = "TAILOR_FINETUNE_MAX_GENERIC_RISE"
+    probe_loss_source: str = "TAILOR_FINETUNE_MAX_PROBE_LOSS"
 
     def __post_init__(self) -> None:
         if not 0 < self.confidence < 1:
@@ -480,7 +481,8 @@ def _probe_reasons(
     shown = "; ".join(repr(q) for q in lost[:3]) + ("; ..." if len(lost) > 3 else "")
     return [
         f"forgot {len(lost)} of the {answered['base']} factual probes the base model answers "
-        f"(at most {allowed} allowed): {shown}"
+        f"(at most {allowed} allowed, {rules.max_probe_loss:.0%}: {rules.probe_loss_source}): "
+        f"{shown}"
     ]
 
 

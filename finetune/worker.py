@@ -589,21 +589,20 @@ class FinetuneWorker:
         )
 
     def _gate_rules(self, claim: ClaimedJob) -> GateRules:
-        """The service's rules, with the user's own generic-text limit if an admin set one."""
+        """The service's rules, with the user's own limits where an admin set them."""
+        rules = self.config.gate
         if claim.user_id is None:
-            return self.config.gate
+            return rules
         with self.database.session() as session:
             own = session.get(User, claim.user_id)
-            limit = None if own is None else own.finetune_max_generic_rise
-        if limit is None:
-            return self.config.gate
-        return dataclasses.replace(
-            self.config.gate,
-            max_generic_rise=limit,
-            generic_rise_source=(
-                f"this user's own limit, PATCH /admin/users/{claim.user_id}/fine-tuning"
-            ),
-        )
+            rise = None if own is None else own.finetune_max_generic_rise
+            probe_loss = None if own is None else own.finetune_max_probe_loss
+        where = f"this user's own limit, PATCH /admin/users/{claim.user_id}/fine-tuning"
+        if rise is not None:
+            rules = dataclasses.replace(rules, max_generic_rise=rise, generic_rise_source=where)
+        if probe_loss is not None:
+            rules = dataclasses.replace(rules, max_probe_loss=probe_loss, probe_loss_source=where)
+        return rules
 
 
 def _json_loss(loss: float) -> float | None:
@@ -677,7 +676,10 @@ def worker_from_settings(
         ),
         heartbeat_seconds=settings.finetune_heartbeat_seconds,
         auto_promote=settings.finetune_auto_promote,
-        gate=GateRules(max_generic_rise=settings.finetune_max_generic_rise),
+        gate=GateRules(
+            max_generic_rise=settings.finetune_max_generic_rise,
+            max_probe_loss=settings.finetune_max_probe_loss,
+        ),
         trigger_every_seconds=settings.finetune_trigger_check_seconds,
         generic_texts=GENERIC_TEXTS[: settings.finetune_generic_texts],
         factual_probes=FACTUAL_PROBES[: settings.finetune_factual_probes],

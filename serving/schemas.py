@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validat
 
 from serving.request_text import RequestBody
 from serving.routing_schemas import RoutingPreferencesPublic
-from storage.repositories.users import MAX_GENERIC_RISE
+from storage.repositories.users import MAX_GENERIC_RISE, MAX_PROBE_LOSS
 from storage.tables import Adapter, AdapterKind, AdapterState, Scope, User
 
 AUTO_MODEL_ID = "auto"
@@ -110,26 +110,41 @@ class AdminUserDetail(UserPublic):
 
     feedback_count: int
     example_count: int
-    # The user's own fine-tune gate limit (null: the service's setting).
+    # The user's own fine-tune gate limits (null: the service's setting).
     max_generic_rise: float | None = None
+    max_probe_loss: float | None = None
 
 
 class FineTuningLimitsPublic(BaseModel):
-    """A user's own fine-tune gate limit, and the one their jobs are judged by."""
+    """A user's own fine-tune gate limits, and those their jobs are judged by."""
 
     user_id: str
-    # Null: the service's TAILOR_FINETUNE_MAX_GENERIC_RISE applies.
+    # Null: the service's TAILOR_FINETUNE_MAX_GENERIC_RISE / _MAX_PROBE_LOSS applies.
     max_generic_rise: float | None
+    max_probe_loss: float | None
     effective_max_generic_rise: float
+    effective_max_probe_loss: float
 
 
 class FineTuningLimitsUpdate(RequestBody):
-    """PATCH: how far this user's specialists may raise the generic-text NLL over the
-    base model's (0.25: 25%); null returns the user to the service's setting."""
+    """PATCH: the limits sent are set (null returns one to the service's setting), the
+    others stay. ``max_generic_rise``: how far this user's specialists may raise the
+    generic-text NLL over the base model's (0.25: 25%); ``max_probe_loss``: the share of
+    the factual probes they may lose (0.1: 3 of 30)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    max_generic_rise: float | None = Field(ge=0.0, le=MAX_GENERIC_RISE)
+    max_generic_rise: float | None = Field(default=None, ge=0.0, le=MAX_GENERIC_RISE)
+    max_probe_loss: float | None = Field(default=None, ge=0.0, le=MAX_PROBE_LOSS)
+
+    @model_validator(mode="after")
+    def _something_to_set(self) -> FineTuningLimitsUpdate:
+        if not self.model_fields_set:
+            raise ValueError("give max_generic_rise or max_probe_loss (null clears one)")
+        return self
+
+    def changes(self) -> dict[str, float | None]:
+        return {name: getattr(self, name) for name in self.model_fields_set}
 
 
 class UserCreated(BaseModel):

@@ -338,8 +338,16 @@ class Settings(BaseSettings):
         ge=0,
         le=30,
         description="How many of the fixed factual questions the evaluation gate asks base "
-        "and candidate (0: the check is off). A candidate may lose at most 5% of those the "
-        "base model answers.",
+        "and candidate (0: the check is off). A candidate may lose at most "
+        "TAILOR_FINETUNE_MAX_PROBE_LOSS of those the base model answers.",
+    )
+    finetune_max_probe_loss: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=0.5,  # storage.repositories.users.MAX_PROBE_LOSS, a user's own limit's bound
+        description="The share of the factual probes the base model answers that a "
+        "candidate may lose (0.05: 1 of 30). A strong style on a small model costs a few "
+        "facts; an admin may set a user's own (PATCH /admin/users/{id}/fine-tuning).",
     )
     finetune_max_generic_rise: float = Field(
         default=0.10,

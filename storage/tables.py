@@ -146,9 +146,11 @@ class User(Base):
     # is "everything the user had said when the reset happened".
     route_reset_feedback_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     route_reset_at: Mapped[datetime | None] = mapped_column(default=None)
-    # An admin's setting of the gate's generic-text limit for this user's specialists
-    # (NULL: TAILOR_FINETUNE_MAX_GENERIC_RISE): how far a style may move ordinary text.
+    # An admin's settings of the fine-tune gate for this user's specialists (NULL: the
+    # service's TAILOR_FINETUNE_MAX_GENERIC_RISE / _MAX_PROBE_LOSS): how far a style may
+    # move ordinary text, and what share of the factual probes it may cost.
     finetune_max_generic_rise: Mapped[float | None] = mapped_column(Float, default=None)
+    finetune_max_probe_loss: Mapped[float | None] = mapped_column(Float, default=None)
 
     api_keys: Mapped[list[ApiKey]] = relationship(
         back_populates="user", order_by="ApiKey.created_at", lazy="selectin"

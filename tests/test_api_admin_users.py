@@ -173,8 +173,13 @@ def test_an_admin_sets_and_clears_a_users_fine_tune_limit(client: TestClient) ->
     assert raised.json() == {
         "user_id": ada["id"],
         "max_generic_rise": 0.3,
+        "max_probe_loss": None,
         "effective_max_generic_rise": 0.3,
+        "effective_max_probe_loss": 0.05,
     }
+    # A PATCH sets what it names; the other limit stays.
+    both = client.patch(url, json={"max_probe_loss": 0.1}, headers=admin()).json()
+    assert (both["max_generic_rise"], both["max_probe_loss"]) == (0.3, 0.1)
     assert (
         client.get(f"/admin/users/{ada['id']}", headers=admin()).json()["max_generic_rise"] == 0.3
     )
@@ -184,6 +189,7 @@ def test_an_admin_sets_and_clears_a_users_fine_tune_limit(client: TestClient) ->
         {"max_generic_rise": -0.1},
         {"max_generic_rise": 11},
         {"max_generic_rise": "x"},
+        {"max_probe_loss": 0.9},
         {"max_generic_rise": 0.2, "other": 1},
         {},
     ):
@@ -204,6 +210,7 @@ def test_an_admin_sets_and_clears_a_users_fine_tune_limit(client: TestClient) ->
     cleared = client.patch(url, json={"max_generic_rise": None}, headers=admin()).json()
     # Back to the service's setting (TAILOR_FINETUNE_MAX_GENERIC_RISE, 10% by default).
     assert cleared["max_generic_rise"] is None and cleared["effective_max_generic_rise"] == 0.10
+    assert cleared["max_probe_loss"] == 0.1
 
 
 def test_users_are_paged(client: TestClient) -> None:

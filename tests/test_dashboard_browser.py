@@ -110,6 +110,27 @@ def chart_points(page: Page, testid: str) -> int:
     return int(points or 0)
 
 
+def series_points(page: Page, testid: str, series: str) -> int:
+    """How many values one named series of a chart has drawn (0 when it is not drawn)."""
+    group = page.get_by_test_id(testid).locator(f'svg g[data-series="{series}"]')
+    return int(group.get_attribute("data-points") or 0) if group.count() else 0
+
+
+def check_layout(page: Page, name: str) -> None:
+    """At the widths admins use, nothing sticks out of the page or out of a table's
+    box (a table that needs a scroll bar at these widths is too wide); screenshots."""
+    for width in (1280, 1920):
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(300)  # charts redraw at their new width
+        too_wide = page.evaluate(
+            """() => [document.documentElement, ...document.querySelectorAll('.table-wrap')]
+                .filter((el) => el.scrollWidth > el.clientWidth + 1)
+                .map((el) => `${el.tagName}.${el.className}: ${el.scrollWidth} > ${el.clientWidth}`)"""
+        )
+        assert too_wide == [], f"{name} at {width} px: {too_wide}"
+        screenshot(page, f"{name}-{width}")
+
+
 def wait_for(predicate: Any, *, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -240,6 +261,9 @@ def test_upload_shows_errors_then_lists_promotes_and_rolls_back(
 
     page.get_by_test_id(f"promote-{v1}").click()
     expect(page.get_by_test_id(f"state-{v1}")).to_have_text("active")
+    # Who decided: the admin; an upload has no evaluation, so no gate was overridden.
+    expect(page.get_by_test_id(f"promoted-{v1}")).to_contain_text("promoted by admin")
+    expect(page.get_by_test_id(f"override-{v1}")).to_have_count(0)
 
     second = peft_files(tmp_path / "v2", seed=2)
     form.locator("input[type=file]").set_input_files([str(p) for p in second])
@@ -254,6 +278,7 @@ def test_upload_shows_errors_then_lists_promotes_and_rolls_back(
     page.get_by_test_id(f"rollback-{expert['id']}").click()
     expect(page.get_by_test_id(f"state-{v1}")).to_have_text("active")
     expect(page.get_by_test_id(f"state-{v2}")).to_have_text("retired")
+    expect(page.get_by_test_id(f"retired-{v2}")).to_contain_text("retired by admin")
     served = httpx.get(f"{server.url}/admin/adapters", headers=ADMIN).json()["data"]
     assert next(a for a in served if a["id"] == expert["id"])["active_version_id"] == v1
 
@@ -291,6 +316,14 @@ def test_a_started_job_draws_its_loss_curve_live_and_can_be_cancelled(
         headers={"Authorization": f"Bearer {user['api_key']}"},
     )
     assert stored.status_code == 201, stored.text
+    # No rise of the generic-text NLL allowed for this user: the pirate voice raises it,
+    # so the gate holds the candidate back, and the admin overrides it further down.
+    limit = httpx.patch(
+        f"{server.url}/admin/users/{user['id']}/fine-tuning",
+        json={"max_generic_rise": 0},
+        headers=ADMIN,
+    )
+    assert limit.status_code == 200, limit.text
 
     page.goto("/admin/jobs")
     form = page.get_by_test_id("start-job-form")
@@ -344,11 +377,58 @@ def test_a_started_job_draws_its_loss_curve_live_and_can_be_cancelled(
     assert job_status(server, job["id"]) == "succeeded"
     expect(page.get_by_test_id("job-status")).to_have_text("succeeded")
     finished = httpx.get(f"{server.url}/admin/jobs/{job['id']}", headers=ADMIN).json()
+    assert finished["outcome"] == "held_back", f"the gate was to hold it back: {finished}"
+
+    # The verdict heads the panel, with the gate's reason.
+    verdict = page.get_by_test_id("job-verdict")
+    expect(verdict).to_contain_text("Held back:")
+    expect(verdict).to_contain_text("generic text NLL rose")
+    # The validation loss is a second series beside the training loss, in the legend too.
+    curve = page.get_by_test_id("loss-curve").locator("svg")
+    expect(curve.locator("text.chart-legend")).to_have_text(["training loss", "validation loss"])
+    assert series_points(page, "loss-curve", "validation loss") >= 1
+    assert series_points(page, "loss-curve", "training loss") > series_points(
+        page, "loss-curve", "validation loss"
+    ), "validation is checked at some steps only"
+    expect(page.get_by_test_id("job-validation-loss")).to_contain_text(re.compile(r"\d"))
+    # One loss figure: the newest step's, named by its step, and the same in the events.
+    step = page.get_by_test_id("job-step").inner_text().split(" / ")[0]
+    expect(page.get_by_test_id("job-loss-label")).to_have_text(f"training loss, step {step}")
+    loss = page.get_by_test_id("job-loss").inner_text()
+    expect(page.get_by_test_id("job-events")).to_contain_text(f"step {step}/{step} · epoch")
+    expect(page.get_by_test_id("job-events")).to_contain_text(f"training loss {loss}")
+    expect(page.get_by_test_id("job-events")).to_contain_text("mean of the last epoch")
+    check_layout(page, "jobs-finished")
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
     page.goto(f"/admin/adapters?user_id={user['id']}")
-    version = page.get_by_test_id(f"version-{finished['result_version_id']}")
+    version_id = finished["result_version_id"]
+    version = page.get_by_test_id(f"version-{version_id}")
     for variant in ("base", "candidate"):
         expect(version).to_contain_text(variant)
-    screenshot(page, "adapters-evaluated")
+    expect(version.get_by_test_id("eval-verdict")).to_contain_text("held back")
+    expect(version.get_by_test_id("eval-verdict")).to_contain_text("generic text NLL rose")
+    # The sample answers fold under the row; unfolded: the questions, base's and the
+    # candidate's answers side by side (no "current": the user had no experts before).
+    samples = page.get_by_test_id(f"samples-{version_id}")
+    answers = samples.get_by_test_id("sample-answers")
+    expect(answers).to_be_hidden()
+    samples.locator("summary").click()
+    expect(answers).to_be_visible()
+    expect(answers.locator("th")).to_have_text(["question", "base", "candidate"])
+    expect(answers.locator("tbody tr")).to_have_count(3)
+    expect(answers.locator("tbody tr").first).to_contain_text("Tell me about")
+    expect(answers.locator("td.sample-candidate").first).not_to_be_empty()
+    check_layout(page, "adapters-evaluated")
+
+    # Promoting it by hand overrides the gate: asked first, then it says so.
+    expect(page.get_by_test_id(f"override-{version_id}")).to_have_count(0)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_test_id(f"promote-{version_id}").click()
+    expect(page.get_by_test_id(f"state-{version_id}")).to_have_text("active")
+    expect(page.get_by_test_id(f"promoted-{version_id}")).to_contain_text("promoted by admin")
+    expect(page.get_by_test_id(f"override-{version_id}")).to_have_text("overrode the gate")
+    screenshot(page, "adapters-overridden")
 
 
 def job_status(server: RunningServer, job_id: str) -> str:

@@ -161,7 +161,9 @@ def test_an_admins_limit_for_one_user_judges_that_users_jobs(
     add_examples(registry.database, alice, pirate_conversations(14))
     with registry.database.session() as session:
         # No change to ordinary text allowed: any style is held back, with the reason.
-        UserRepository(session).set_max_generic_rise(user_id=alice, value=0.0)
+        UserRepository(session).set_finetune_limits(
+            user_id=alice, changes={"max_generic_rise": 0.0}
+        )
     job_id = queue_job(registry, alice)
 
     assert make_worker(registry).run_one() == job_id

@@ -62,6 +62,7 @@ def get_user(user_id: str, _admin: AdminDep, session: SessionDep) -> AdminUserDe
             **user.model_dump(exclude={"keys"}),
             "api_keys": user.keys,
             "max_generic_rise": row.finetune_max_generic_rise,
+            "max_probe_loss": row.finetune_max_probe_loss,
             "feedback_count": FeedbackRepository(session).count(user_id=user_id),
             "example_count": ExampleRepository(session).count(user_id=user_id),
         }
@@ -76,15 +77,17 @@ def update_fine_tuning_limits(
     session: SessionDep,
     settings: SettingsDep,
 ) -> FineTuningLimitsPublic:
-    user = UserRepository(session).set_max_generic_rise(
-        user_id=user_id, value=body.max_generic_rise
-    )
+    user = UserRepository(session).set_finetune_limits(user_id=user_id, changes=body.changes())
     session.commit()
-    own = user.finetune_max_generic_rise
+    rise, probe_loss = user.finetune_max_generic_rise, user.finetune_max_probe_loss
     return FineTuningLimitsPublic(
         user_id=user.id,
-        max_generic_rise=own,
-        effective_max_generic_rise=settings.finetune_max_generic_rise if own is None else own,
+        max_generic_rise=rise,
+        max_probe_loss=probe_loss,
+        effective_max_generic_rise=settings.finetune_max_generic_rise if rise is None else rise,
+        effective_max_probe_loss=(
+            settings.finetune_max_probe_loss if probe_loss is None else probe_loss
+        ),
     )
 
 

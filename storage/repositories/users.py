@@ -22,6 +22,14 @@ from storage.tables import Feedback, User
 # The largest generic-text rise a limit may allow (10.0: the NLL may grow elevenfold):
 # past it the check means nothing. TAILOR_FINETUNE_MAX_GENERIC_RISE has the same bound.
 MAX_GENERIC_RISE = 10.0
+# The largest share of the factual probes a limit may let a candidate lose (below 1:
+# losing every fact is never allowed). TAILOR_FINETUNE_MAX_PROBE_LOSS has the same bound.
+MAX_PROBE_LOSS = 0.5
+# A user's own fine-tune gate limits: API name -> (column, largest value).
+FINETUNE_LIMITS = {
+    "max_generic_rise": ("finetune_max_generic_rise", MAX_GENERIC_RISE),
+    "max_probe_loss": ("finetune_max_probe_loss", MAX_PROBE_LOSS),
+}
 
 
 class UserRepository:
@@ -74,12 +82,19 @@ class UserRepository:
         self.session.flush()
         return user
 
-    def set_max_generic_rise(self, *, user_id: str, value: float | None) -> User:
-        """An admin's per-user limit of the fine-tune gate (None: the service's setting)."""
-        if value is not None and not 0 <= value <= MAX_GENERIC_RISE:
-            raise ValueError(f"max_generic_rise must lie in [0, {MAX_GENERIC_RISE}]")
+    def set_finetune_limits(self, *, user_id: str, changes: dict[str, float | None]) -> User:
+        """Set (a float) or clear (None) some of the user's own fine-tune gate limits
+        (``FINETUNE_LIMITS``); the rest stay. None: the service's setting."""
+        unknown = sorted(set(changes) - set(FINETUNE_LIMITS))
+        if unknown:
+            raise ValueError(f"unknown fine-tune limit(s): {', '.join(unknown)}")
+        for name, value in changes.items():
+            highest = FINETUNE_LIMITS[name][1]
+            if value is not None and not 0 <= value <= highest:
+                raise ValueError(f"{name} must lie in [0, {highest}]")
         user = self.get(user_id=user_id)
-        user.finetune_max_generic_rise = value
+        for name, value in changes.items():
+            setattr(user, FINETUNE_LIMITS[name][0], value)
         self.session.flush()
         return user
 

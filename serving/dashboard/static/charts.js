@@ -37,11 +37,15 @@ const colourOf = (series, i) => series.color || PALETTE[i % PALETTE.length];
 // ---------------------------------------------------------------------------
 // Public charts
 
-// lineChart(container, {times, series: [{name, values, color?, dash?, axis?: "right"}],
+// lineChart(container, {times, series: [{name, values, color?, dash?, axis?: "right", sparse?}],
 //   unit?, rightUnit?, height?, yMin?, yMax?, xFormat?, xIntegers?})
 // `times` are unix seconds (or any increasing numbers when `xFormat` says how
 // to print them, e.g. training steps, with `xIntegers` so labels fall on whole
-// numbers); a null value leaves a gap in its line.
+// numbers); a null value leaves a gap in its line. A `sparse` series has values
+// at a few points only (a validation loss checked every n steps): its nulls are
+// "not measured here", not gaps, so its points are joined across them, each
+// marked with a dot, and the hover leaves it out where it has no value.
+// Each series is a <g data-series="name" data-points="values present">.
 export function lineChart(container, options) {
   const { times = [], series = [], height = 220 } = options;
   const chart = frame(container, times.length, height, series, options.label || "line chart");
@@ -62,15 +66,20 @@ export function lineChart(container, options) {
 
   series.forEach((line, i) => {
     const y = line.axis === "right" ? yRight : yLeft;
-    drawLine(chart.svg, times, line.values, x, y.at, colourOf(line, i), line.dash);
+    const group = s("g", { class: "chart-series", "data-series": line.name, "data-points": line.values.filter(isValue).length });
+    chart.svg.append(group);
+    if (line.sparse) drawSparseLine(group, times, line.values, x, y.at, colourOf(line, i), line.dash);
+    else drawLine(group, times, line.values, x, y.at, colourOf(line, i), line.dash);
   });
 
   addHover(chart, area, times, x, options.xFormat || formatClock, (i) =>
-    series.map((line, k) => ({
-      name: line.name,
-      colour: colourOf(line, k),
-      text: withUnit(line.values[i], line.axis === "right" ? options.rightUnit : options.unit),
-    })),
+    series
+      .filter((line) => !line.sparse || isValue(line.values[i]))
+      .map((line) => ({
+        name: line.name,
+        colour: colourOf(line, series.indexOf(line)),
+        text: withUnit(line.values[i], line.axis === "right" ? options.rightUnit : options.unit),
+      })),
   );
   return chart.svg;
 }
@@ -459,6 +468,25 @@ function drawLine(svg, times, values, x, y, colour, dash) {
     else flush();
   });
   flush();
+}
+
+// The present values only, joined, each with a dot: the points are where it was measured.
+function drawSparseLine(svg, times, values, x, y, colour, dash) {
+  const points = times.flatMap((t, i) => (isValue(values[i]) ? [[x(t), y(values[i])]] : []));
+  if (points.length > 1) {
+    const d = points.map(([px, py], i) => `${i ? "L" : "M"}${px.toFixed(1)} ${py.toFixed(1)}`).join(" ");
+    svg.append(
+      s("path", {
+        d,
+        fill: "none",
+        stroke: colour,
+        "stroke-width": 2,
+        "stroke-linejoin": "round",
+        "stroke-dasharray": dash ? "5 4" : null,
+      }),
+    );
+  }
+  for (const [px, py] of points) svg.append(s("circle", { class: "chart-dot", cx: px, cy: py, r: 3.5, fill: colour }));
 }
 
 // ---------------------------------------------------------------------------

@@ -219,9 +219,29 @@ export function compactValue(value) {
 
 // ---------------------------------------------------------------------------
 // The evaluation report of a fine-tuned version (its eval_metrics), or of a
-// job's "evaluation" event: NLL per token of base, current and candidate
-// (lower is better), the gains with their lower bounds, the generic-text rise,
-// and why it was not promoted.
+// job's "evaluation" event: the gate's verdict and its reasons, NLL per token
+// of base, current and candidate (lower is better), the gains with their lower
+// bounds, the generic-text rise and the factual probes.
+
+// The gate's three verdicts, as admins read them.
+const VERDICTS = {
+  promote: "passed the gate",
+  hold_back: "held back",
+  not_enough_data: "not enough data to judge",
+};
+
+// Reports stored before `verdict` existed only have `promote`.
+export function verdictOf(metrics) {
+  if (!metrics) return null;
+  if (metrics.verdict in VERDICTS) return metrics.verdict;
+  if (metrics.promote === true) return "promote";
+  if (metrics.promote === false) return "hold_back";
+  return null;
+}
+
+export function verdictBadge(verdict, attrs = {}) {
+  return h("span", { ...attrs, class: `badge badge-${verdict}` }, VERDICTS[verdict] || verdict);
+}
 
 export function evalSummary(metrics) {
   if (!metrics || !metrics.nll_per_token) {
@@ -252,24 +272,64 @@ export function evalSummary(metrics) {
     return h(
       "div",
       { class: "gain" },
-      `${label}: ${formatNumber(g.gain, 4)} nats/token (lower bound ${formatNumber(g.lower, 4)}) `,
+      `${label}: ${formatNumber(g.gain, 4)} nats/token (lower bound ${formatNumber(g.lower, 4)}${typeof g.p_value === "number" ? `, p ${formatNumber(g.p_value, 3)}` : ""}) `,
       significant ? h("span", { class: "ok" }, "✓ significant") : h("span", { class: "bad" }, "✗ not significant"),
     );
   };
   const generic = metrics.generic_rise;
+  const verdict = verdictOf(metrics);
   const reasons = Array.isArray(metrics.reasons) ? metrics.reasons : [];
   return h(
     "div",
     { class: "eval" },
+    verdict
+      ? h(
+          "div",
+          { class: "verdict-line", dataset: { testid: "eval-verdict" } },
+          verdictBadge(verdict),
+          reasons.length ? h("ul", { class: "reasons" }, reasons.map((r) => h("li", {}, r))) : null,
+        )
+      : null,
     h("div", { class: "eval-caption muted" }, `NLL/token on ${formatNumber(metrics.test_conversations, 0)} test conversations (${formatNumber(metrics.test_tokens, 0)} tokens); lower is better`),
     bars,
     gain("gain vs base", metrics.gain_vs_base),
     noCurrent ? h("div", { class: "gain muted" }, "no earlier experts: current = base") : gain("gain vs current", metrics.gain_vs_current),
     typeof generic === "number" ? h("div", { class: "gain" }, `generic text NLL rise: ${formatPercent(generic, 2)}`) : null,
-    metrics.promote === false
-      ? h("div", { class: "reasons" }, h("strong", {}, "Not promoted: "), reasons.length ? h("ul", {}, reasons.map((r) => h("li", {}, r))) : "no reason recorded")
-      : metrics.promote === true
-        ? h("div", { class: "ok" }, "Passed the promotion gate")
-        : null,
+    probesSummary(metrics),
+  );
+}
+
+// The factual probes: how many the base model and the candidate answer, and which the candidate lost.
+function probesSummary(metrics) {
+  const answered = metrics.probes_answered;
+  if (!metrics.probes_asked || !answered) return null;
+  const lost = Array.isArray(metrics.probes_lost) ? metrics.probes_lost : [];
+  const line = `factual probes answered: base ${answered.base}, candidate ${answered.candidate} of ${metrics.probes_asked}`;
+  if (!lost.length) return h("div", { class: "gain", dataset: { testid: "eval-probes" } }, line, h("span", { class: "ok" }, " ✓ none lost"));
+  return h(
+    "details",
+    { class: "gain probes", dataset: { testid: "eval-probes" } },
+    h("summary", {}, line, h("span", { class: "bad" }, ` ✗ ${lost.length} lost`)),
+    h("ul", { class: "lost-probes" }, lost.map((q) => h("li", {}, q))),
+  );
+}
+
+// The greedy answers of base, current (when the user had experts) and
+// candidate to the newest held-out questions, side by side; null without samples.
+// Long text wraps, and past a few lines scrolls inside its cell.
+export function sampleAnswers(metrics) {
+  const samples = metrics && Array.isArray(metrics.samples) ? metrics.samples : [];
+  if (!samples.length) return null;
+  const columns = ["base", "current", "candidate"].filter((k) => samples.some((x) => typeof x[k] === "string"));
+  const text = (value) => (typeof value === "string" ? h("div", { class: "sample-text" }, value || h("span", { class: "muted" }, "(empty answer)")) : NONE);
+  return h(
+    "table",
+    { class: "samples", dataset: { testid: "sample-answers" } },
+    h("thead", {}, h("tr", {}, h("th", {}, "question"), columns.map((k) => h("th", {}, k)))),
+    h(
+      "tbody",
+      {},
+      samples.map((x) => h("tr", {}, h("td", {}, text(x.question)), columns.map((k) => h("td", { class: `sample-${k}` }, text(x[k]))))),
+    ),
   );
 }

@@ -1,9 +1,9 @@
-"""Who decided a version's fate, and a user's own limit on generic-text change.
+"""Who decided a version's fate, and a user's own limits of the fine-tune gate.
 
 ``promoted_by`` / ``retired_by`` record the gate, the user or an admin: a
 promotion by a person of a version the gate held back is an override, and the
-dashboard shows it. ``finetune_max_generic_rise`` is an admin's per-user
-setting of the gate's trade-off (None: the service's setting).
+dashboard shows it. ``finetune_max_generic_rise`` and ``finetune_max_probe_loss``
+are an admin's per-user settings of the gate's trade-offs (None: the service's).
 
 Revision ID: 0007
 Revises: 0006
@@ -27,10 +27,12 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("retired_by", sa.String(length=20), nullable=True))
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.add_column(sa.Column("finetune_max_generic_rise", sa.Float(), nullable=True))
+        batch_op.add_column(sa.Column("finetune_max_probe_loss", sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.drop_column("finetune_max_probe_loss")
         batch_op.drop_column("finetune_max_generic_rise")
     with op.batch_alter_table("adapter_versions", schema=None) as batch_op:
         batch_op.drop_column("retired_by")

@@ -1,5 +1,7 @@
 // Adapters: every LoRA expert and its versions; upload a PEFT adapter, promote
-// a candidate, roll an expert back, retire a version, download one.
+// a candidate, roll an expert back, retire a version, download one. Each
+// version shows the gate's verdict with its evaluation and sample answers, and
+// who promoted or retired it: a person promoting what the gate held back stands out.
 //
 // The filter lives in the URL (?user_id=...&base_model=...), so the users page
 // can link to one user's experts; #adp_... highlights one expert.
@@ -8,7 +10,7 @@ import { h, clear, timeEl, formatBytes } from "../dom.js";
 import { api, notify, describe, withQuery } from "../api.js";
 import {
   app, card, pageHeader, badge, idText, select, field, actionButton,
-  modelChoices, allUsers, evalSummary, modelName,
+  modelChoices, allUsers, evalSummary, sampleAnswers, verdictOf, modelName,
 } from "../ui.js";
 
 const root = app();
@@ -191,58 +193,109 @@ async function afterAction(result) {
 }
 
 function versionsTable(expert) {
-  // v3, not adv_..., where a lineage field names a version of this expert.
-  const label = (id) => {
-    if (!id) return null;
-    const version = expert.versions.find((v) => v.id === id);
-    return h("span", { title: id }, version ? `v${version.version}` : id);
-  };
   const rows = [...expert.versions].sort((a, b) => b.version - a.version);
-  const headers = ["Version", "State", "Size", "Rank / α", "Dates", "Lineage", "Evaluation", ""];
+  const headers = ["Version", "State", "Size / rank", "History", "Lineage", "Evaluation", ""];
   return h(
     "table",
     { class: "versions" },
     h("thead", {}, h("tr", {}, headers.map((x) => h("th", {}, x)))),
+    h("tbody", {}, rows.map((v) => versionRows(expert, v, headers.length))),
+  );
+}
+
+// A version's row, and under it its sample answers when its evaluation has some.
+function versionRows(expert, v, columns) {
+  // v3, not adv_..., where a lineage field names a version of this expert.
+  const label = (id) => {
+    if (!id) return null;
+    const version = expert.versions.find((x) => x.id === id);
+    return h("span", { title: id }, version ? `v${version.version}` : id);
+  };
+  const samples = sampleAnswers(v.eval_metrics);
+  const row = h(
+    "tr",
+    { dataset: { testid: `version-${v.id}` }, class: `state-${v.state}${samples ? " has-samples" : ""}` },
+    h("td", {}, h("strong", {}, `v${v.version}`), h("br"), idText(v.id)),
     h(
-      "tbody",
-      {},
-      rows.map((v) =>
+      "td",
+      { class: "state-cell" },
+      badge(v.state, { dataset: { testid: `state-${v.id}` } }),
+      v.overrode_gate
+        ? h(
+            "span",
+            {
+              class: "badge badge-override",
+              title: `Promoted by ${v.promoted_by} although the evaluation gate held it back`,
+              dataset: { testid: `override-${v.id}` },
+            },
+            "overrode the gate",
+          )
+        : null,
+    ),
+    h(
+      "td",
+      { class: "size", title: (v.target_modules || []).join(", ") },
+      h("div", {}, formatBytes(v.size_bytes)),
+      h("div", { class: "muted" }, `rank ${v.rank}, α ${v.alpha}`),
+    ),
+    h(
+      "td",
+      { class: "dates" },
+      h("div", {}, "created ", timeEl(v.created_at)),
+      v.promoted_at ? h("div", { dataset: { testid: `promoted-${v.id}` } }, decided("promoted", v.promoted_by), timeEl(v.promoted_at)) : null,
+      v.retired_at ? h("div", { dataset: { testid: `retired-${v.id}` } }, decided("retired", v.retired_by), timeEl(v.retired_at)) : null,
+    ),
+    h(
+      "td",
+      { class: "lineage" },
+      v.parent_version_id ? h("div", {}, "trained from ", label(v.parent_version_id)) : null,
+      v.replaced_version_id ? h("div", {}, "replaced ", label(v.replaced_version_id)) : null,
+      v.job_id ? h("div", {}, "job ", h("a", { href: `/admin/jobs#${v.job_id}` }, v.job_id)) : null,
+      !v.parent_version_id && !v.replaced_version_id && !v.job_id ? h("span", { class: "muted" }, "uploaded") : null,
+    ),
+    h("td", { class: "eval-cell" }, evalSummary(v.eval_metrics)),
+    h("td", { class: "actions" }, versionActions(expert, v)),
+  );
+  if (!samples) return row;
+  // Across the whole table and folded: side by side the answers need the width,
+  // and unfolded inside the row they would make it a page tall.
+  return [
+    row,
+    h(
+      "tr",
+      { class: `samples-row state-${v.state}` },
+      h(
+        "td",
+        { colspan: columns },
         h(
-          "tr",
-          { dataset: { testid: `version-${v.id}` }, class: `state-${v.state}` },
-          h("td", {}, h("strong", {}, `v${v.version}`), h("br"), idText(v.id)),
-          h("td", { dataset: { testid: `state-${v.id}` } }, badge(v.state)),
-          h("td", {}, formatBytes(v.size_bytes)),
-          h("td", { title: (v.target_modules || []).join(", ") }, `${v.rank} / ${v.alpha}`),
-          h(
-            "td",
-            { class: "dates" },
-            h("div", {}, "created ", timeEl(v.created_at)),
-            v.promoted_at ? h("div", {}, "promoted ", timeEl(v.promoted_at)) : null,
-            v.retired_at ? h("div", {}, "retired ", timeEl(v.retired_at)) : null,
-          ),
-          h(
-            "td",
-            { class: "lineage" },
-            v.parent_version_id ? h("div", {}, "trained from ", label(v.parent_version_id)) : null,
-            v.replaced_version_id ? h("div", {}, "replaced ", label(v.replaced_version_id)) : null,
-            v.job_id ? h("div", {}, "job ", h("a", { href: `/admin/jobs#${v.job_id}` }, v.job_id)) : null,
-            !v.parent_version_id && !v.replaced_version_id && !v.job_id ? h("span", { class: "muted" }, "uploaded") : null,
-          ),
-          h("td", { class: "eval-cell" }, evalSummary(v.eval_metrics)),
-          h("td", { class: "actions" }, versionActions(expert, v)),
+          "details",
+          { dataset: { testid: `samples-${v.id}` } },
+          h("summary", {}, `v${v.version}: sample answers to the ${v.eval_metrics.samples.length} newest held-out questions`),
+          samples,
         ),
       ),
     ),
-  );
+  ];
+}
+
+// "promoted by gate ", or just "promoted " for versions decided before who was kept.
+function decided(what, by) {
+  return by ? `${what} by ${by} ` : `${what} `;
 }
 
 function versionActions(expert, v) {
   const buttons = [];
   if (v.state === "candidate") {
+    // A version the gate held back can still be promoted by hand (that is what
+    // "not enough data to judge" asks for), but as a decision taken knowingly.
+    const verdict = verdictOf(v.eval_metrics);
+    const heldBack = verdict === "hold_back" || verdict === "not_enough_data";
     buttons.push(
-      actionButton("Promote", () => api("POST", `/admin/adapters/${encodeURIComponent(v.id)}/promote`).then(afterAction), {
+      actionButton(heldBack ? "Promote anyway" : "Promote", () => api("POST", `/admin/adapters/${encodeURIComponent(v.id)}/promote`).then(afterAction), {
         testid: `promote-${v.id}`,
+        confirmText: heldBack
+          ? `The evaluation gate held v${v.version} back:\n${(v.eval_metrics.reasons || []).join("\n")}\n\nPromote it anyway?`
+          : null,
         success: (p) => `${expert.name}: v${p.version} is now active.`,
       }),
     );

@@ -1,5 +1,6 @@
 // Jobs: start a fine-tune, watch the queue and the history, and follow one job
-// live: its loss curve, throughput, ETA and events; cancel or retry it.
+// live: its training and validation loss, throughput, ETA and events; cancel or
+// retry it; once it ended, its verdict (promoted, held back and why, or the error).
 //
 // The open job is the URL's hash (/admin/jobs#ftjob_...), so adapters and
 // users can link to it. The lists refresh every 5 s; an open job that is
@@ -7,7 +8,7 @@
 
 import { h, clear, timeEl, formatNumber, formatDuration, NONE } from "../dom.js";
 import { api, notify, describe, withQuery, ApiFailure } from "../api.js";
-import { lineChart } from "../charts.js";
+import { lineChart, PALETTE } from "../charts.js";
 import {
   app, card, pageHeader, table, badge, idText, select, field, actionButton, runAction, poll,
   modelChoices, allUsers, evalSummary, compactValue, modelName, numberOf, reveal,
@@ -139,7 +140,7 @@ function jobsTable(jobs, open, empty, finished) {
       timeEl(finished ? job.finished_at : job.created_at),
     ],
   }));
-  return table(["Job / model", "Status", "For", finished ? "Finished" : "Created"], rows, { empty });
+  return table(["Job / model", "Status", "For", finished ? "Finished" : "Created"], rows, { empty, class: "jobs" });
 }
 
 // --- The open job ----------------------------------------------------------------------
@@ -164,6 +165,7 @@ function openJob() {
     stop: () => {},
     parts: {
       head: h("div", { class: "card-head" }),
+      verdict: h("div"),
       facts: h("div"),
       progress: h("div", { class: "progress-figures" }),
       curve: h("div", { class: "chart-box", dataset: { testid: "loss-curve" } }),
@@ -177,6 +179,7 @@ function openJob() {
       "section",
       { class: "card detail", dataset: { testid: "job-detail" } },
       p.head,
+      p.verdict,
       p.facts,
       h("h3", {}, "Progress"),
       p.progress,
@@ -243,25 +246,33 @@ function drawJob(state) {
       job.result_version_id ? fact("Version", h("a", { href: `/admin/adapters#${job.adapter_id || ""}` }, job.result_version_id)) : null,
       job.cancel_requested && LIVE.has(job.status) ? fact("Cancel", "requested: the worker stops at its next heartbeat") : null,
     ),
-    job.error ? h("pre", { class: "error-box", dataset: { testid: "job-error" } }, job.error) : null,
+    // A failed job's error is its verdict, above; an earlier attempt's stays here.
+    job.error && job.status !== "failed" ? h("pre", { class: "error-box", dataset: { testid: "job-error" } }, job.error) : null,
   );
+  clear(parts.verdict, verdictLine(job));
 
   // The loss curve of the newest attempt that has progress (a retry starts again at step 1).
   const progress = events.filter((e) => e.kind === "progress");
   const attempt = progress.length ? Math.max(...progress.map((e) => e.attempt)) : null;
   const steps = progress.filter((e) => e.attempt === attempt);
-  const latest = steps.length ? steps[steps.length - 1].payload : null;
-  drawProgress(parts.progress, job, latest);
-  const hasGate = steps.some((e) => typeof e.payload.gate_loss === "number");
+  const trained = events.find((e) => e.kind === "trained" && e.attempt === attempt);
+  drawProgress(parts.progress, job, steps, trained ? trained.payload : null);
+  // The validation and gate losses exist at some steps only (every few steps,
+  // and whenever the worker wrote one): sparse series, joined and dotted. Their
+  // colours are fixed: a gate loss drawn before the first check keeps its own.
+  const optional = [
+    ["validation loss", "validation_loss", PALETTE[1]],
+    ["gate loss", "gate_loss", PALETTE[2]],
+  ].filter(([, key]) => steps.some((e) => typeof e.payload[key] === "number"));
   lineChart(parts.curve, {
     times: steps.map((e) => e.payload.step),
     xFormat: (step) => `step ${Math.round(step)}`,
     xIntegers: true,
     height: 200,
-    label: "Training loss per step",
+    label: "Loss per step: training, and validation where it was checked",
     series: [
-      { name: "loss", values: steps.map((e) => e.payload.loss) },
-      ...(hasGate ? [{ name: "gate loss", values: steps.map((e) => e.payload.gate_loss ?? null) }] : []),
+      { name: "training loss", color: PALETTE[0], values: steps.map((e) => e.payload.loss) },
+      ...optional.map(([name, key, color]) => ({ name, color, sparse: true, values: steps.map((e) => e.payload[key] ?? null) })),
     ],
   });
 
@@ -272,9 +283,28 @@ function fact(label, value) {
   return [h("dt", {}, label), h("dd", {}, value === null || value === undefined || value === "" ? NONE : value)];
 }
 
-function drawProgress(slot, job, latest) {
+// One loss figure, named by its step: the newest step's training loss. (The
+// "trained" event's last_loss is another number, the mean of the last epoch,
+// and says so in the events.) Validation: the newest check while training,
+// then the best check, whose weights were kept.
+function drawProgress(slot, job, steps, trained) {
   const live = LIVE.has(job.status);
+  const latest = steps.length ? steps[steps.length - 1].payload : null;
+  const checked = [...steps].reverse().find((e) => typeof e.payload.validation_loss === "number");
+  let validation = [NONE, "validation loss"];
+  if (trained && typeof trained.best_validation_loss === "number") {
+    validation = [formatNumber(trained.best_validation_loss, 4), trained.best_step ? `best validation, step ${trained.best_step} (kept)` : "validation before training (kept)"];
+  } else if (checked) {
+    validation = [formatNumber(checked.payload.validation_loss, 4), `validation loss, step ${checked.payload.step}`];
+  }
   const fraction = latest && latest.total_steps ? Math.min(1, latest.step / latest.total_steps) : job.status === "succeeded" ? 1 : 0;
+  const stat = (value, label, testid) =>
+    h(
+      "div",
+      { class: "stat" },
+      h("div", { class: "stat-value", dataset: { testid } }, value),
+      h("div", { class: "stat-label", dataset: { testid: `${testid}-label` } }, label),
+    );
   clear(slot, 
     h(
       "div",
@@ -283,14 +313,34 @@ function drawProgress(slot, job, latest) {
     ),
     h(
       "div",
-      { class: "stats compact" },
-      h("div", { class: "stat" }, h("div", { class: "stat-value", dataset: { testid: "job-step" } }, latest ? `${latest.step} / ${latest.total_steps}` : NONE), h("div", { class: "stat-label" }, "step")),
-      h("div", { class: "stat" }, h("div", { class: "stat-value" }, latest ? String(latest.epoch) : NONE), h("div", { class: "stat-label" }, "epoch")),
-      h("div", { class: "stat" }, h("div", { class: "stat-value" }, latest ? formatNumber(latest.loss, 4) : NONE), h("div", { class: "stat-label" }, "loss")),
-      h("div", { class: "stat" }, h("div", { class: "stat-value", dataset: { testid: "job-tokens-per-second" } }, latest ? formatNumber(latest.tokens_per_second, 1) : NONE), h("div", { class: "stat-label" }, "tokens / s")),
-      h("div", { class: "stat" }, h("div", { class: "stat-value", dataset: { testid: "job-eta" } }, latest && live ? formatDuration(latest.eta_seconds) : NONE), h("div", { class: "stat-label" }, "ETA")),
+      { class: "stats compact progress-stats" },
+      stat(latest ? `${latest.step} / ${latest.total_steps}` : NONE, latest ? `step, epoch ${latest.epoch}` : "step", "job-step"),
+      stat(latest ? formatNumber(latest.loss, 4) : NONE, latest ? `training loss, step ${latest.step}` : "training loss", "job-loss"),
+      stat(validation[0], validation[1], "job-validation-loss"),
+      stat(latest ? formatNumber(latest.tokens_per_second, 1) : NONE, "tokens / s", "job-tokens-per-second"),
+      stat(latest && live ? formatDuration(latest.eta_seconds) : NONE, "ETA", "job-eta"),
     ),
   );
+}
+
+// Once the job ended: what came of it, in one line above everything else.
+function verdictLine(job) {
+  const line = (kind, ...children) => h("div", { class: `verdict ${kind}`, dataset: { testid: "job-verdict" } }, children);
+  const review = job.adapter_id ? h("a", { href: `/admin/adapters#${job.adapter_id}` }, "Review it on the Adapters page") : null;
+  switch (job.status) {
+    case "succeeded":
+      if (job.outcome === "promoted") return line("promoted", h("strong", {}, "Promoted"), ": the new version is active.");
+      if (job.outcome === "held_back") {
+        return line("held_back", h("strong", {}, "Held back: "), (job.outcome_reason || "no reason recorded").replace(/\.$/, ""), ". ", review);
+      }
+      return line("neutral", h("strong", {}, "Succeeded"), " (no promotion verdict was recorded).");
+    case "failed":
+      return line("failed", h("strong", {}, "Failed"), h("pre", { class: "error-box", dataset: { testid: "job-error" } }, job.error || "no error recorded"));
+    case "cancelled":
+      return line("neutral", h("strong", {}, "Cancelled"));
+    default:
+      return null; // still queued or running
+  }
 }
 
 // Newest first. Progress events are many and all in the curve: only the latest is listed.
@@ -299,10 +349,10 @@ function drawEvents(slot, events, progressCount) {
   const shown = events.filter((e) => e.kind !== "progress" || e === lastProgress).reverse();
   const rows = shown.map((e) => ({
     attrs: { dataset: { testid: `event-${e.id}` } },
-    cells: [timeEl(e.created_at), String(e.attempt), badge(e.kind), eventDetails(e)],
+    cells: [[timeEl(e.created_at), h("div", { class: "muted small" }, `attempt ${e.attempt}`)], badge(e.kind), eventDetails(e)],
   }));
   clear(slot, 
-    table(["Time", "Attempt", "Kind", "Details"], rows, { empty: "No events yet.", testid: "job-events", class: "events" }),
+    table(["Time", "Kind", "Details"], rows, { empty: "No events yet.", testid: "job-events", class: "events" }),
     progressCount > 1 ? h("p", { class: "hint" }, `${progressCount - 1} earlier progress events are in the loss curve.`) : null,
   );
 }
@@ -312,10 +362,13 @@ function eventDetails(event) {
   switch (event.kind) {
     case "progress":
       return [
-        `step ${p.step}/${p.total_steps} · epoch ${p.epoch} · loss ${formatNumber(p.loss, 4)}`,
+        `step ${p.step}/${p.total_steps} · epoch ${p.epoch} · training loss ${formatNumber(p.loss, 4)}`,
+        typeof p.validation_loss === "number" ? ` · validation loss ${formatNumber(p.validation_loss, 4)}` : "",
         typeof p.gate_loss === "number" ? ` · gate loss ${formatNumber(p.gate_loss, 4)}` : "",
         ` · ${formatNumber(p.tokens_per_second, 1)} tokens/s · ETA ${formatDuration(p.eta_seconds)}`,
       ].join("");
+    case "trained":
+      return trainedDetails(p);
     case "evaluation":
       return evalSummary(p);
     case "not_promoted": {
@@ -328,6 +381,26 @@ function eventDetails(event) {
       return h("span", { class: "kv" }, entries.map(([k, v]) => `${k}=${compactValue(v)}`).join("  "));
     }
   }
+}
+
+// The run's summary. Its losses are labelled by what they average: the
+// last_loss here is the last epoch's mean, not the newest step's loss above.
+function trainedDetails(p) {
+  const loss = (v) => formatNumber(v, 4);
+  let validation = null;
+  if (typeof p.best_validation_loss === "number") {
+    validation = p.best_step
+      ? `validation loss ${loss(p.first_validation_loss)} before training, best ${loss(p.best_validation_loss)} at step ${p.best_step} (the weights kept)`
+      : `validation loss ${loss(p.first_validation_loss)} before training, never bettered (the untrained weights kept)`;
+  }
+  return h(
+    "div",
+    { class: "trained" },
+    h("div", {}, `${p.steps} steps · training loss ${loss(p.first_loss)} at step 1, ${loss(p.last_loss)} mean of the last epoch`),
+    validation ? h("div", {}, validation) : null,
+    p.stopped_early ? h("div", {}, h("strong", {}, "stopped early"), ": the validation loss stopped improving") : null,
+    h("div", { class: "muted" }, `${formatNumber(p.tokens, 0)} tokens in ${formatDuration(p.seconds)} · ${formatNumber(p.tokens_per_second, 1)} tokens/s`),
+  );
 }
 
 function jobActions(job) {
