@@ -116,19 +116,21 @@ def series_points(page: Page, testid: str, series: str) -> int:
     return int(group.get_attribute("data-points") or 0) if group.count() else 0
 
 
+# The page, and each table's scrolling box, whose content is wider than the box.
+TOO_WIDE = """() => [document.documentElement, ...document.querySelectorAll('.table-wrap')]
+    .filter((el) => el.scrollWidth > el.clientWidth + 1)
+    .map((el) => `${el.className || el.tagName}: ${el.scrollWidth} > ${el.clientWidth}`)"""
+
+
 def check_layout(page: Page, name: str) -> None:
     """At the widths admins use, nothing sticks out of the page or out of a table's
     box (a table that needs a scroll bar at these widths is too wide); screenshots."""
     for width in (1280, 1920):
         page.set_viewport_size({"width": width, "height": 1000})
         page.wait_for_timeout(300)  # charts redraw at their new width
-        too_wide = page.evaluate(
-            """() => [document.documentElement, ...document.querySelectorAll('.table-wrap')]
-                .filter((el) => el.scrollWidth > el.clientWidth + 1)
-                .map((el) => `${el.tagName}.${el.className}: ${el.scrollWidth} > ${el.clientWidth}`)"""
-        )
-        assert too_wide == [], f"{name} at {width} px: {too_wide}"
         screenshot(page, f"{name}-{width}")
+        too_wide = page.evaluate(TOO_WIDE)
+        assert too_wide == [], f"{name} at {width} px: {too_wide}"
 
 
 def wait_for(predicate: Any, *, timeout: float, what: str) -> None:

@@ -43,11 +43,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         yield running
 
 
+# Two real jobs on a 2-core CPU (the second on 48 conversations) and the full gate.
+@pytest.mark.timeout(1800)
 def test_a_style_is_learnt_kept_apart_from_bad_data_and_in_the_users_hands(
     server: RunningServer,
 ) -> None:
     user = httpx.post(f"{server.url}/admin/users", json={"name": "styled"}, headers=ADMIN).json()
     me = {"Authorization": f"Bearer {user['api_key']}"}
+    # The admin's trade-off for this user: a style may cost up to 10% of the factual
+    # probes (3 of 30), where the service's default allows 1 (docs/benchmarks.md: a
+    # strong style on this 135M model costs 1-4).
+    limits = httpx.patch(
+        f"{server.url}/admin/users/{user['id']}/fine-tuning",
+        json={"max_probe_loss": 0.1},
+        headers=ADMIN,
+    )
+    assert limits.status_code == 200 and limits.json()["effective_max_probe_loss"] == 0.1
     store(server, me, STYLE.train)
 
     # No hyperparameters: how long and how hard to train is sized to the data.
