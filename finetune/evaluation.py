@@ -270,6 +270,8 @@ class EvaluationReport:
     probes_lost: list[str] = field(default_factory=list)
     # {"question", "base", "current", "candidate"} on the newest test conversations.
     samples: list[dict[str, str]] = field(default_factory=list)
+    # The limits it was judged by and where each was set (the service's or the user's).
+    limits: dict[str, Any] = field(default_factory=dict)
 
     def as_metrics(self) -> dict[str, Any]:
         """What the registry stores with the candidate (JSON)."""
@@ -340,7 +342,8 @@ def evaluate_candidate(
     """
     has_current = "current" in scorer.variants and bool(scorer.variants["current"].experts)
     has_probes = probes is not None and bool(probes.probes)
-    total = 5 + has_current + 2 * has_probes + (tokenizer is not None)
+    # test split (base, candidate, current?), generic text (2), probes (2?), samples?
+    total = 4 + has_current + 2 * has_probes + (tokenizer is not None)
     done = 0
 
     def stage(name: str) -> None:
@@ -438,6 +441,12 @@ def evaluate_candidate(
         probes_answered=answered,
         probes_lost=lost,
         samples=samples,
+        limits={
+            "max_generic_rise": rules.max_generic_rise,
+            "max_generic_rise_set_by": rules.generic_rise_source,
+            "max_probe_loss": rules.max_probe_loss,
+            "max_probe_loss_set_by": rules.probe_loss_source,
+        },
     )
 
 
