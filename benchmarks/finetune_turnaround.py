@@ -1,16 +1,18 @@
 """Time from ``POST /v1/fine-tunes`` to a promoted specialist, over HTTP.
 
     python -m benchmarks.finetune_turnaround [--examples 200] [--words 80]
-        [--model smollm2-135m-instruct] [--epochs 2] [--data data/personal/reuters_c50]
+        [--model smollm2-135m-instruct] [--epochs N] [--data data/personal/reuters_c50]
 
 Starts ``tailor serve`` with one fine-tune worker (the embedded mode a user
 runs), uploads ``--examples`` chat examples of one user, queues a job and
-follows it until it ends. Each example asks for a news story and answers with
-the first ``--words`` words of a Reuters C50 training article (the authors in
-sorted order, 50 articles each), so the data is real prose. Prints the total
+follows it until it ends. With no ``--epochs`` the job sets no hyperparameters,
+as a ``POST /v1/fine-tunes`` with only a model would: the worker sizes the
+training to the data (``finetune.training_plan``). Each example asks for a news
+story and answers with the first ``--words`` words of a Reuters C50 training
+article (the authors in sorted order, 50 articles each), so the data is real prose. Prints the total
 and each phase as the job's own events date them: waiting in the queue, data
 set, model load and first step, training (with tokens/s), evaluation,
-registration and promotion.
+registration and promotion, and the job's outcome (promoted or held back, and why).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=200)
     parser.add_argument("--words", type=int, default=80)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--timeout", type=float, default=3600)
@@ -79,7 +81,8 @@ def main() -> None:
                 f"{server.url}/v1/examples", json={"examples": examples}, headers=me, timeout=60
             )
             stored.raise_for_status()
-            body = {"model": args.model, "hyperparameters": {"epochs": args.epochs}}
+            hyperparameters = {} if args.epochs is None else {"epochs": args.epochs}
+            body = {"model": args.model, "hyperparameters": hyperparameters}
             started = time.perf_counter()
             job = httpx.post(f"{server.url}/v1/fine-tunes", json=body, headers=me).json()
             while True:
@@ -94,8 +97,11 @@ def main() -> None:
                 "data"
             ]
 
-    print(f"{args.examples} examples of ~{args.words} words, {args.epochs} epochs, {args.model}")
+    training = "sized to the data" if args.epochs is None else f"{args.epochs} epochs"
+    print(f"{args.examples} examples of ~{args.words} words, {training}, {args.model}")
     print(f"job {job['status']} in {total:.1f} s (POST to the end, seen by polling every 0.5 s)")
+    reason = f": {job['outcome_reason']}" if job["outcome_reason"] else ""
+    print(f"outcome: {job['outcome']}{reason}")
     if job["error"]:
         print(f"error: {job['error']}")
     created = _time(job["created_at"])
@@ -106,14 +112,16 @@ def main() -> None:
         if event["kind"] != "progress" or event["payload"]["step"] == 1:
             print(f"  {event['kind']:<32} {(moment - previous).total_seconds():7.1f}")
             previous = moment
-        if event["kind"] == "dataset":
+        if event["kind"] in ("dataset", "plan"):
             print(f"    {event['payload']}")
         if event["kind"] == "trained":
             payload = event["payload"]
             print(
                 f"    {payload['steps']} steps, {payload['tokens']} tokens, "
                 f"{payload['tokens_per_second']} tokens/s, loss "
-                f"{payload['first_loss']} -> {payload['last_loss']}"
+                f"{payload['first_loss']} -> {payload['last_loss']}; validation loss "
+                f"{payload['first_validation_loss']} -> {payload['best_validation_loss']} "
+                f"(best at step {payload['best_step']}, stopped early: {payload['stopped_early']})"
             )
         if event["kind"] == "evaluation":
             payload = event["payload"]
