@@ -33,6 +33,7 @@ from serving.routes import (
     routing,
 )
 from serving.runtime import ModelRuntime
+from serving.schemas import ERROR_RESPONSES
 from serving.services import Services
 
 DASHBOARD_STATIC = Path(__file__).parent / "dashboard" / "static"
@@ -102,17 +103,21 @@ def create_app(
     # Before the admin API: a browser asking for /admin/users gets the page.
     app.include_router(pages.pages_router)
     app.include_router(pages.router)
-    app.include_router(health.router)
-    app.include_router(models.router)
-    app.include_router(completions.router)
-    app.include_router(feedback.router)
-    app.include_router(examples.router)
-    app.include_router(fine_tunes.router)
-    app.include_router(adapters.router)
-    app.include_router(admin_users.router)
-    app.include_router(admin_adapters.router)
-    app.include_router(admin_jobs.router)
-    app.include_router(admin_router.router)
-    app.include_router(admin_overview.router)
-    app.include_router(routing.router)
+    # Every error of the JSON API has one shape; the OpenAPI schema says so for each route.
+    for api in (
+        health,
+        models,
+        completions,
+        feedback,
+        examples,
+        fine_tunes,
+        adapters,
+        admin_users,
+        admin_adapters,
+        admin_jobs,
+        admin_router,
+        admin_overview,
+        routing,
+    ):
+        app.include_router(api.router, responses=ERROR_RESPONSES)
     return app

@@ -1,4 +1,4 @@
-"""Request bodies of the OpenAI-compatible endpoints.
+"""Request and response bodies of the OpenAI-compatible endpoints.
 
 Unknown fields are ignored, as OpenAI clients send options Tailor does not
 use; options that would change the meaning of a request and that Tailor does
@@ -17,14 +17,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, ConfigDict, Field, field_validator
+from pydantic import MISSING, AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from serving.request_text import RequestBody
 from serving.routing_schemas import (
     MAX_COST_WEIGHT,
     MAX_LATENCY_SLO_SECONDS,
     MAX_PRICE_PER_MILLION,
+    RoutePublic,
 )
+from storage.tables import AdapterKind
 
 # Characters of all messages (or prompts) of one request. The models served
 # take at most 32K tokens of context, and a token is usually 3-4 characters:
@@ -155,3 +157,84 @@ class CompletionCreate(SamplingFields):
 def _check_characters(count: int) -> None:
     if count > MAX_PROMPT_CHARACTERS:
         raise ValueError(f"{count} characters in all; at most {MAX_PROMPT_CHARACTERS} are accepted")
+
+
+# Responses -------------------------------------------------------------------------
+#
+# The bodies of serving.completions (built there as dicts, validated against these by
+# the route's response_model). ``extra="forbid"``: a field added there and not here
+# fails the tests rather than vanishing from the answer. A stream's chunks are
+# documented in the route's ``responses`` (text/event-stream), not modelled.
+
+FinishReason = Literal["stop", "length"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UsagePublic(_Strict):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ExpertUsedPublic(_Strict):
+    """An expert applied to the answer (``tailor.adapters[]``)."""
+
+    id: str
+    kind: AdapterKind
+    version: int
+    version_id: str
+
+
+class TailorExtraPublic(_Strict):
+    """Tailor's own part of a completion: how it was routed, which experts answered."""
+
+    route: RoutePublic
+    adapters: list[ExpertUsedPublic]
+    # "timeout" or "cancelled", only when the generation was cut short.
+    ended_by: str | MISSING = MISSING
+
+
+class AssistantMessagePublic(_Strict):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoicePublic(_Strict):
+    index: int
+    message: AssistantMessagePublic
+    finish_reason: FinishReason
+    logprobs: None
+
+
+class TextChoicePublic(_Strict):
+    index: int
+    text: str
+    finish_reason: FinishReason
+    logprobs: None
+
+
+class ChatCompletionPublic(_Strict):
+    """``POST /v1/chat/completions`` without ``stream``."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoicePublic]
+    usage: UsagePublic
+    tailor: TailorExtraPublic
+
+
+class TextCompletionPublic(_Strict):
+    """``POST /v1/completions`` without ``stream``."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[TextChoicePublic]
+    usage: UsagePublic
+    tailor: TailorExtraPublic

@@ -32,6 +32,35 @@ class ListPublic(BaseModel, Generic[T]):
     has_more: bool = False
 
 
+# Errors ----------------------------------------------------------------------
+
+
+class ErrorDetailPublic(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message: str
+    # Derived from the status (serving.errors.ERROR_TYPES), "server_error" for 5xx.
+    type: str
+    # A stable reason (docs/api.md, section 1.6), or null where none applies.
+    code: str | None
+
+
+class ErrorPublic(BaseModel):
+    """Every error of the JSON API: the OpenAI error shape (serving.errors.error_body)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorDetailPublic
+
+
+# The `responses` of every API route in the OpenAPI schema: whatever the status, an error
+# has the shape above (this also replaces FastAPI's own 422 body, which Tailor never sends).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorPublic, "description": "A client error (docs/api.md, section 1.6)"},
+    "5XX": {"model": ErrorPublic, "description": "A server error, or a backend unavailable"},
+}
+
+
 # Users and keys ------------------------------------------------------------
 
 
@@ -246,12 +275,34 @@ class AdapterPublic(BaseModel):
 # Health ----------------------------------------------------------------------
 
 
+class OverviewPointPublic(BaseModel):
+    """One chart point (serving.metrics_history.point_between): per minute since the last."""
+
+    # Built from the sampler's dicts: a field added there and not here fails the tests.
+    model_config = ConfigDict(extra="forbid")
+
+    t: float
+    requests_per_minute: float
+    prompt_tokens_per_minute: float
+    completion_tokens_per_minute: float
+    tokens_per_minute: float
+    latency_p50_s: float | None
+    latency_p99_s: float | None
+    routing_per_minute: dict[str, float]
+    cost_per_minute: float
+    cost_total: float
+    cache_hit_rate: float | None
+    queue_depth: int
+    running_requests: int
+    jobs: dict[str, int]
+
+
 class OverviewPublic(BaseModel):
     """``GET /admin/overview``: chart points (serving.metrics_history), oldest first."""
 
     bucket_seconds: float
     now: float
-    points: list[dict[str, Any]]
+    points: list[OverviewPointPublic]
 
 
 class HealthPublic(BaseModel):

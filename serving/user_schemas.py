@@ -79,11 +79,18 @@ class ExamplesCreated(BaseModel):
     total: int
 
 
+class ExampleMessagePublic(BaseModel):
+    """A stored message of an example: as it was sent (``ExampleMessage``)."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
 class ExamplePublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: int
-    messages: list[dict[str, Any]]
+    messages: list[ExampleMessagePublic]
     source: str
     created_at: datetime
 

@@ -140,7 +140,16 @@ def retire(
     return ListPublic(data=[AdapterVersionPublic.model_validate(v) for v in retired])
 
 
-@router.get("/{target_id}/download")
+@router.get(
+    "/{target_id}/download",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "A zip of the PEFT adapter directory",
+            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
 def download(target_id: str, _admin: AdminDep, services: ServicesDep) -> Response:
     """The version as a PEFT adapter directory, zipped."""
     registry = services.adapters

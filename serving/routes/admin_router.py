@@ -23,6 +23,7 @@ from router.calibration import reliability_bins
 from serving.deps import AdminDep, OptionalRuntimeDep, SessionDep, SettingsDep
 from serving.routing_schemas import (
     CalibrationPublic,
+    NoRouterConfigPublic,
     OfflineCalibrationPublic,
     RouterStatePublic,
     RoutingPreferencesPublic,
@@ -71,8 +72,8 @@ def router_state(
     learning = runtime.learning_router if runtime is not None else None
     if learning is None:
         name = "none" if runtime is None else type(runtime.router).__name__
-        return RouterStatePublic(router=name, mix=mix)
-    return RouterStatePublic(router="eagle", mix=mix, **learning.state())
+        return RouterStatePublic(router=name, config=NoRouterConfigPublic(), mix=mix)
+    return RouterStatePublic.model_validate({"router": "eagle", "mix": mix, **learning.state()})
 
 
 @router.get("/router/calibration")

@@ -12,7 +12,12 @@ from starlette.types import Receive, Scope, Send
 from serving import completions
 from serving.deps import MetricsDep, RateLimitedUserDep, RuntimeDep
 from serving.metrics import Metrics
-from serving.openai_schemas import ChatCompletionCreate, CompletionCreate
+from serving.openai_schemas import (
+    ChatCompletionCreate,
+    ChatCompletionPublic,
+    CompletionCreate,
+    TextCompletionPublic,
+)
 from serving.runtime import ModelRuntime
 
 router = APIRouter(prefix="/v1", tags=["completions"])
@@ -53,7 +58,29 @@ async def _answer(
     )
 
 
-@router.post("/chat/completions", response_model=None)
+def _streamed(chunk: str) -> dict[int | str, dict[str, Any]]:
+    """The 200 of a completion route in the OpenAPI schema: JSON (the response model), or
+    with ``"stream": true`` server-sent events, which a JSON schema cannot describe."""
+    return {
+        200: {
+            "description": (
+                'The completion; with "stream": true, text/event-stream: one '
+                f"`data: <{chunk} JSON>` event per piece of text, a last chunk with "
+                "finish_reason, usage and tailor (or an error event), then `data: [DONE]` "
+                "(docs/api.md, section 3.6)"
+            ),
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    }
+
+
+# The bodies are built as dicts (serving.completions) and checked against the response
+# model here; a stream is a Response of its own and passes by it.
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletionPublic,
+    responses=_streamed("chat.completion.chunk"),
+)
 async def chat_completions(
     body: ChatCompletionCreate, user: RateLimitedUserDep, runtime: RuntimeDep, metrics: MetricsDep
 ) -> dict[str, Any] | StreamingResponse:
@@ -61,7 +88,9 @@ async def chat_completions(
     return await _answer(runtime, metrics, user.user_id, body)
 
 
-@router.post("/completions", response_model=None)
+@router.post(
+    "/completions", response_model=TextCompletionPublic, responses=_streamed("text_completion")
+)
 async def text_completions(
     body: CompletionCreate, user: RateLimitedUserDep, runtime: RuntimeDep, metrics: MetricsDep
 ) -> dict[str, Any] | StreamingResponse:

@@ -18,7 +18,13 @@ from storage.repositories import FeedbackRepository
 router = APIRouter(prefix="/v1", tags=["feedback"])
 
 
-@router.post("/feedback", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/feedback",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": FeedbackPublic, "description": "The same feedback again: the stored row"}
+    },
+)
 def give_feedback(
     body: FeedbackCreate,
     user: UserDep,

@@ -90,7 +90,13 @@ def job_hyperparameters(hyperparameters: Hyperparameters, settings: Settings) ->
     return hyperparameters.model_dump(exclude_none=True)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": FineTunePublic, "description": "The job queued before with this key"}
+    },
+)
 def create_fine_tune(
     body: FineTuneCreate,
     user: UserDep,

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request, Response
 
 from serving.deps import ServicesDep
 from serving.readiness import check_readiness
@@ -17,9 +16,12 @@ def healthz() -> HealthPublic:
     return HealthPublic(status="ok")
 
 
-@router.get("/readyz", response_model=ReadinessPublic)
-def readyz(request: Request, services: ServicesDep) -> JSONResponse:
+@router.get(
+    "/readyz",
+    responses={503: {"model": ReadinessPublic, "description": "Not ready: the checks say why"}},
+)
+def readyz(request: Request, services: ServicesDep, response: Response) -> ReadinessPublic:
     readiness = check_readiness(services, request.app.state.runtime)
-    return JSONResponse(
-        readiness.model_dump(), status_code=200 if readiness.status == "ready" else 503
-    )
+    if readiness.status != "ready":
+        response.status_code = 503
+    return readiness
