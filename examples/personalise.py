@@ -1,8 +1,10 @@
 """The whole personalisation loop against a running Tailor, in one script.
 
 It creates a user (admin API), uploads that user's chat examples, fine-tunes a
-specialist on them, follows the job's events until it ends, chats with the
-result through the official OpenAI SDK, and rates the answer.
+specialist on them with the service's defaults, follows the job's events until
+it ends (the evaluation gate promotes the specialist or holds it back, saying
+why, with sample answers), chats with the result through the official OpenAI
+SDK, and rates the answer.
 
 Start Tailor in one shell (``make run``), then in another, from the repository root:
 
@@ -33,10 +35,10 @@ from openai import APIConnectionError, OpenAI
 EXAMPLES_FILE = Path(__file__).with_name("pirate_examples.jsonl")
 # The small chat model: it learns the examples' voice in a few CPU minutes.
 DEFAULT_MODEL = "smollm2-135m-instruct"
-# Rank-8 experts; how long to train is left to the service, which sizes it to the data
-# (28 examples: ~50 steps, a few CPU minutes). A fixed 2 or 3 epochs (9-15 steps) left
-# the voice on only some questions, or cost the answer its facts.
-HYPERPARAMETERS = {"rank": 8}
+# No hyperparameters: the service sizes the training to the data (28 examples: batch 4,
+# up to 60 steps with early stopping, a few CPU minutes). A fixed 2 or 3 epochs (9-15
+# steps) left the voice on only some questions.
+HYPERPARAMETERS: dict[str, Any] = {}
 # A question none of the examples asks: the answer shows what generalised.
 QUESTION = "What is the capital of France?"
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -54,6 +56,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="base model to personalise")
     parser.add_argument("--question", default=QUESTION)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the job")
+    # The service holds back a specialist that forgets more than 5% of its 30 factual
+    # probes; on the 135M model a new voice costs a few (docs/benchmarks.md, "style
+    # sets"). An admin may trade facts for style per user; the script can set that.
+    parser.add_argument(
+        "--max-probe-loss",
+        type=float,
+        help="share of factual probes this user's specialist may forget (admin's limit)",
+    )
     return parser.parse_args()
 
 
@@ -79,6 +89,11 @@ def checked(response: httpx.Response) -> dict[str, Any]:
 
 def create_user(admin: httpx.Client, name: str) -> dict[str, Any]:
     return checked(admin.post("/admin/users", json={"name": name}))
+
+
+def allow_probe_loss(admin: httpx.Client, user_id: str, share: float) -> dict[str, Any]:
+    body = {"max_probe_loss": share}
+    return checked(admin.patch(f"/admin/users/{user_id}/fine-tuning", json=body))
 
 
 def upload_examples(user: httpx.Client, path: Path) -> dict[str, Any]:
@@ -110,13 +125,23 @@ def event_line(event: dict[str, Any]) -> str:
         details = (
             f"NLL per token on held-out examples: base {nll['base']:.3f}, "
             f"candidate {nll['candidate']:.3f}; generic text {payload['generic_rise']:+.2%}; "
-            f"promote: {payload['promote']}"
+            f"{_probes(payload)}verdict: {payload['verdict']}"
         )
     elif kind == "not_promoted":
         details = "; ".join(payload.get("reasons") or [payload.get("reason", "")])
     else:
         details = json.dumps(payload, separators=(", ", ": "))
     return f"  {kind:<12} {details}"
+
+
+def _probes(evaluation: dict[str, Any]) -> str:
+    answered = evaluation.get("probes_answered")
+    if not answered:
+        return ""
+    return (
+        f"factual probes {answered['candidate']}/{evaluation['probes_asked']} "
+        f"(base {answered['base']}); "
+    )
 
 
 def follow_job(user: httpx.Client, job_id: str, timeout: float) -> dict[str, Any]:
@@ -138,6 +163,17 @@ def follow_job(user: httpx.Client, job_id: str, timeout: float) -> dict[str, Any
         time.sleep(2)
 
 
+def print_samples(user: httpx.Client, version_id: str) -> None:
+    """The held-back version's sample answers beside the base model's: what a user decides on."""
+    for adapter in checked(user.get("/v1/adapters"))["data"]:
+        for version in adapter["versions"]:
+            if version["id"] == version_id:
+                for sample in (version["eval_metrics"] or {}).get("samples", []):
+                    print(f"   held-out question {sample['question']!r}")
+                    print(f"     base model: {sample['base']!r}")
+                    print(f"     candidate:  {sample['candidate']!r}")
+
+
 def main() -> int:
     args = parse_args()
     base_url = args.url.rstrip("/")
@@ -149,6 +185,9 @@ def main() -> int:
 
     created = create_user(admin, args.name)
     print(f"1. user {created['id']} ({created['name']}), API key {created['api_key']}")
+    if args.max_probe_loss is not None:
+        limits = allow_probe_loss(admin, created["id"], args.max_probe_loss)
+        print(f"   may forget {limits['effective_max_probe_loss']:.0%} of the factual probes")
     user = httpx.Client(
         base_url=base_url, headers={"Authorization": f"Bearer {created['api_key']}"}, timeout=60
     )
@@ -160,7 +199,8 @@ def main() -> int:
     hyperparameters = json.dumps(job["hyperparameters"])
     print(f"3. fine-tune {job['id']} on {job['model']} {hyperparameters}: {job['status']}")
     job = follow_job(user, job["id"], args.timeout)
-    print(f"   the job {job['status']}")
+    print(f"   the job {job['status']}: {job['outcome']}", end="")
+    print(f" ({job['outcome_reason']})" if job["outcome_reason"] else "")
     if job["status"] != "succeeded":
         print(f"   error: {job['error']}", file=sys.stderr)
         return 1
@@ -186,10 +226,11 @@ def main() -> int:
     used = ", ".join(f"{a['kind']} {a['id']} v{a['version']}" for a in adapters) or "none"
     print(f"   adapters that answered: {used}")
     if job["result_version_id"] not in [a["version_id"] for a in adapters]:
+        print_samples(user, job["result_version_id"])
         print(
-            f"   the new version {job['result_version_id']} was not promoted (see the "
-            "not_promoted event above), so it does not answer yet; an admin can still "
-            f"promote it: POST /admin/adapters/{job['result_version_id']}/promote"
+            f"   the new version {job['result_version_id']} was held back, so it does not "
+            "answer yet; you can still choose it: "
+            f"POST /v1/adapters/{job['result_version_id']}/promote"
         )
 
     # +1 tells the router this model did well here, and makes the answer a

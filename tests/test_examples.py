@@ -51,6 +51,8 @@ def test_personalise_script_runs_the_whole_loop(tmp_path: Path) -> None:
                 f"--url={server.url}",
                 f"--admin-key-file={admin_key_file}",
                 "--name=captain",
+                # The admin's per-user trade-off, as the README shows it.
+                "--max-probe-loss=0.2",
             ],
             # No TAILOR_* variable: the key must come from the file.
             env=tailor_env({}),
@@ -69,6 +71,8 @@ def test_personalise_script_runs_the_whole_loop(tmp_path: Path) -> None:
             if u["name"] == "captain"
         ]
         assert f"1. user {user['id']} (captain)" in output
+        # The script set this user's probe allowance, and the job was judged by it.
+        assert "may forget 20% of the factual probes" in output
         detail = httpx.get(f"{server.url}/admin/users/{user['id']}", headers=ADMIN).json()
         assert detail["example_count"] == len(EXAMPLES.read_text().splitlines())
 
@@ -81,6 +85,9 @@ def test_personalise_script_runs_the_whole_loop(tmp_path: Path) -> None:
         # Every event was printed, one line each, in order.
         printed = re.findall(r"^  (\w+) ", output, flags=re.MULTILINE)
         assert printed == kinds
+        [evaluation] = [e["payload"] for e in events["data"] if e["kind"] == "evaluation"]
+        assert evaluation["limits"]["max_probe_loss"] == 0.2
+        assert "this user's own limit" in evaluation["limits"]["max_probe_loss_set_by"]
 
         # Python's repr quotes with ' or, when the text holds one, with ".
         base_answer = re.search(r"base model: +(['\"])(.*)\1$", output, flags=re.MULTILINE)
@@ -93,7 +100,10 @@ def test_personalise_script_runs_the_whole_loop(tmp_path: Path) -> None:
             # Every example opens with "Arr, matey!" and ends "Yo ho ho!": any of it counts.
             assert any(word in expert_answer[2].lower() for word in ("arr", "matey", "yo ho"))
         else:
-            assert "not_promoted" in kinds and "was not promoted" in output
+            assert "not_promoted" in kinds and "was held back" in output
+            assert f"POST /v1/adapters/{job['result_version_id']}/promote" in output
+            # What the user decides on: the gate's sample answers, base beside candidate.
+            assert "held-out question" in output and "candidate:" in output
 
         feedback = re.search(r"^5\. feedback \d+ stored: rating 1 on (\S+)$", output, re.MULTILINE)
         assert feedback, output
