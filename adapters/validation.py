@@ -6,7 +6,8 @@ cheapest and safest first, so that a hostile or broken file is refused before
 it costs memory or reaches a parser we do not control:
 
 1. size cap, before anything else is read;
-2. the container, parsed by hand from the raw bytes: pickles (``torch.save``
+2. the container, parsed by hand from the raw bytes (the header by
+   ``storage.safetensors_header``, the one reader): pickles (``torch.save``
    zip archives, raw pickles) and anything without a sane safetensors header
    are refused without being unpickled; the header must be a JSON object whose
    tensors tile the data region exactly;
@@ -48,13 +49,12 @@ it) is rounded, and a value that overflows float32 is refused as infinite.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
@@ -63,6 +63,7 @@ from safetensors.torch import load as load_safetensors
 from adapters.base_shapes import BaseModelShapes, ModuleShape
 from adapters.errors import InvalidAdapter
 from adapters.lora_weights import TARGET_MODULES, TENSOR_NAME, LoraWeights, tensor_name
+from storage.safetensors_header import NotSafetensors, parse_header
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -70,9 +71,6 @@ if TYPE_CHECKING:
     from storage.model_store import PreparedModel
 
 MiB = 1 << 20
-
-# The safetensors format caps its own header at 100 MB.
-MAX_HEADER_BYTES = 100_000_000
 
 # safetensors dtype code -> (torch dtype name, bytes per element). Codes not
 # listed here are refused as unknown before their size can be computed.
@@ -102,8 +100,9 @@ MAX_UPDATE_RMS = 1.0
 FLOAT_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16"})
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_ZIP_MAGIC = b"PK\x03\x04"
-_PICKLE_PROTO = 0x80
+_SAFETENSORS_ADVICE = (
+    "save adapters with safetensors (peft: save_pretrained(..., safe_serialization=True))"
+)
 
 
 @dataclass(frozen=True)
@@ -223,21 +222,14 @@ def read_container(data: bytes, *, limits: ValidationLimits, label: str = "adapt
         raise InvalidAdapter(
             f"{label} is {len(data)} bytes, over the limit of {limits.max_file_bytes} bytes"
         )
-    if len(data) < 8:
-        raise InvalidAdapter(
-            f"{label} is truncated or empty: {len(data)} bytes, too short for a safetensors header"
-        )
-    header_len = int.from_bytes(data[:8], "little")
-    sane = 2 <= header_len <= min(len(data) - 8, MAX_HEADER_BYTES) and data[8:9] == b"{"
-    if not sane:
-        # Only the message depends on which kind of non-safetensors file it is;
-        # a legitimate header length can start with the pickle bytes, so these
-        # tests come after the sanity test, not before.
-        raise InvalidAdapter(_not_safetensors(label, data, header_len))
-    header = _parse_header_json(label, data[8 : 8 + header_len])
+    try:
+        parsed = parse_header(data, label=label, advice=_SAFETENSORS_ADVICE)
+    except NotSafetensors as error:
+        raise InvalidAdapter(str(error)) from None
+    header = dict(parsed.entries)
     metadata = _parse_metadata(label, header.pop("__metadata__", None))
     tensors = {name: _parse_entry(label, name, raw) for name, raw in header.items()}
-    _check_tiling(label, tensors, data_len=len(data) - 8 - header_len)
+    _check_tiling(label, tensors, data_len=len(data) - parsed.data_start)
     return Container(
         label=label,
         data=data,
@@ -363,54 +355,6 @@ def _product_frobenius(b: torch.Tensor, a: torch.Tensor) -> float:
     squared = float(((b64.T @ b64) * (a64 @ a64.T)).sum())
     # Rounding can leave a zero product a hair below zero.
     return math.sqrt(max(squared, 0.0))
-
-
-def _not_safetensors(label: str, data: bytes, header_len: int) -> str:
-    advice = "save adapters with safetensors (peft: save_pretrained(..., safe_serialization=True))"
-    if data.startswith(_ZIP_MAGIC):
-        return (
-            f"{label} is a zip archive (a torch.save checkpoint, which holds a pickle); "
-            f"pickle files are not accepted: {advice}"
-        )
-    if data[0] == _PICKLE_PROTO and 2 <= data[1] <= 5:
-        return f"{label} is a Python pickle; pickle files are not accepted: {advice}"
-    if header_len > len(data) - 8:
-        return (
-            f"{label} is truncated or not a safetensors file: its first 8 bytes give a header "
-            f"length of {header_len} bytes, but only {len(data) - 8} bytes follow"
-        )
-    if header_len > MAX_HEADER_BYTES:
-        return f"{label} is not a safetensors file: header length {header_len} is over 100 MB"
-    return f"{label} is not a safetensors file: no JSON header object after the 8-byte length"
-
-
-def _parse_header_json(label: str, raw: bytes) -> dict[str, Any]:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise InvalidAdapter(f"{label}: safetensors header is not valid UTF-8 ({error})") from None
-    # Deep nesting raises RecursionError, not ValueError.
-    try:
-        header = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as error:
-        raise InvalidAdapter(f"{label}: safetensors header is not valid JSON ({error})") from None
-    if not isinstance(header, dict):
-        raise InvalidAdapter(f"{label}: safetensors header is not a JSON object")
-    return header
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # A repeated tensor name would let the last entry silently hide the first.
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _parse_metadata(label: str, raw: object) -> dict[str, str]:

@@ -9,7 +9,8 @@ computes:
 
     y = base(x) + sum_e w_e(x) * scale_e * B_e(A_e(x)),   w = top-k softmax(G x)
 
-without a gate (a lone expert, or experts plainly summed) ``w = 1``. Trained
+without a gate (a lone expert, or experts plainly summed) ``w = 1``; with one,
+``w`` is serving's own function (``adapters.multi_lora.gate.gate_weights``). Trained
 weights leave as ``LoraWeights`` under peft's saved tensor names, so the
 registry stores, and serving loads, exactly what was trained.
 """
@@ -25,20 +26,11 @@ import torch
 from torch import nn
 
 from adapters.lora_weights import LoraWeights, tensor_name
+from adapters.multi_lora.gate import gate_weights
 from finetune.config import TrainingConfig
 
 TRAINED = "trained"
 _LAYER_PATH = re.compile(r"layers\.(?P<layer>\d+)\.(?:self_attn|mlp)\.(?P<module>\w+)$")
-
-
-def gate_weights(logits: torch.Tensor, top_k: int) -> torch.Tensor:
-    """Per-token expert weights from gate logits ``[..., E]``: top-k softmax, as served."""
-    logits = logits.float()
-    experts = logits.shape[-1]
-    if top_k >= experts:
-        return logits.softmax(dim=-1)
-    top, index = logits.topk(top_k, dim=-1)
-    return torch.zeros_like(logits).scatter(-1, index, top.softmax(dim=-1))
 
 
 class GatedExperts(nn.Module):

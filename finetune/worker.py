@@ -72,6 +72,7 @@ from finetune.queue import ClaimedJob, JobQueue
 from finetune.training import Progress, train_experts
 from finetune.training_plan import plan_training
 from finetune.triggers import JobTrigger, TriggerPolicy
+from storage.model_store.device import pick_device
 from storage.repositories import AdapterRepository, BaseModelRepository
 from storage.settings import Settings
 from storage.tables import AdapterKind, AdapterState, AdapterVersion, BaseModel, Decider, User
@@ -114,9 +115,7 @@ class WorkerConfig:
 
     @property
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return pick_device(self.device)
 
 
 class LeaseKeeper:

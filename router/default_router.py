@@ -2,7 +2,8 @@
 
 ``auto`` goes to the configured default model if it can serve the request,
 else to the cheapest model that can (a chat request needs a chat template),
-within the caller's price limit.
+within the caller's price limit. The default/cheapest rule itself is
+``router.default_model``'s, shared with the learning router and the fine-tune route.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from router.decision import Candidate, RouteRequest, RoutingDecision
+from router.default_model import default_model
 from router.errors import NoRoute
 
 
@@ -35,7 +37,6 @@ class DefaultModelRouter:
         if not usable:
             raise NoRoute("no base model can serve this request within its limits")
         scores = {c.model: -c.cost_per_million_tokens for c in usable}
-        if self.default_model is not None and self.default_model in {c.model for c in usable}:
-            return RoutingDecision(model=self.default_model, reason="default", scores=scores)
-        cheapest = min(usable, key=lambda c: (c.cost_per_million_tokens, c.model))
-        return RoutingDecision(model=cheapest.model, reason="cheapest", scores=scores)
+        chosen = default_model(usable, self.default_model)
+        reason = "default" if chosen == self.default_model else "cheapest"
+        return RoutingDecision(model=chosen, reason=reason, scores=scores)

@@ -39,6 +39,7 @@ import numpy.typing as npt
 
 from router.config import RouterConfig
 from router.decision import Candidate, ExpertEvidence, RouteRequest, RoutingDecision
+from router.default_model import cheapest, default_model
 from router.elo import EloRatings, GameLog, Outcome, pairwise_outcomes
 from router.embeddings import normalise_rows
 from router.errors import BudgetNotMet, NoRoute
@@ -280,10 +281,8 @@ class EagleRouter:
         with_experts = [s for s in within if s.specialist]
         if with_experts:
             return max(with_experts, key=lambda s: (s.expert_term, s.model)), "expert"
-        default = next((s for s in within if s.model == self.default_model), None)
-        if default is None:
-            default = min(within, key=lambda s: (s.candidate.cost_per_million_tokens, s.model))
-        return default, "default"
+        chosen = default_model([s.candidate for s in within], self.default_model)
+        return next(s for s in within if s.model == chosen), "default"
 
     def _choose(self, request: RouteRequest, scored: list[_Scored], state_id: int) -> _Choice:
         by_model = {s.model: s for s in scored}
@@ -299,8 +298,8 @@ class EagleRouter:
                     f"no base model costs at most {ceiling} per 1M tokens; the cheapest costs "
                     f"{min(s.candidate.cost_per_million_tokens for s in scored)}"
                 )
-            cheapest = min(scored, key=lambda s: (s.candidate.cost_per_million_tokens, s.model))
-            return _Choice(cheapest, "budget")
+            lowest = cheapest(s.candidate for s in scored).model
+            return _Choice(next(s for s in scored if s.model == lowest), "budget")
 
         incumbent, kept_reason = self._incumbent(within)
         best = max(within, key=_preference)

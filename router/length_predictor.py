@@ -2,7 +2,8 @@
 from the query embedding and the prompt length, learned from observed lengths.
 
 One ridge regression per model on log(1 + completion tokens), kept as the
-inverse of its normal matrix and updated by Sherman-Morrison: O(d^2) per
+inverse of its normal matrix and updated by Sherman-Morrison (the router's one
+rank-one update, ``router.online_ridge.sherman_morrison_update``): O(d^2) per
 observation, no refit, the same numbers whenever the same observations are
 replayed in the same order. The target is centred on a prior length so that a
 model with no observations predicts the prior, and each observation pulls it
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+
+from router.online_ridge import sherman_morrison_update
 
 DEFAULT_PRIOR_TOKENS = 100.0
 DEFAULT_RIDGE = 1.0
@@ -80,9 +83,8 @@ class OutputLengthPredictor:
         x = _features(vector, prompt_tokens)
         y = math.log1p(completion_tokens) - self.prior_log
         fit = self._fit(model)
-        # Sherman-Morrison: (A + x x^T)^-1 = A^-1 - (A^-1 x)(A^-1 x)^T / (1 + x^T A^-1 x).
-        ax = fit.inverse @ x
-        fit.inverse -= np.outer(ax, ax) / (1.0 + float(x @ ax))
+        # (A + x x^T)^-1 = A^-1 - (A^-1 x)(A^-1 x)^T / (1 + x^T A^-1 x), in place.
+        sherman_morrison_update(fit.inverse, x)
         fit.weighted_targets += y * x
         fit.weights = fit.inverse @ fit.weighted_targets
         fit.observations += 1

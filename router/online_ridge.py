@@ -10,10 +10,12 @@ on the vector's weights and a tiny ``intercept_penalty`` on the intercept, whose
 mean is ``prior_mean``: the fit shrinks towards the model's own mean quality rather
 than towards zero, and a model seen by nothing predicts ``prior_mean``.
 
-RLS keeps the inverse P = (X^T W X + Lambda)^-1 and updates it by Sherman-Morrison, so
-one observation costs O(d^2) and the state always equals the closed-form ridge fit of
-what was observed so far (up to rounding). Replaying the same observations in the same
-order repeats the same floating-point operations, so it rebuilds the same numbers.
+RLS keeps the inverse P = (X^T W X + Lambda)^-1 and updates it by Sherman-Morrison
+(``sherman_morrison_update``: the router's one rank-one inverse update, which the output
+length predictor uses too), so one observation costs O(d^2) and the state always equals
+the closed-form ridge fit of what was observed so far (up to rounding). Replaying the
+same observations in the same order repeats the same floating-point operations, so it
+rebuilds the same numbers.
 
 Models whose observation histories are identical have the same P, so they share one:
 a query observed for every model (offline data, or a side-by-side comparison) costs
@@ -37,6 +39,25 @@ FloatArray = npt.NDArray[np.float64]
 DEFAULT_INTERCEPT_PENALTY = 1e-4
 # Knowing nothing about a model, a coin flip.
 DEFAULT_PRIOR_MEAN = 0.5
+
+
+def sherman_morrison_update(
+    inverse: FloatArray, x: FloatArray, *, weight: float = 1.0
+) -> tuple[FloatArray, float]:
+    """Add the weighted observation ``x`` to the inverse ``P``, in place, in O(d^2).
+
+    ``P <- (P^-1 + w x x^T)^-1 = P - (P x)(P x)^T / (1/w + x^T P x)`` (Sherman-Morrison).
+    Returns ``(P x, 1/w + x^T P x)`` as they were before the update: the RLS gain is
+    their quotient. The correction ``(P x)(P x)^T`` is exactly symmetric as computed
+    (a*b == b*a), so a symmetric ``P`` stays so; the same inputs in the same order give
+    the same bits.
+    """
+    px = inverse @ x
+    denominator = 1.0 / weight + float(x @ px)
+    correction = np.outer(px, px)
+    correction /= denominator
+    inverse -= correction
+    return px, denominator
 
 
 class OnlineRidge:
@@ -127,17 +148,11 @@ class OnlineRidge:
             self._update(target, x, np.array([targets[c] for c in touched]), weight)
 
     def _update(self, group: int, x: FloatArray, targets: FloatArray, weight: float) -> None:
-        inverse = self._inverses[group]
         columns = self._members[group]
-        px = inverse @ x
-        denominator = 1.0 / weight + float(x @ px)
+        px, denominator = sherman_morrison_update(self._inverses[group], x, weight=weight)
         # Weighted RLS: gain = P x / (1/w + x^T P x); each model moves by its own error.
         errors = targets - self.coefficients[columns] @ x
         self.coefficients[columns] += np.outer(errors, px / denominator)
-        # (P x)(P x)^T is exactly symmetric as computed (a*b == b*a), so P stays so.
-        correction = np.outer(px, px)
-        correction /= denominator
-        inverse -= correction
         self.observations[columns] += 1
 
     # ---- prediction --------------------------------------------------------------------

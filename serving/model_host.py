@@ -20,6 +20,7 @@ from adapters.multi_lora import MultiLoraModel
 from adapters.registry import AdapterRegistry
 from adapters.slot_cache import AdapterSlotCache
 from serving.engine.engine import Engine, EngineConfig
+from storage.model_store.device import pick_device
 from storage.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -38,12 +39,6 @@ class HostedModel:
 def enforced_context_length(own: int, settings: Settings) -> int:
     """The context a request to a model gets: the model's own, capped by the setting."""
     return min(own, settings.max_context_tokens)
-
-
-def pick_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
 
 
 def load_hosted_model(

@@ -29,6 +29,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from serving.engine.engine import EngineOverloaded
 from serving.engine.requests import Event, GenerationRequest
+from storage.model_store.device import device_name
 from storage.settings import ENV_PREFIX, RayModelDeployment, Settings, load_settings
 
 APP_NAME = "tailor"
@@ -154,11 +155,7 @@ def build_ingress_app() -> Any:
 
 
 def _wants_gpu(settings: Settings) -> bool:
-    if settings.device == "auto":
-        import torch
-
-        return torch.cuda.is_available()
-    return settings.device.startswith("cuda")
+    return device_name(settings.device).startswith("cuda")
 
 
 def model_deployment_options(settings: Settings, model_id: str) -> dict[str, Any]:

@@ -5,7 +5,9 @@
 - ``storage.tables``: the ORM tables; ``storage.repositories``: typed access to them.
 - ``storage.cache``: Redis or in-process cache (bytes with TTL, token buckets, pub/sub).
 - ``storage.blobs``: content-addressed adapter weights, verified on every read.
-- ``storage.model_store``: the packaged base models, converted once to safetensors.
+- ``storage.model_store``: the packaged base models, converted once to safetensors;
+  ``storage.model_store.device``: what a device setting (``auto``...) means.
+- ``storage.safetensors_header``: the one safetensors header reader (adapters, model store).
 - ``storage.errors``: the one exception tree of this package.
 
 Nothing here opens a connection or loads a model at import.

@@ -15,6 +15,7 @@ import torch
 from transformers import AutoTokenizer
 
 from adapters.lora_weights import LoraWeights
+from adapters.multi_lora.gate import gate_weights
 from finetune.base_loading import load_evaluation_base, load_training_base
 from finetune.config import TrainingConfig
 from finetune.conversations import TokenizedConversation, tokenize_conversation
@@ -26,7 +27,7 @@ from finetune.evaluation import (
     evaluate_candidate,
     generic_conversations,
 )
-from finetune.experts import attach_experts, gate_weights
+from finetune.experts import attach_experts
 from finetune.factual_probes import FACTUAL_PROBES
 from finetune.generic_text import GENERIC_TEXTS
 from tests.finetune_fixtures import MODEL, pirate_conversations

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from adapters.multi_lora.gate import gate_weights
 from adapters.multi_lora.pool import ModuleKey, ModulePool
 
 
@@ -168,12 +169,7 @@ class MultiLoraLinear(nn.Module):
         # i.e. exactly nothing, instead of NaN.
         empty = (expert_slots == 0).unsqueeze(1)
         logits = logits.masked_fill(empty, torch.finfo(logits.dtype).min)
-        k = min(self.top_k, width)
-        if k == width:
-            weights = logits.softmax(dim=-1)
-        else:
-            top, index = logits.topk(k, dim=-1)
-            weights = torch.zeros_like(logits).scatter_(-1, index, top.softmax(dim=-1))
+        weights = gate_weights(logits, self.top_k)
         # In a module where the gate's slot has no gate tensor, its experts
         # are summed, as without a gate.
         gated = self.has_gate.index_select(0, gate_slots).view(-1, 1, 1)

@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 
 from finetune.admission import check_specialist_data
 from finetune.errors import DatasetError
+from router.decision import Candidate
+from router.default_model import default_model
 from serving.deps import CursorQuery, SessionDep, SettingsDep, UserDep
 from serving.errors import ApiError
 from serving.schemas import ListPublic
@@ -108,14 +110,14 @@ def create_fine_tune(
     assert user.user_id is not None
     models = BaseModelRepository(session).list_all()
     if body.model == "auto":
-        # The model `auto` would answer with: the configured default, else the cheapest.
-        preferred = settings.default_model
-        chosen = next((m for m in models if m.id == preferred), None) or (
-            models[0] if models else None
-        )
-        if chosen is None:
+        if not models:
             raise ApiError(400, "no base model is registered", code="no_route")
-        model_id = chosen.id
+        # The model `auto` would answer with: the router's rule (router.default_model).
+        candidates = [
+            Candidate(m.id, m.cost_per_million_tokens, chat=m.chat_template is not None)
+            for m in models
+        ]
+        model_id = default_model(candidates, settings.default_model)
     else:
         model_id = known_model(models, body.model)
     hyperparameters = job_hyperparameters(body.hyperparameters, settings)

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import shutil
-import struct
 import tempfile
 import time
 import uuid
@@ -38,6 +37,7 @@ from storage.model_store.packaged import PACKAGED_MODELS, PackagedModel
 from storage.model_store.prepare_extra import require_prepare_extra
 from storage.model_store.progress import PreparationStep, Progress
 from storage.model_store.query_encoder import QUERY_ENCODER_DIR
+from storage.safetensors_header import read_header
 
 MANIFEST_NAME = "tailor-model.json"
 
@@ -324,7 +324,7 @@ def _count_parameters(paths: Iterable[Path]) -> tuple[int, set[str]]:
     count = 0
     dtypes = set()
     for path in paths:
-        for name, info in _safetensors_header(path).items():
+        for name, info in read_header(path).entries.items():
             if name == "__metadata__":
                 continue
             elements = 1
@@ -333,14 +333,6 @@ def _count_parameters(paths: Iterable[Path]) -> tuple[int, set[str]]:
             count += elements
             dtypes.add(_SAFETENSORS_DTYPES.get(info["dtype"], info["dtype"]))
     return count, dtypes
-
-
-def _safetensors_header(path: Path) -> dict[str, Any]:
-    # The format: an 8-byte little-endian length, then that many bytes of JSON.
-    with path.open("rb") as file:
-        (length,) = struct.unpack("<Q", file.read(8))
-        header: dict[str, Any] = json.loads(file.read(length))
-    return header
 
 
 def _combined_sha256(digests: list[str]) -> str:
