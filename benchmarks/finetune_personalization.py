@@ -1,38 +1,50 @@
 """Personalisation quality on Reuters C50: base, pooled, own specialist, CoMiGS mixture, swap.
 
     python -m benchmarks.finetune_personalization [--data DIR] [--model smollm2-135m-instruct]
-        [--users 2] [--articles N] [--max-tokens 256] [--epochs 2] [--rank 16]
-        [--learning-rate 1e-3] [--gate-learning-rate 1e-2] [--batch-size 8]
+        [--users 2] [--articles N] [--max-tokens 256] [--steps N | --epochs N]
+        [--batch-size N] [--learning-rate R] [--rank 16] [--gate-learning-rate 1e-2]
+        [--min-steps 30] [--min-examples-seen 200] [--max-epochs 25] [--patience 3]
         [--validation 5] [--quantization nf4|none] [--device cpu|cuda] [--threads N]
         [--json OUT]
 
 Each journalist of ``reuters_c50`` is one user: ``train/<author>.jsonl`` and
 ``test/<author>.jsonl``, one article (``id``, ``text``) a line. Users are the
 first ``--users`` authors in sorted order. An article is plain text cut to its
-first ``--max-tokens`` tokens, every token learnt and scored. Per user, the
+first ``--max-tokens`` tokens, every token learnt and scored. Every user's
+last ``--validation`` train articles are held out as the validation split, as
+the worker holds one out of every job: training checks its loss there, stops
+early and keeps the best checkpoint (``finetune.training``). Per user, the
 held-out NLL (nats per token) on the user's test articles of:
 
 - base: the model alone;
-- pooled: one LoRA trained on the train articles of every selected user;
+- pooled: one LoRA trained on the train articles of every selected user
+  (validated on all their held-out ones);
 - own: a LoRA trained on this user's train articles alone;
 - mixture: what the Tailor worker trains, a new specialist beside the pooled
   adapter as a frozen generalist, with the CoMiGS gate learnt bi-level (the
-  specialist on the first train articles, the gate on the last
-  ``--validation`` ones);
+  specialist on the train articles, the gate on the held-out ones);
 - swap: the next user's mixture (user i+1 mod n) on this user's articles; if
   the mixture is personal, another user's must do worse.
 
 Training goes through the worker's own code (``finetune.base_loading``,
 ``finetune.experts``, ``finetune.training``), each run on a freshly loaded
-training base (NF4 unless ``--quantization none``); scoring through
+training base (NF4 unless ``--quantization none``), sized as the worker sizes a
+job (``finetune.training_plan.plan_training``: batch, steps, rate, warm-up and
+checks from the number of train articles); ``--steps`` or ``--epochs``,
+``--batch-size`` and ``--learning-rate`` are used as given, like a job's
+hyperparameters, and ``--min-steps``, ``--min-examples-seen``,
+``--max-epochs`` and ``--patience`` change the sizing rule itself. Each
+training prints its plan. Scoring goes through
 ``finetune.evaluation.VariantScorer``, i.e. serving's ``MultiLoraModel`` on the
-unquantised base, gate and top-k as served. The aim (issue #6): for every
-user the mixture beats pooled, own and swap, and is at least 15% below base.
+unquantised base, gate and top-k as served. The aim (issues #6 and #17): for
+every user the mixture beats pooled, own and swap, and is at least 15% below
+base.
 
-The defaults (2 users, NF4, 256 tokens, 2 epochs) take about half an hour on
-a quiet 2-core CPU, where QLoRA trains at about 220 tokens/s; on a loaded one
-it is several times slower. All ten users: ``--users 10`` (or
-``--device cuda`` where the model weights are).
+With 2 fixed epochs the defaults (2 users, NF4, 256 tokens) took 19 minutes on
+a quiet 2-core CPU, where QLoRA trains at about 220 tokens/s; the sized plan
+takes more steps (not yet timed there). All ten users: ``--users 10 --device
+cuda`` where the model weights are; on one H100, two such runs side by side
+were still training (18 of 21 runs done) after 8.5 minutes.
 """
 
 from __future__ import annotations
@@ -60,6 +72,7 @@ from finetune.conversations import TimeSplit, TokenizedConversation
 from finetune.evaluation import Variant, VariantScorer
 from finetune.experts import attach_experts
 from finetune.training import TrainingReport, train_experts
+from finetune.training_plan import TrainingPlan, plan_training
 from tests.datasets import REUTERS_C50
 
 DEFAULT_DATA = REUTERS_C50
@@ -78,8 +91,17 @@ class User:
 @dataclass(frozen=True)
 class Trained:
     weights: LoraWeights
+    plan: TrainingPlan
     report: TrainingReport
     seconds: float  # loading the base included
+
+    def payload(self) -> dict[str, Any]:
+        """The plan and what came of it, for ``--json``."""
+        return {
+            "plan": self.plan.payload(),
+            "report": dataclasses.asdict(self.report),
+            "seconds": round(self.seconds, 1),
+        }
 
 
 def read_articles(path: Path, limit: int | None) -> list[str]:
@@ -136,6 +158,7 @@ class Trainer:
         self, split: TimeSplit, generalists: Sequence[tuple[str, LoraWeights]] = ()
     ) -> Trained:
         started = time.perf_counter()
+        plan = plan_training(self.config, train_conversations=len(split.train))
         torch.manual_seed(self.config.seed)
         model = load_training_base(
             self.model_dir, quantization=self.config.quantization, device=self.device
@@ -143,20 +166,26 @@ class Trainer:
         experts = attach_experts(
             model, self.config, base_model_id=self.base_model_id, generalists=generalists
         )
-        report = train_experts(experts, split, pad_id=self.pad_id)
+        report = train_experts(experts, split, pad_id=self.pad_id, plan=plan)
         weights = experts.export()
         del experts, model
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        return Trained(weights, report, time.perf_counter() - started)
+        return Trained(weights, plan, report, time.perf_counter() - started)
 
 
 def log_training(label: str, trained: Trained) -> None:
-    report = trained.report
+    plan, report = trained.plan, trained.report
+    sized = "as given" if plan.chosen else "sized"
     print(
-        f"  {label:<28} {report.steps:>3} steps ({report.gate_steps} gate), "
-        f"loss {report.first_loss:.3f} -> {report.last_loss:.3f}, "
+        f"  {label:<28} plan ({sized}): batch {plan.batch_size}, {plan.steps} steps "
+        f"({plan.epochs:.1f} epochs), rate {plan.learning_rate:.2e}, "
+        f"warm-up {plan.warmup_steps}, check every {plan.check_every}\n"
+        f"  {'':<28} ran {report.steps} steps ({report.gate_steps} gate), "
+        f"kept step {report.best_step}{', stopped early' if report.stopped_early else ''}; "
+        f"loss {report.first_loss:.3f} -> {report.last_loss:.3f}, validation "
+        f"{report.first_validation_loss:.3f} -> {report.best_validation_loss:.3f}; "
         f"{report.tokens_per_second:,.0f} tokens/s, {trained.seconds:.0f} s",
         flush=True,
     )
@@ -212,13 +241,21 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=2)
     parser.add_argument("--articles", type=int, default=None, help="at most this many per file")
     parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=TrainingConfig.learning_rate)
+    # As a job's hyperparameters: used as given; left out, the plan sizes them to the data.
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=None)
+    length.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--rank", type=int, default=TrainingConfig.rank)
     parser.add_argument(
         "--gate-learning-rate", type=float, default=TrainingConfig.gate_learning_rate
     )
-    parser.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size)
+    # The sizing rule itself (finetune.training_plan), for trying other defaults.
+    parser.add_argument("--min-steps", type=int, default=TrainingConfig.min_steps)
+    parser.add_argument("--min-examples-seen", type=int, default=TrainingConfig.min_examples_seen)
+    parser.add_argument("--max-epochs", type=int, default=TrainingConfig.max_epochs)
+    parser.add_argument("--patience", type=int, default=TrainingConfig.patience)
     parser.add_argument(
         "--validation", type=int, default=5, help="last train articles of a user for the gate"
     )
@@ -230,6 +267,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.users < 2:
         parser.error("--users must be at least 2 (the swap control needs another user)")
+    if args.validation < 1:
+        parser.error("--validation must be at least 1 (training checks its loss there)")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
@@ -258,16 +297,22 @@ def main() -> None:
     for user in users:
         if len(user.train) <= args.validation:
             raise SystemExit(f"{user.name}: {len(user.train)} train articles, too few to hold out")
+    given = {
+        name: getattr(args, name)
+        for name in ("steps", "epochs", "batch_size", "learning_rate")
+        if getattr(args, name) is not None
+    }
     config = TrainingConfig(
         rank=args.rank,
         alpha=2.0 * args.rank,
-        epochs=args.epochs,
-        learning_rate=args.learning_rate,
         gate_learning_rate=args.gate_learning_rate,
-        batch_size=args.batch_size,
+        min_steps=args.min_steps,
+        min_examples_seen=args.min_examples_seen,
+        max_epochs=args.max_epochs,
+        patience=args.patience,
         quantization=args.quantization,
         seed=args.seed,
-    )
+    ).with_hyperparameters(given)
     print(
         f"{len(users)} users, {sum(len(u.train) for u in users)} train / "
         f"{sum(len(u.test) for u in users)} test articles, {args.max_tokens} tokens each at most; "
@@ -277,21 +322,29 @@ def main() -> None:
     trainer = Trainer(model_dir, config, args.model, device, pad_id)
 
     print("training", flush=True)
-    everything = [article for user in users for article in user.train]
-    # Without a gate the validation part is unused; TimeSplit still wants one.
-    pooled = trainer.train(TimeSplit(everything, everything[:1], []))
+    splits = {
+        user.name: TimeSplit(user.train[: -args.validation], user.train[-args.validation :], [])
+        for user in users
+    }
+    pooled = trainer.train(
+        TimeSplit(
+            [article for split in splits.values() for article in split.train],
+            [article for split in splits.values() for article in split.validation],
+            [],
+        )
+    )
     log_training("pooled", pooled)
+    trainings = {"pooled": pooled.payload()}
     own: dict[str, LoraWeights] = {}
     mixture: dict[str, LoraWeights] = {}
     for user in users:
-        trained = trainer.train(TimeSplit(user.train, user.train[:1], []))
+        trained = trainer.train(splits[user.name])
         log_training(f"own {user.name}", trained)
+        trainings[f"own {user.name}"] = trained.payload()
         own[user.name] = trained.weights
-        cut = len(user.train) - args.validation
-        trained = trainer.train(
-            TimeSplit(user.train[:cut], user.train[cut:], []), [(POOLED_ID, pooled.weights)]
-        )
+        trained = trainer.train(splits[user.name], [(POOLED_ID, pooled.weights)])
         log_training(f"mixture {user.name}", trained)
+        trainings[f"mixture {user.name}"] = trained.payload()
         mixture[user.name] = trained.weights
 
     print("scoring", flush=True)
@@ -313,7 +366,7 @@ def main() -> None:
             "swap": f"mixture {other.name}",
         }
         nll[user.name] = {
-            system: scorer.score(name, user.test, batch_size=args.batch_size).per_token
+            system: scorer.score(name, user.test, batch_size=config.batch_size).per_token
             for system, name in names.items()
         }
 
@@ -333,6 +386,11 @@ def main() -> None:
             json.dumps(
                 {
                     "args": {k: str(v) for k, v in vars(args).items()},
+                    "config": {
+                        **dataclasses.asdict(config),
+                        "set_by_caller": sorted(config.set_by_caller),
+                    },
+                    "trainings": trainings,
                     "nll_per_token": nll,
                     "aim_holds": holds,
                     "wall_s": seconds,
