@@ -20,7 +20,8 @@ import argparse
 import json
 from pathlib import Path
 
-from router.offline_eval import calibration_record, run_offline_eval
+from router.offline_eval import run_offline_eval
+from router.offline_eval_report import calibration_record
 from router.query_embedder import OnnxQueryEmbedder, use_one_blas_thread
 from storage.settings import load_settings
 from tests.datasets import DCROUTER

@@ -34,13 +34,13 @@ import numpy.typing as npt
 
 from router import Candidate, DefaultModelRouter, EagleRouter, FeedbackEvent, RouteRequest
 from router.embeddings import QueryIndex, embed_texts, normalise_rows
-from router.offline_eval import load_routing_data
 from router.query_embedder import (
     Embedder,
     OnnxQueryEmbedder,
     SentenceEmbedder,
     use_one_blas_thread,
 )
+from router.routing_data import load_routing_data
 from storage.settings import load_settings
 from tests.datasets import DCROUTER
 

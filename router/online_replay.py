@@ -31,7 +31,7 @@ from router.decision import Candidate, ExpertEvidence, RouteRequest, RoutingDeci
 from router.eagle_router import EagleRouter
 from router.embeddings import FloatMatrix, normalise_rows
 from router.feedback_outcomes import FeedbackEvent
-from router.offline_eval import (
+from router.lambda_sweep import (
     DEFAULT_LAMBDAS,
     evaluate_router,
     route,

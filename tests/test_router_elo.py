@@ -21,13 +21,13 @@ from router.elo import (
     win_probability_vs_field,
 )
 from router.embeddings import QueryIndex, texts_key
-from router.offline_eval import (
+from router.lambda_sweep import route
+from router.offline_eval import run_offline_eval
+from router.offline_eval_report import (
     CALIBRATION_SOURCE,
     SERVED_LAMBDA,
     SERVED_NAME,
     calibration_record,
-    route,
-    run_offline_eval,
 )
 from router.quality_cost import (
     aiq,

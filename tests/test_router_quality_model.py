@@ -13,7 +13,18 @@ import numpy.typing as npt
 import pytest
 
 from router.embeddings import FloatMatrix
-from router.offline_eval import (
+from router.evaluated_routers import (
+    fit_estimator,
+    fit_estimator_partial,
+    fit_quality,
+    fit_quality_partial,
+)
+from router.lambda_sweep import evaluate_router, picked_calibration, strong_weak_pair
+from router.offline_eval import run_quality_online_protocol, time_scoring
+from router.online_ridge import OnlineRidge
+from router.quality_model import NeighbourCorrection, QualityModel, QualityModelConfig
+from router.routing_data import RoutingData, validation_split
+from router.validation_tuning import (
     ESTIMATOR_WEIGHT_VARIANCES,
     NOISE_GAIN,
     QUALITY_CORRECTIONS,
@@ -21,20 +32,8 @@ from router.offline_eval import (
     choose_estimator_config,
     choose_quality_config,
     choose_variance,
-    evaluate_router,
-    fit_estimator,
-    fit_estimator_partial,
-    fit_quality,
-    fit_quality_partial,
-    picked_calibration,
     prefer_incumbent,
-    run_quality_online_protocol,
-    strong_weak_pair,
-    time_scoring,
 )
-from router.online_ridge import OnlineRidge
-from router.quality_model import NeighbourCorrection, QualityModel, QualityModelConfig
-from router.routing_data import RoutingData, validation_split
 
 MODELS = ["a", "b", "c"]
 Floats = npt.NDArray[np.float64]
