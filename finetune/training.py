@@ -11,6 +11,11 @@ a number of steps, with the rate warmed up and then decayed. Every ``check_every
 steps the validation loss is measured; the run keeps the experts (and gate) of
 the best check and stops once ``patience`` checks in a row did not improve on it.
 
+Invariant: the checks never score data that anything in the run has learnt from.
+With a gate, the validation split is dealt into two halves (``gate_and_check``):
+the gate learns on one, the checks score the other. Checked on the data the gate
+fits, the loss only falls, and early stopping and the best checkpoint did nothing.
+
 Progress goes to a callback after every step; the callback may raise to stop
 (a cancel request, a lost lease), and nothing is kept from a stopped run.
 """
@@ -173,11 +178,12 @@ def train_experts(
         if gate_parameters
         else None
     )
-    validation = _cycle(split.validation, plan.batch_size, rng)
+    gate_data, check_data = gate_and_check(split.validation, has_gate=bool(gate_parameters))
+    validation = _cycle(gate_data, plan.batch_size, rng)
     kept = [*expert_parameters, *gate_parameters]
 
     first_validation = best_validation = validation_loss(
-        model, split.validation, pad_id=pad_id, batch_size=plan.batch_size
+        model, check_data, pad_id=pad_id, batch_size=plan.batch_size
     )
     best_state = _copy(kept)
     best_step = checks_since_best = 0
@@ -231,7 +237,7 @@ def train_experts(
             checked = None
             if (step % plan.check_every == 0 or step == total_steps) and not diverged:
                 checked = validation_loss(
-                    model, split.validation, pad_id=pad_id, batch_size=plan.batch_size
+                    model, check_data, pad_id=pad_id, batch_size=plan.batch_size
                 )
                 if checked < best_validation:
                     best_validation, best_step, checks_since_best = checked, step, 0
@@ -278,6 +284,22 @@ def train_experts(
         best_step=best_step,
         stopped_early=stopped_early,
     )
+
+
+def gate_and_check(
+    validation: Sequence[TokenizedConversation], *, has_gate: bool
+) -> tuple[list[TokenizedConversation], list[TokenizedConversation]]:
+    """What the gate learns on and what the checks score, never the same conversation.
+
+    Without a gate the checks score all of ``validation``. With one, the split is
+    dealt alternately (it is in time order, so both halves span its time) and the
+    checks get the smaller half when it is odd: the gate needs the data more.
+    """
+    if not has_gate:
+        return [], list(validation)
+    if len(validation) < 2:
+        raise ValueError("a gate needs two validation conversations: one to learn, one to check")
+    return list(validation[0::2]), list(validation[1::2])
 
 
 @torch.no_grad()

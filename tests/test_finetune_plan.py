@@ -15,7 +15,13 @@ from finetune.base_loading import load_training_base
 from finetune.config import TrainingConfig
 from finetune.conversations import TimeSplit, tokenize_conversation
 from finetune.experts import attach_experts
-from finetune.training import Progress, _rate_factor, train_experts, validation_loss
+from finetune.training import (
+    Progress,
+    _rate_factor,
+    gate_and_check,
+    train_experts,
+    validation_loss,
+)
 from finetune.training_plan import TrainingPlan, plan_training
 from tests.finetune_fixtures import MODEL, pirate_conversations
 from tests.server import prepared_model_store
@@ -136,3 +142,58 @@ def test_a_run_that_keeps_improving_trains_to_the_end() -> None:
 
     assert not report.stopped_early and report.steps == 3 and report.best_step == 3
     assert report.best_validation_loss < report.first_validation_loss
+
+
+def test_the_gate_and_the_checks_never_share_a_conversation() -> None:
+    items = [tokenize_stub(i) for i in range(5)]
+    gate, check = gate_and_check(items, has_gate=True)
+    assert not {id(c) for c in gate} & {id(c) for c in check}
+    assert len(gate) + len(check) == 5 and len(check) == 2  # the gate gets the odd one
+    assert gate_and_check(items, has_gate=False) == ([], items)
+    with pytest.raises(ValueError, match="two validation"):
+        gate_and_check(items[:1], has_gate=True)
+
+
+def tokenize_stub(index: int) -> Any:
+    from finetune.conversations import TokenizedConversation
+
+    return TokenizedConversation(input_ids=[index, index + 1], labels=[index, index + 1])
+
+
+@pytest.mark.slow
+def test_a_mixture_checks_on_validation_data_its_gate_did_not_learn_on() -> None:
+    """With a gate, early stopping and the kept checkpoint go by held-aside data:
+    checked on what the gate fits, the loss only falls and the best check is the last."""
+    model_dir = prepared_model_store() / MODEL
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    conversations = pirate_conversations(12)
+    split = _split(tokenizer, conversations[:8], conversations[8:])
+    config = TrainingConfig(quantization="none", rank=4, alpha=8.0, gate_every=1)
+    torch.manual_seed(0)
+    generalist_model = load_training_base(
+        model_dir, quantization="none", device=torch.device("cpu")
+    )
+    generalist = attach_experts(generalist_model, config, base_model_id=MODEL, generalists=())
+    for parameter in generalist.expert_parameters():
+        torch.nn.init.normal_(parameter, std=0.02)
+    generalists = [("adp_general", generalist.export())]
+    model = load_training_base(model_dir, quantization="none", device=torch.device("cpu"))
+    experts = attach_experts(model, config, base_model_id=MODEL, generalists=generalists)
+    assert experts.gate_parameters()
+    plan = dataclasses.replace(
+        plan_training(config, train_conversations=8),
+        steps=4,
+        check_every=1,
+        warmup_steps=0,
+        patience=10,
+    )
+
+    report = train_experts(experts, split, pad_id=0, plan=plan)
+
+    gate_data, check_data = gate_and_check(split.validation, has_gate=True)
+    assert gate_data and check_data and report.gate_steps == 4
+    # The kept checkpoint's figure is the held-aside half's loss, not the whole split's.
+    held_aside = validation_loss(model, check_data, pad_id=0, batch_size=3)
+    assert held_aside == pytest.approx(report.best_validation_loss, rel=1e-4)
+    everything = validation_loss(model, split.validation, pad_id=0, batch_size=3)
+    assert everything != pytest.approx(report.best_validation_loss, rel=1e-4)
