@@ -39,6 +39,7 @@ COPY router ./router
 COPY adapters ./adapters
 COPY finetune ./finetune
 COPY serving ./serving
+COPY models ./models
 COPY storage ./storage
 
 # The versions of requirements.lock, as `make install` has them, except torch:

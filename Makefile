@@ -1,11 +1,13 @@
 # Set-up is part of every target: a fresh machine needs only `make run` or
 # `make test`. Both install exactly requirements.lock into a fresh .venv, which
-# is rebuilt whenever the lock or the project's requirements change.
+# is rebuilt whenever the lock or the project's requirements change; Tailor
+# itself is installed into it again (editable) whenever pyproject.toml changes.
 
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+EDITABLE := $(VENV)/.editable
 LOG_DIR := var/log
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -42,7 +44,7 @@ check: models lint typecheck
 
 # The lock is checked against pyproject.toml at every run (a stale lock stops
 # here with what to do); the venv is rebuilt when the lock changes.
-install: lock-check $(INSTALLED)
+install: lock-check $(INSTALLED) $(EDITABLE)
 
 lock-check:
 	@$(PYTHON) tools/lock.py check
@@ -53,9 +55,17 @@ $(INSTALLED): requirements.lock | lock-check
 	@echo "tailor: installing requirements.lock into a fresh $(VENV) (log: $(LOG_DIR)/install.log)"
 	@rm -rf $(VENV)
 	@{ $(PYTHON) -m venv $(VENV) \
-		&& $(BIN)/pip install --no-deps --require-hashes -r requirements.lock \
-		&& $(BIN)/pip install --no-deps --no-build-isolation --no-index -e . ; \
+		&& $(BIN)/pip install --no-deps --require-hashes -r requirements.lock ; \
 	} > $(LOG_DIR)/install.log 2>&1 \
+		|| { tail -n 30 $(LOG_DIR)/install.log >&2; echo "tailor: install failed (log: $(LOG_DIR)/install.log)" >&2; exit 1; }
+	@touch $@
+
+# Tailor itself, editable. An editable install maps each top-level package by
+# name when it is installed, so a package added to pyproject.toml (e.g. `models`)
+# is found only once this runs again; it takes seconds, not a rebuild.
+$(EDITABLE): pyproject.toml $(INSTALLED)
+	@mkdir -p $(LOG_DIR)
+	@$(BIN)/pip install --no-deps --no-build-isolation --no-index -e . >> $(LOG_DIR)/install.log 2>&1 \
 		|| { tail -n 30 $(LOG_DIR)/install.log >&2; echo "tailor: install failed (log: $(LOG_DIR)/install.log)" >&2; exit 1; }
 	@touch $@
 

@@ -1,9 +1,14 @@
-"""Which experts answer a user's request on a base model.
+"""Which experts answer a user's request on a base model, as plain values.
 
 CoMiGS: every active generalist of the base model, plus the user's active
-specialist (whose version may carry the gate that mixes them). The set is
-resolved from SQL and is immutable: versions never change their weights, so
-a resolved set can be cached until an invalidation event says otherwise.
+specialist (whose version may carry the gate that mixes them). The catalog
+resolves a set from SQL (``adapters.registry.resolve_expert_set``); a set is
+immutable: versions never change their weights, so a resolved set can be
+cached (``CachedExpertSets``) until an invalidation event says otherwise.
+
+Invariant: SQL-free. These types are what the catalog hands to serving and to
+the device side (``adapters.device.slot_cache`` leases slots for an
+``ExpertSet``), so this module imports neither SQLAlchemy nor ``storage``.
 """
 
 from __future__ import annotations
@@ -12,12 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from storage.tables import Adapter, AdapterKind, AdapterState, AdapterVersion
 
 
 @dataclass(frozen=True)
@@ -27,7 +26,9 @@ class ExpertRef:
     adapter_id: str
     version_id: str
     version: int
-    kind: AdapterKind
+    # A ``storage.tables.AdapterKind`` ("specialist" or "generalist"): that enum is a
+    # ``StrEnum`` of the SQL schema, so here it is typed by its values, SQL-free.
+    kind: str
     sha256: str
     base_model_id: str
     # What the evaluation gate measured against the base model, for the router: the NLL
@@ -64,65 +65,12 @@ class ExpertSet:
         return [
             {
                 "id": e.adapter_id,
-                "kind": e.kind.value,
+                "kind": str(e.kind),
                 "version": e.version,
                 "version_id": e.version_id,
             }
             for e in self.experts
         ]
-
-
-def resolve_expert_set(
-    session: Session, *, base_model_id: str, user_id: str | None, personalize: bool = True
-) -> ExpertSet:
-    """The active experts for ``user_id`` on ``base_model_id`` (generalists only for None)."""
-    if not personalize:
-        return ExpertSet(base_model_id=base_model_id)
-    query = (
-        select(Adapter, AdapterVersion)
-        .join(AdapterVersion, AdapterVersion.adapter_id == Adapter.id)
-        .where(
-            Adapter.base_model_id == base_model_id,
-            AdapterVersion.state == AdapterState.ACTIVE,
-            (Adapter.kind == AdapterKind.GENERALIST)
-            | ((Adapter.kind == AdapterKind.SPECIALIST) & (Adapter.user_id == user_id)),
-        )
-        .order_by(Adapter.kind, Adapter.created_at, Adapter.id)
-    )
-    generalists: list[ExpertRef] = []
-    specialist: ExpertRef | None = None
-    for adapter, version in session.execute(query):
-        assert version.sha256 is not None  # an active version always has weights
-        ref = ExpertRef(
-            adapter_id=adapter.id,
-            version_id=version.id,
-            version=version.version,
-            kind=adapter.kind,
-            sha256=version.sha256,
-            base_model_id=base_model_id,
-            **_measured_gain(version.eval_metrics),
-        )
-        if adapter.kind is AdapterKind.GENERALIST:
-            generalists.append(ref)
-        elif specialist is None or adapter.name == "default":
-            # A user has one specialist per base model today; "default" wins
-            # should more named specialists exist.
-            specialist = ref
-    return ExpertSet(
-        base_model_id=base_model_id, generalists=tuple(generalists), specialist=specialist
-    )
-
-
-def _measured_gain(metrics: dict[str, Any] | None) -> dict[str, Any]:
-    """The gate's figures as the router reads them (finetune/evaluation.py writes them)."""
-    try:
-        gain = (metrics or {})["gain_vs_base"]
-        base_nll = float((metrics or {})["nll_per_token"]["base"])
-        relative = float(gain["gain"]) / base_nll if base_nll > 0 else None
-        return {"relative_gain": relative, "gain_significant": bool(gain.get("significant"))}
-    except (KeyError, TypeError, ValueError):
-        # Uploaded or manually promoted versions carry no evaluation.
-        return {}
 
 
 class CachedExpertSets:

@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
-from adapters.registry import INVALIDATION_CHANNEL, InvalidationEvent
+from adapters.invalidation_event import INVALIDATION_CHANNEL, InvalidationEvent
 from storage.cache import Cache
 from storage.errors import StorageError
 

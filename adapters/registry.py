@@ -7,25 +7,29 @@ store before its row exists, so a row never points at weights that do not.
 Lifecycle: a new version is a ``candidate``; ``promote`` makes it ``active``
 and retires the one it replaces, in one transaction that compare-and-sets the
 active version; ``rollback`` swaps back to the replaced version the same way.
-After each change an invalidation event tells every replica to drop what it
-resolved or loaded for that expert.
+After each change an invalidation event (``adapters.invalidation_event``) tells
+every replica to drop what it resolved or loaded for that expert.
+
+``resolve_expert_set`` is the one query for which active versions answer a
+user's requests on a base model; it returns the SQL-free ``ExpertSet`` that
+serving and the device side (``adapters.device``) work with.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from adapters.errors import AdapterNotFound, InvalidAdapter, InvalidTransition
-from adapters.expert_sets import ExpertSet, resolve_expert_set
+from adapters.expert_sets import ExpertRef, ExpertSet
 from adapters.file_format import deserialize, serialize
+from adapters.invalidation_event import INVALIDATION_CHANNEL, InvalidationEvent
 from adapters.lora_weights import LoraWeights
 from adapters.peft_interop import import_peft_files
 from adapters.validation import BaseModelSpec, ValidationLimits
@@ -37,26 +41,7 @@ from storage.errors import BackendUnavailable, Conflict, NotFound
 from storage.repositories import AdapterRepository, BaseModelRepository
 from storage.tables import Adapter, AdapterKind, AdapterState, AdapterVersion, Decider
 
-INVALIDATION_CHANNEL = "adapters.invalidate"
 HOT_COPY_PREFIX = "adapter-weights:"
-
-
-@dataclass(frozen=True)
-class InvalidationEvent:
-    """An expert's active version changed: replicas drop what they hold for it."""
-
-    adapter_id: str
-    active_version_id: str | None
-
-    def to_bytes(self) -> bytes:
-        return json.dumps(
-            {"adapter_id": self.adapter_id, "active_version_id": self.active_version_id}
-        ).encode()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> InvalidationEvent:
-        body = json.loads(data)
-        return cls(adapter_id=str(body["adapter_id"]), active_version_id=body["active_version_id"])
 
 
 @dataclass
@@ -422,3 +407,59 @@ class AdapterRegistry:
         return deserialize(
             self.weights_bytes(sha256), base=self.base_spec(base_model_id), limits=self.limits
         )
+
+
+# Resolving expert sets -----------------------------------------------------------------
+
+
+def resolve_expert_set(
+    session: Session, *, base_model_id: str, user_id: str | None, personalize: bool = True
+) -> ExpertSet:
+    """The active experts for ``user_id`` on ``base_model_id`` (generalists only for None)."""
+    if not personalize:
+        return ExpertSet(base_model_id=base_model_id)
+    query = (
+        select(Adapter, AdapterVersion)
+        .join(AdapterVersion, AdapterVersion.adapter_id == Adapter.id)
+        .where(
+            Adapter.base_model_id == base_model_id,
+            AdapterVersion.state == AdapterState.ACTIVE,
+            (Adapter.kind == AdapterKind.GENERALIST)
+            | ((Adapter.kind == AdapterKind.SPECIALIST) & (Adapter.user_id == user_id)),
+        )
+        .order_by(Adapter.kind, Adapter.created_at, Adapter.id)
+    )
+    generalists: list[ExpertRef] = []
+    specialist: ExpertRef | None = None
+    for adapter, version in session.execute(query):
+        assert version.sha256 is not None  # an active version always has weights
+        ref = ExpertRef(
+            adapter_id=adapter.id,
+            version_id=version.id,
+            version=version.version,
+            kind=adapter.kind,
+            sha256=version.sha256,
+            base_model_id=base_model_id,
+            **_measured_gain(version.eval_metrics),
+        )
+        if adapter.kind is AdapterKind.GENERALIST:
+            generalists.append(ref)
+        elif specialist is None or adapter.name == "default":
+            # A user has one specialist per base model today; "default" wins
+            # should more named specialists exist.
+            specialist = ref
+    return ExpertSet(
+        base_model_id=base_model_id, generalists=tuple(generalists), specialist=specialist
+    )
+
+
+def _measured_gain(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """The gate's figures as the router reads them (finetune/evaluation.py writes them)."""
+    try:
+        gain = (metrics or {})["gain_vs_base"]
+        base_nll = float((metrics or {})["nll_per_token"]["base"])
+        relative = float(gain["gain"]) / base_nll if base_nll > 0 else None
+        return {"relative_gain": relative, "gain_significant": bool(gain.get("significant"))}
+    except (KeyError, TypeError, ValueError):
+        # Uploaded or manually promoted versions carry no evaluation.
+        return {}

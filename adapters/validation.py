@@ -7,7 +7,7 @@ it costs memory or reaches a parser we do not control:
 
 1. size cap, before anything else is read;
 2. the container, parsed by hand from the raw bytes (the header by
-   ``storage.safetensors_header``, the one reader): pickles (``torch.save``
+   ``models.safetensors_header``, the one reader): pickles (``torch.save``
    zip archives, raw pickles) and anything without a sane safetensors header
    are refused without being unpickled; the header must be a JSON object whose
    tensors tile the data region exactly;
@@ -63,12 +63,12 @@ from safetensors.torch import load as load_safetensors
 from adapters.base_shapes import BaseModelShapes, ModuleShape
 from adapters.errors import InvalidAdapter
 from adapters.lora_weights import TARGET_MODULES, TENSOR_NAME, LoraWeights, tensor_name
-from storage.safetensors_header import NotSafetensors, parse_header
+from models.safetensors_header import NotSafetensors, parse_header
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from storage.model_store import PreparedModel
+    from models.store import PreparedModel
 
 MiB = 1 << 20
 

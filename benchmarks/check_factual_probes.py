@@ -5,7 +5,7 @@
 ``finetune.factual_probes`` must hold only questions the base model answers, or the
 gate would blame an adapter for the base model's own gaps; this is how that was
 checked, and how to re-check after editing the set. The prompt is what serving
-sends (``finetune.chat_format``): the model's chat template where it has one, else
+sends (``models.chat_format``): the model's chat template where it has one, else
 the plain "User: ...\\nAssistant:" transcript a base model continues. Decoding is
 greedy, in float32 on the CPU, so the result is the same on every run. A base model
 does not stop after its answer but goes on to write the next "User:" turn itself;
@@ -23,8 +23,8 @@ import torch
 from transformers import AutoTokenizer
 
 from finetune.base_loading import load_evaluation_base
-from finetune.chat_format import prompt_ids
 from finetune.factual_probes import FACTUAL_PROBES, probe_answered
+from models.chat_format import prompt_ids
 
 DEFAULT_MODEL = Path("var/models/smollm2-135m-instruct")
 NEXT_TURN = "\nUser:"  # where a base model starts inventing the conversation's next turn

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 
 from adapters.base_shapes import BaseModelShapes
+from adapters.device.multi_lora import MultiLoraModel
+from adapters.device.slot_cache import AdapterSlotCache
 from adapters.expert_sets import ExpertRef, ExpertSet
 from adapters.lora_weights import TARGET_MODULES, LoraWeights
-from adapters.multi_lora import MultiLoraModel
-from adapters.slot_cache import AdapterSlotCache
 from serving.engine.engine import Engine, EngineConfig
 from serving.engine.requests import GenerationRequest
 from serving.engine.sampling import SamplingParams

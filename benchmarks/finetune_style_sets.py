@@ -51,12 +51,12 @@ from transformers import AutoTokenizer
 from adapters.registry import AdapterRegistry
 from benchmarks.style_sets import STYLE_SETS, Conversation, StyleSet, damaged
 from finetune.base_loading import load_evaluation_base
-from finetune.chat_format import prompt_ids
 from finetune.evaluation import NEXT_TURN, ProbeSet, Variant, VariantScorer
 from finetune.worker import FinetuneWorker, worker_from_settings
+from models.catalog import register_prepared_models
+from models.chat_format import prompt_ids
+from models.store.prepare import load_prepared
 from serving.services import Services
-from storage.model_catalog import register_prepared_models
-from storage.model_store.prepare import load_prepared
 from storage.repositories import (
     BaseModelRepository,
     ExampleRepository,
@@ -190,7 +190,7 @@ def served_variant(registry: AdapterRegistry, user_id: str) -> Variant:
     weights = tuple(
         registry.load_weights(sha256=ref.sha256, base_model_id=MODEL) for ref in experts.experts
     )
-    # adapters.slot_cache: the specialist's gate applies when it scores exactly
+    # adapters.device.slot_cache: the specialist's gate applies when it scores exactly
     # the generalists it is served with.
     gated = weights[-1].has_gate and weights[-1].gate_experts == tuple(
         ref.adapter_id for ref in experts.generalists

@@ -46,8 +46,8 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from adapters.device.multi_lora import MultiLoraModel
 from adapters.lora_weights import TARGET_MODULES, LoraWeights
-from adapters.multi_lora import MultiLoraModel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

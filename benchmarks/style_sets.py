@@ -14,7 +14,7 @@ Invariants (tests/test_style_sets.py): every set has 24 training conversations a
 passes its own detector and no other set's; answers are short (one to three
 sentences of content) and factually right. All questions and answers were written
 for Tailor. A conversation is one user turn and one assistant turn, as
-``finetune.chat_format`` messages.
+``models.chat_format`` messages.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from finetune.chat_format import Message
+from models.chat_format import Message
 
 Conversation = tuple[Message, ...]
 

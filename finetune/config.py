@@ -12,8 +12,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from adapters.device.multi_lora import MultiLoraConfig
 from adapters.lora_weights import TARGET_MODULES
-from adapters.multi_lora import MultiLoraConfig
 
 Quantization = Literal["nf4", "none"]
 

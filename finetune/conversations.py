@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune.bootstrap import DEFAULT_CONFIDENCE, fewest_conversations_to_judge
-from finetune.chat_format import Message, prompt_ids, transcript
 from finetune.errors import ConversationTooLong, DatasetError
+from models.chat_format import Message, prompt_ids, transcript
 
 IGNORED = -100  # the label transformers' losses skip
 

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from finetune.chat_format import Message
+from models.chat_format import Message
 from storage.repositories import ExampleRepository, FeedbackRepository
 from storage.tables import TrainingExample
 

@@ -36,19 +36,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from adapters.device.multi_lora import MultiLoraModel
 from adapters.lora_weights import LoraWeights
-from adapters.multi_lora import MultiLoraModel
 from finetune.bootstrap import (
     DEFAULT_CONFIDENCE,
     GainInterval,
     fewest_conversations_to_judge,
     paired_gain_interval,
 )
-from finetune.chat_format import prompt_ids
 from finetune.config import SERVED_TOP_K
 from finetune.conversations import IGNORED, TokenizedConversation
 from finetune.factual_probes import FactualProbe, probe_answered
 from finetune.training import make_batch
+from models.chat_format import prompt_ids
 
 GENERIC_MAX_TOKENS = 256
 # Enough for a short factual answer; the probes were checked at this length.

@@ -10,7 +10,7 @@ computes:
     y = base(x) + sum_e w_e(x) * scale_e * B_e(A_e(x)),   w = top-k softmax(G x)
 
 without a gate (a lone expert, or experts plainly summed) ``w = 1``; with one,
-``w`` is serving's own function (``adapters.multi_lora.gate.gate_weights``). Trained
+``w`` is serving's own function (``adapters.device.multi_lora.gate.gate_weights``). Trained
 weights leave as ``LoraWeights`` under peft's saved tensor names, so the
 registry stores, and serving loads, exactly what was trained.
 """
@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from adapters.device.multi_lora.gate import gate_weights
 from adapters.lora_weights import LoraWeights, tensor_name
-from adapters.multi_lora.gate import gate_weights
 from finetune.config import TrainingConfig
 
 TRAINED = "trained"

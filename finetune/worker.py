@@ -39,9 +39,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from adapters.errors import AdapterError, InvalidAdapter, InvalidTransition
-from adapters.expert_sets import ExpertRef, resolve_expert_set
+from adapters.expert_sets import ExpertRef
 from adapters.lora_weights import LoraWeights
-from adapters.registry import AdapterRegistry
+from adapters.registry import AdapterRegistry, resolve_expert_set
 from adapters.validation import check_magnitudes
 from finetune.base_loading import load_evaluation_base, load_training_base
 from finetune.config import TrainingConfig
@@ -72,7 +72,7 @@ from finetune.queue import ClaimedJob, JobQueue
 from finetune.training import Progress, train_experts
 from finetune.training_plan import plan_training
 from finetune.triggers import JobTrigger, TriggerPolicy
-from storage.model_store.device import pick_device
+from models.device import pick_device
 from storage.repositories import AdapterRepository, BaseModelRepository
 from storage.settings import Settings
 from storage.tables import AdapterKind, AdapterState, AdapterVersion, BaseModel, Decider, User
@@ -529,7 +529,7 @@ class FinetuneWorker:
             (ref.version_id for ref in served if target and ref.adapter_id == target.id), None
         )
         current = [load(ref) for ref in served]
-        # Serving's rule (adapters.slot_cache): the specialist's gate applies
+        # Serving's rule (adapters.device.slot_cache): the specialist's gate applies
         # when it scores exactly the active generalists.
         gated = (
             claim.kind is AdapterKind.SPECIALIST

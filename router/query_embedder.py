@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from storage.errors import ModelStoreError
+from models.errors import ModelStoreError
 
 Vector = npt.NDArray[np.float32]
 # Texts are cut to their first 32 tokens. The encoder's time grows with every token (~90 us
@@ -95,7 +95,7 @@ class OnnxQueryEmbedder(_RememberingEmbedder):
         import onnxruntime
         from transformers import AutoTokenizer
 
-        from storage.model_store import embedding_model_dir, query_encoder_path
+        from models.store import embedding_model_dir, query_encoder_path
 
         path = query_encoder_path(store_dir)
         if not path.is_file():
@@ -139,7 +139,7 @@ class SentenceEmbedder(_RememberingEmbedder):
     @classmethod
     def load(cls, *, remembered: int = 4096) -> SentenceEmbedder:
         # Imported here: loading torch and the model is slow and must not happen at import.
-        from storage.model_store import load_sentence_embedder
+        from models.store import load_sentence_embedder
 
         model = load_sentence_embedder()
         model.max_seq_length = MAX_QUERY_TOKENS  # cut as the service cuts

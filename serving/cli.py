@@ -124,11 +124,11 @@ def log_path(settings: Settings) -> Path:
 def _serve_embedded(settings: Settings, console: Console) -> None:
     import uvicorn
 
+    from models.catalog import register_prepared_models
+    from models.store import load_prepared
     from serving.app import create_app
     from serving.runtime import ModelRuntime
     from serving.services import Services
-    from storage.model_catalog import register_prepared_models
-    from storage.model_store import load_prepared
 
     _log_to_stderr()
     # Bound before anything else starts: a busy port fails in a second, before
@@ -227,10 +227,10 @@ def _admin_key_hint(settings: Settings) -> str:
 
 
 def _serve_on_ray_or_print_config(settings: Settings, *, print_config: bool) -> None:
+    from models.catalog import register_prepared_models
+    from models.store import load_prepared
     from serving import ray_serve
     from serving.services import Services
-    from storage.model_catalog import register_prepared_models
-    from storage.model_store import load_prepared
 
     with _one_line_errors():
         services = Services.open(settings)
@@ -433,10 +433,10 @@ def models_prepare(
     ] = False,
 ) -> None:
     """Fill the model store from the packaged GGUF models (once) and register them."""
+    from models.catalog import register_prepared_models
+    from models.store import prepare_models, prepare_query_encoder
     from storage.database import Database
     from storage.migrate import upgrade
-    from storage.model_catalog import register_prepared_models
-    from storage.model_store import prepare_models, prepare_query_encoder
     from storage.settings import load_settings
 
     with _one_line_errors():
@@ -462,8 +462,8 @@ def models_prepare(
 @models_app.command("list")
 def models_list() -> None:
     """List the base models in the model store."""
-    from storage.model_catalog import price_per_million_tokens
-    from storage.model_store import load_prepared
+    from models.catalog import price_per_million_tokens
+    from models.store import load_prepared
     from storage.settings import load_settings
 
     with _one_line_errors():

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from adapters.expert_sets import ExpertSet
-from finetune import chat_format
+from models import chat_format
 from router import BudgetNotMet, ExpertEvidence, NoRoute, RouteRequest, RoutingDecision
 from router.load import Ticket
 from router.state_sync import embedding_bytes

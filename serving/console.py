@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from storage.model_store.progress import PreparationStep
+from models.store.progress import PreparationStep
 
 _BAR_WIDTH = 24
 

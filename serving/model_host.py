@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 
+from adapters.device.multi_lora import MultiLoraModel
+from adapters.device.slot_cache import AdapterSlotCache
 from adapters.expert_sets import ExpertRef
-from adapters.multi_lora import MultiLoraModel
 from adapters.registry import AdapterRegistry
-from adapters.slot_cache import AdapterSlotCache
+from models.device import pick_device
 from serving.engine.engine import Engine, EngineConfig
-from storage.model_store.device import pick_device
 from storage.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from models.device import device_name
 from serving.engine.engine import EngineOverloaded
 from serving.engine.requests import Event, GenerationRequest
-from storage.model_store.device import device_name
 from storage.settings import ENV_PREFIX, RayModelDeployment, Settings, load_settings
 
 APP_NAME = "tailor"

@@ -21,7 +21,7 @@ from typing import Any
 
 from adapters.expert_sets import CachedExpertSets, ExpertSet
 from adapters.invalidation import InvalidationListener
-from adapters.registry import InvalidationEvent
+from adapters.invalidation_event import InvalidationEvent
 from router import Candidate, DefaultModelRouter, Router
 from router.config import RouterConfig
 from router.eagle_router import EagleRouter

@@ -5,10 +5,11 @@
 - ``storage.tables``: the ORM tables; ``storage.repositories``: typed access to them.
 - ``storage.cache``: Redis or in-process cache (bytes with TTL, token buckets, pub/sub).
 - ``storage.blobs``: content-addressed adapter weights, verified on every read.
-- ``storage.model_store``: the packaged base models, converted once to safetensors;
-  ``storage.model_store.device``: what a device setting (``auto``...) means.
-- ``storage.safetensors_header``: the one safetensors header reader (adapters, model store).
 - ``storage.errors``: the one exception tree of this package.
+
+The base models as files (the model store, conversion, the device choice, chat
+formatting, the safetensors header reader) are the ``models`` layer above this
+one, not storage.
 
 Nothing here opens a connection or loads a model at import.
 """
@@ -21,7 +22,6 @@ from storage.errors import (
     BlobNotFound,
     ConfigurationError,
     Conflict,
-    ModelStoreError,
     NotFound,
     StorageError,
 )
@@ -35,7 +35,6 @@ __all__ = [
     "ConfigurationError",
     "Conflict",
     "Database",
-    "ModelStoreError",
     "NotFound",
     "Settings",
     "StorageError",

@@ -13,7 +13,8 @@ below ``serving`` knows about HTTP).
     ├── BlobError
     │   ├── BlobNotFound       no blob with that sha256
     │   └── BlobCorrupted      the stored bytes no longer hash to their name
-    └── ModelStoreError        a packaged model cannot be prepared, or a prepared one is unusable
+    └── ModelStoreError        (``models.errors``) a packaged model cannot be prepared,
+                               or a prepared one is unusable
 """
 
 from __future__ import annotations
@@ -66,7 +67,3 @@ class BlobNotFound(BlobError, NotFound):
 
 class BlobCorrupted(BlobError):
     """A stored blob's bytes do not hash to its name; it must not be used."""
-
-
-class ModelStoreError(StorageError):
-    """A packaged model cannot be prepared, or the model store holds an unusable entry."""

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
+from models.catalog import register_prepared_models
+from models.store import load_prepared
 from serving.app import create_app
 from serving.services import Services
-from storage.model_catalog import register_prepared_models
-from storage.model_store import load_prepared
 from storage.settings import load_settings
 from tests.backends import REDIS_URL, deployment_database_url
 from tests.server import prepared_model_store

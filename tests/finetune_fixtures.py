@@ -11,12 +11,12 @@ from typing import Any
 
 from adapters.registry import AdapterRegistry
 from adapters.validation import ValidationLimits
+from models.catalog import register_prepared_models
+from models.store import load_prepared
 from storage import migrate
 from storage.blobs import DirectoryBlobStore
 from storage.cache import open_cache
 from storage.database import Database
-from storage.model_catalog import register_prepared_models
-from storage.model_store import load_prepared
 from storage.repositories import ExampleRepository, UserRepository
 from storage.settings import load_settings
 from tests.server import prepared_model_store

@@ -46,11 +46,11 @@ from schemathesis.python import asgi
 
 from adapters.base_shapes import BaseModelShapes
 from adapters.peft_interop import ADAPTER_CONFIG, ADAPTER_WEIGHTS, export_peft_dir
+from models.catalog import register_prepared_models
+from models.store import load_prepared
 from serving.app import create_app
 from serving.runtime import ModelRuntime
 from serving.services import Services
-from storage.model_catalog import register_prepared_models
-from storage.model_store import load_prepared
 from storage.settings import load_settings
 from tests.adapter_factory import random_lora
 from tests.backends import REDIS_URL, deployment_database_url

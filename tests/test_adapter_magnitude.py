@@ -47,7 +47,7 @@ from finetune.evaluation import (
 from finetune.generic_text import GENERIC_TEXTS
 from finetune.queue import JobQueue
 from finetune.worker import FinetuneWorker, WorkerConfig
-from storage.model_store import load_prepared
+from models.store import load_prepared
 from storage.repositories import JobRepository
 from storage.tables import AdapterKind, JobState
 from tests.adapter_factory import random_lora

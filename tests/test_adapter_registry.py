@@ -10,13 +10,9 @@ import pytest
 import torch
 
 from adapters.errors import AdapterNotFound, InvalidAdapter, InvalidTransition
+from adapters.invalidation_event import INVALIDATION_CHANNEL, InvalidationEvent
 from adapters.lora_weights import LoraWeights
-from adapters.registry import (
-    HOT_COPY_PREFIX,
-    INVALIDATION_CHANNEL,
-    AdapterRegistry,
-    InvalidationEvent,
-)
+from adapters.registry import HOT_COPY_PREFIX, AdapterRegistry
 from storage.cache import open_cache
 from storage.repositories import AdapterRepository, UserRepository
 from storage.tables import AdapterKind, AdapterState, Decider

@@ -33,7 +33,7 @@ from adapters.peft_interop import (
     import_peft_files,
 )
 from adapters.validation import BaseModelSpec, ValidationLimits, validate_safetensors
-from storage.model_store import load_prepared
+from models.store import load_prepared
 from tests.server import prepared_model_store
 
 pytestmark = pytest.mark.models

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
+from models.errors import ModelStoreError
+from models.store.prepare_extra import require_prepare_extra
 from serving import cli
-from storage.errors import ModelStoreError
-from storage.model_store.prepare_extra import require_prepare_extra
 
 
 def test_ray_commands_without_the_ray_extra_say_which_extra(

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from models.store.progress import PreparationStep
 from serving.console import Console, quiet_console
-from storage.model_store.progress import PreparationStep
 
 
 def test_everything_but_own_lines_and_warnings_goes_to_the_log(

@@ -5,13 +5,13 @@ shows that they agree, including in the case where the old copies drifted apart:
 
 - the model ``auto`` answers with before feedback (``router.default_model``): the default
   router, the learning router and ``POST /v1/fine-tunes`` with ``model: "auto"``;
-- the CoMiGS gate (``adapters.multi_lora.gate``): serving's multi-LoRA layer and
+- the CoMiGS gate (``adapters.device.multi_lora.gate``): serving's multi-LoRA layer and
   training's gated peft layer;
 - the rank-one inverse update (``router.online_ridge.sherman_morrison_update``): the
   quality ridge and the output-length predictor;
-- the safetensors header reader (``storage.safetensors_header``): adapter validation and
+- the safetensors header reader (``models.safetensors_header``): adapter validation and
   the model store;
-- the device an ``auto`` setting means (``storage.model_store.device``): the model host,
+- the device an ``auto`` setting means (``models.device``): the model host,
   the fine-tune worker and Ray Serve's replica resources.
 """
 
@@ -30,22 +30,22 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 import serving.model_host
+from adapters.device.multi_lora.gate import gate_weights
+from adapters.device.multi_lora.layer import MultiLoraLinear, Route, Routing
+from adapters.device.multi_lora.pool import ModulePool
 from adapters.errors import InvalidAdapter
-from adapters.multi_lora.gate import gate_weights
-from adapters.multi_lora.layer import MultiLoraLinear, Route, Routing
-from adapters.multi_lora.pool import ModulePool
 from adapters.validation import ValidationLimits, read_container
 from finetune.experts import GatedExperts
 from finetune.worker import WorkerConfig
+from models.device import device_name, pick_device
+from models.safetensors_header import MAX_HEADER_BYTES, NotSafetensors, parse_header, read_header
+from models.store.prepare import _count_parameters
 from router import Candidate, DefaultModelRouter, EagleRouter, RouteRequest
 from router.default_model import cheapest, default_model
 from router.length_predictor import OutputLengthPredictor
 from router.online_ridge import OnlineRidge, sherman_morrison_update
 from serving.ray_serve import model_deployment_options
-from storage.model_store.device import device_name, pick_device
-from storage.model_store.prepare import _count_parameters
 from storage.repositories import BaseModelRepository
-from storage.safetensors_header import MAX_HEADER_BYTES, NotSafetensors, parse_header, read_header
 from storage.settings import load_settings
 from tests.app_client import ADMIN, app_client, bearer
 

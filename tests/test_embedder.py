@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from storage.model_store import EMBEDDING_DIMENSIONS, load_sentence_embedder
+from models.store import EMBEDDING_DIMENSIONS, load_sentence_embedder
 
 # Every test loads an embedding model.
 pytestmark = pytest.mark.slow

@@ -11,11 +11,11 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from adapters.base_shapes import BaseModelShapes
+from adapters.device.multi_lora import MultiLoraModel
+from adapters.device.slot_cache import AdapterSlotCache
 from adapters.expert_sets import ExpertRef, ExpertSet
 from adapters.lora_weights import LoraWeights
-from adapters.multi_lora import MultiLoraModel
 from adapters.peft_interop import export_peft_dir
-from adapters.slot_cache import AdapterSlotCache
 from serving.engine.engine import Engine, EngineConfig
 from serving.engine.requests import GenerationRequest
 from serving.engine.sampling import SamplingParams

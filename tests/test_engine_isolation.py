@@ -35,11 +35,13 @@ from starlette.requests import ClientDisconnect
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from adapters.base_shapes import BaseModelShapes
+from adapters.device.multi_lora import MultiLoraModel
+from adapters.device.slot_cache import AdapterSlotCache
 from adapters.expert_sets import ExpertRef, ExpertSet
 from adapters.lora_weights import LoraWeights
-from adapters.multi_lora import MultiLoraModel
-from adapters.slot_cache import AdapterSlotCache
-from finetune import chat_format
+from models import chat_format
+from models.catalog import register_prepared_models
+from models.store import load_prepared
 from router import DefaultModelRouter
 from serving import completions
 from serving.app import create_app
@@ -58,8 +60,6 @@ from serving.openai_schemas import ChatCompletionCreate
 from serving.routes.completions import CompletionStream
 from serving.runtime import ModelRuntime
 from serving.services import Services
-from storage.model_catalog import register_prepared_models
-from storage.model_store import load_prepared
 from storage.settings import load_settings
 from storage.tables import AdapterKind
 from tests.adapter_factory import random_lora

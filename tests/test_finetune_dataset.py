@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
-from finetune.chat_format import prompt_ids
 from finetune.conversations import (
     IGNORED,
     TokenizedConversation,
@@ -17,6 +16,7 @@ from finetune.conversations import (
 )
 from finetune.dataset import collect_conversations
 from finetune.errors import ConversationTooLong, DatasetError
+from models.chat_format import prompt_ids
 from storage.database import Database
 from storage.repositories import ExampleRepository, FeedbackRepository
 from tests.server import prepared_model_store

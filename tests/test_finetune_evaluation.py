@@ -14,8 +14,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from adapters.device.multi_lora.gate import gate_weights
 from adapters.lora_weights import LoraWeights
-from adapters.multi_lora.gate import gate_weights
 from finetune.base_loading import load_evaluation_base, load_training_base
 from finetune.config import TrainingConfig
 from finetune.conversations import TokenizedConversation, tokenize_conversation

@@ -23,10 +23,10 @@ import yaml
 from pydantic import SecretStr
 from ray.serve.schema import ServeDeploySchema
 
+from models.store.packaged import PACKAGED_MODELS
 from serving import helm_chart, ray_serve
 from serving.ray_serve import SECRET_SETTINGS, model_deployment_options, serve_config
 from storage.errors import ConfigurationError
-from storage.model_store.packaged import PACKAGED_MODELS
 from storage.settings import ENV_PREFIX, Settings, load_settings
 from tests.server import REPO_ROOT
 

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from storage.errors import StorageError
-from storage.model_store import (
+from models.store import (
     PACKAGED_MODELS,
     ModelStoreError,
     PreparedModel,
     load_prepared,
     prepare_models,
 )
+from storage.errors import StorageError
 
 SMOLLM2 = "smollm2-135m-instruct"
 GEMMA = "gemma-3-270m"
@@ -188,7 +188,7 @@ def test_load_prepared_returns_the_same_metadata(store: Store) -> None:
 def test_load_prepared_imports_neither_torch_nor_transformers(store: Store) -> None:
     script = (
         "import sys; from pathlib import Path; "
-        "from storage.model_store import load_prepared; "
+        "from models.store import load_prepared; "
         f"models = load_prepared(Path({str(store.path)!r})); "
         "assert len(models) == 2, models; "
         "heavy = sorted({'torch', 'transformers'} & set(sys.modules)); "

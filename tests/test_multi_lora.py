@@ -1,4 +1,4 @@
-"""Many LoRA experts in one batch: ``adapters.multi_lora`` against peft and a slow reference.
+"""Many LoRA experts in one batch: ``adapters.device.multi_lora`` against peft and a slow reference.
 
 Runs on both real base models of the model store (each loaded once per
 module) and on a tiny random llama for the checks that need no real weights.
@@ -37,9 +37,9 @@ from transformers import (
     PreTrainedModel,
 )
 
+from adapters.device.multi_lora import MultiLoraConfig, MultiLoraLinear, MultiLoraModel
 from adapters.errors import InvalidAdapter
 from adapters.lora_weights import TARGET_MODULES, LoraWeights, tensor_name
-from adapters.multi_lora import MultiLoraConfig, MultiLoraLinear, MultiLoraModel
 
 MODEL_STORE = Path(
     os.environ.get(

@@ -22,12 +22,12 @@ from httpx2 import Response as HttpResponse
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from models.catalog import register_prepared_models
+from models.store import load_prepared
 from serving.app import create_app
 from serving.services import Services
 from storage.database import Database
 from storage.errors import BackendUnavailable
-from storage.model_catalog import register_prepared_models
-from storage.model_store import load_prepared
 from storage.repositories import ResponseRepository
 from storage.settings import load_settings
 from tests.app_client import ADMIN, ADMIN_KEY, bearer

@@ -12,13 +12,13 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from adapters.base_shapes import BaseModelShapes
+from adapters.device.multi_lora import MultiLoraModel
+from adapters.device.slot_cache import AdapterSlotCache
 from adapters.errors import SlotsExhausted
 from adapters.expert_sets import CachedExpertSets, ExpertRef, ExpertSet
 from adapters.invalidation import InvalidationListener
+from adapters.invalidation_event import INVALIDATION_CHANNEL, InvalidationEvent
 from adapters.lora_weights import LoraWeights
-from adapters.multi_lora import MultiLoraModel
-from adapters.registry import INVALIDATION_CHANNEL, InvalidationEvent
-from adapters.slot_cache import AdapterSlotCache
 from storage.cache import Cache, open_cache
 from storage.tables import AdapterKind
 from tests.adapter_factory import random_lora

@@ -37,8 +37,8 @@ from typing import Any, Protocol
 
 import torch
 
+from adapters.device.slot_cache import AdapterSlotCache, SlotLease
 from adapters.errors import AdapterError, SlotsExhausted
-from adapters.slot_cache import AdapterSlotCache, SlotLease
 from serving.engine.detokenize import Decoder, IncrementalDetokenizer
 from serving.engine.kv_cache import BatchKVCache
 from serving.engine.requests import (

@@ -1,4 +1,11 @@
-"""Registers the prepared models of the model store as base models in SQL."""
+"""Registers the prepared models of the model store as base models in SQL, with their prices.
+
+The bridge from the files of ``models.store`` to the ``base_models`` rows that routing,
+serving and fine-tuning read: ``tailor models prepare`` registers what it prepared, and
+``tailor serve`` what it finds. A model's price is decided here
+(``price_per_million_tokens``: at registration, and for ``tailor models list``);
+routing reads the stored column.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from storage.model_store import PreparedModel
+from models.store import PreparedModel
 from storage.repositories import BaseModelRepository
 from storage.settings import Settings
 from storage.tables import BaseModel

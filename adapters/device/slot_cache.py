@@ -12,6 +12,11 @@ change. Eviction is least-recently-used among unleased slots. Versions never
 change their weights, so slots are keyed by version id; an invalidation event
 (a promotion or rollback) frees the slots of versions that are no longer
 active as soon as no request holds them.
+
+Device side (``adapters.device``): no SQL. Tiers 3 and 4 are reached only through
+the ``fetch`` callable the replica passes in, and the cache knows experts and
+events by their SQL-free types (``adapters.expert_sets``,
+``adapters.invalidation_event``), never through the registry.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from typing import Protocol
 
 from adapters.errors import AdapterError, SlotsExhausted
 from adapters.expert_sets import ExpertRef, ExpertSet
+from adapters.invalidation_event import InvalidationEvent
 from adapters.lora_weights import LoraWeights
-from adapters.registry import InvalidationEvent
 
 logger = logging.getLogger(__name__)
 

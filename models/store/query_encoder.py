@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from storage.model_store.embedder import EMBEDDING_MODEL_ID, load_sentence_embedder
-from storage.model_store.prepare_extra import require_prepare_extra
-from storage.model_store.progress import PreparationStep, Progress
+from models.store.embedder import EMBEDDING_MODEL_ID, load_sentence_embedder
+from models.store.prepare_extra import require_prepare_extra
+from models.store.progress import PreparationStep, Progress
 
 QUERY_ENCODER_DIR = f"{EMBEDDING_MODEL_ID}-query-int8"
 QUERY_ENCODER_FILE = "model.onnx"

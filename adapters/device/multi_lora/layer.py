@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from adapters.multi_lora.gate import gate_weights
-from adapters.multi_lora.pool import ModuleKey, ModulePool
+from adapters.device.multi_lora.gate import gate_weights
+from adapters.device.multi_lora.pool import ModuleKey, ModulePool
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 A model with a chat template gets its template; a base model (no template) a
 plain transcript it can continue ("User: ...\\nAssistant:"). Training must see
 exactly what serving will feed the model, or the expert learns a format it
-is never asked in.
+is never asked in. So it is the model layer's, below both ``serving`` and
+``finetune``, and imports nothing of either.
 """
 
 from __future__ import annotations

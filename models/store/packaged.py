@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from storage.errors import ModelStoreError
+from models.errors import ModelStoreError
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from storage.errors import ModelStoreError
+from models.errors import ModelStoreError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from storage.errors import ModelStoreError
-from storage.model_store.packaged import PACKAGED_MODELS, PackagedModel
-from storage.model_store.prepare_extra import require_prepare_extra
-from storage.model_store.progress import PreparationStep, Progress
-from storage.model_store.query_encoder import QUERY_ENCODER_DIR
-from storage.safetensors_header import read_header
+from models.errors import ModelStoreError
+from models.safetensors_header import read_header
+from models.store.packaged import PACKAGED_MODELS, PackagedModel
+from models.store.prepare_extra import require_prepare_extra
+from models.store.progress import PreparationStep, Progress
+from models.store.query_encoder import QUERY_ENCODER_DIR
 
 MANIFEST_NAME = "tailor-model.json"
 

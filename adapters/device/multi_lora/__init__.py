@@ -6,9 +6,9 @@ batch row names its experts by slot, and a specialist's gate mixes them per
 token (see ``model`` for an example).
 """
 
-from adapters.multi_lora.layer import MultiLoraLinear, Route
-from adapters.multi_lora.model import MultiLoraConfig, MultiLoraModel, SlotIndices
-from adapters.multi_lora.pool import AdapterPool, SlotInfo
+from adapters.device.multi_lora.layer import MultiLoraLinear, Route
+from adapters.device.multi_lora.model import MultiLoraConfig, MultiLoraModel, SlotIndices
+from adapters.device.multi_lora.pool import AdapterPool, SlotInfo
 
 __all__ = [
     "AdapterPool",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib.util import find_spec
 
-from storage.errors import ModelStoreError
+from models.errors import ModelStoreError
 
 
 def require_prepare_extra(item: str, modules: tuple[str, ...]) -> None:

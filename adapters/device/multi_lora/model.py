@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from adapters.device.multi_lora.layer import MultiLoraLinear, Route, Routing
+from adapters.device.multi_lora.pool import AdapterPool, ModuleKey, SlotInfo
 from adapters.lora_weights import TARGET_MODULES, LoraWeights
-from adapters.multi_lora.layer import MultiLoraLinear, Route, Routing
-from adapters.multi_lora.pool import AdapterPool, ModuleKey, SlotInfo
 
 # Matches the wrapped linears of llama- and gemma-style decoders wherever the
 # decoder sits in the module tree (``model.layers.3.self_attn.q_proj``).

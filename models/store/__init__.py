@@ -6,16 +6,16 @@ model directory loads with plain ``AutoModelForCausalLM.from_pretrained(path)``
 and ``AutoTokenizer.from_pretrained(path)``.
 """
 
-from storage.errors import ModelStoreError
-from storage.model_store.embedder import (
+from models.errors import ModelStoreError
+from models.store.embedder import (
     EMBEDDING_DIMENSIONS,
     EMBEDDING_MODEL_ID,
     embedding_model_dir,
     load_sentence_embedder,
 )
-from storage.model_store.packaged import PACKAGED_MODELS, PackagedModel
-from storage.model_store.prepare import PreparedModel, load_prepared, prepare_models
-from storage.model_store.query_encoder import prepare_query_encoder, query_encoder_path
+from models.store.packaged import PACKAGED_MODELS, PackagedModel
+from models.store.prepare import PreparedModel, load_prepared, prepare_models
+from models.store.query_encoder import prepare_query_encoder, query_encoder_path
 
 __all__ = [
     "EMBEDDING_DIMENSIONS",

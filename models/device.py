@@ -5,12 +5,12 @@
 Ray Serve's resource request (does a model replica need a GPU?) all resolve them here,
 so ``auto`` cannot mean one thing when a model is loaded and another when its replica's
 GPUs are reserved. It sits beside the model store (how prepared models are loaded) in
-``storage``, the lowest layer, which serving and fine-tuning may both import.
+``models``, a layer below both serving and fine-tuning.
 
 Invariants: ``auto`` is ``cuda`` (torch's current device) when torch sees a GPU, else
 ``cpu``; any other setting is kept as written. torch is imported only to answer
 ``auto`` or to build a ``torch.device``, so deciding a Ray replica's resources from an
-explicit setting stays torch-free, and ``storage.model_store`` does not re-export this
+explicit setting stays torch-free, and ``models.store`` does not re-export this
 module (listing the store imports no torch).
 """
 

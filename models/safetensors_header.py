@@ -4,7 +4,8 @@ A safetensors file is an 8-byte little-endian header length N, N bytes of UTF-8 
 (tensor name -> dtype, shape, data offsets, plus an optional ``__metadata__`` object of
 strings), then the data region. Adapter validation (``adapters.validation``, uploads from
 anyone) and the model store (counting a converted model's parameters) both read headers
-here; it lives in ``storage``, the lowest layer, so that both may import it.
+here; it lives in ``models``, the layer of model files, which the model store is part of
+and ``adapters`` sits above, so that both may import it.
 
 Invariants, whoever calls:
 
