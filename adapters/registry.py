@@ -111,7 +111,7 @@ class AdapterRegistry:
         sha256 = self.blobs.put(data)
         with self.database.session() as session:
             adapters = AdapterRepository(session)
-            expert = self._find_or_create_expert(
+            expert = self._find_or_create_adapter(
                 adapters, kind=kind, base_model_id=base.id, user_id=user_id, name=name
             )
             version = adapters.add_version(
@@ -147,7 +147,7 @@ class AdapterRegistry:
         return self.register_candidate(lora, kind=kind, user_id=user_id, name=name)
 
     @staticmethod
-    def _find_or_create_expert(
+    def _find_or_create_adapter(
         adapters: AdapterRepository,
         *,
         kind: AdapterKind,
@@ -155,18 +155,18 @@ class AdapterRegistry:
         user_id: str | None,
         name: str,
     ) -> Adapter:
-        found = adapters.find_expert(
+        found = adapters.find_adapter(
             kind=kind, base_model_id=base_model_id, user_id=user_id, name=name
         )
         if found is not None:
             return found
         try:
-            return adapters.create_expert(
+            return adapters.create_adapter(
                 kind=kind, base_model_id=base_model_id, user_id=user_id, name=name
             )
         except Conflict:
             # Created concurrently by another request: use that one.
-            found = adapters.find_expert(
+            found = adapters.find_adapter(
                 kind=kind, base_model_id=base_model_id, user_id=user_id, name=name
             )
             assert found is not None
@@ -339,10 +339,10 @@ class AdapterRegistry:
             adapter_id = version.adapter_id if version is not None else target_id
             return self._adapter_for(session, adapter_id=adapter_id, user_id=user_id)
 
-    def retire_expert(
+    def retire_adapter(
         self, *, adapter_id: str, by: Decider, user_id: str | None = None
     ) -> list[AdapterVersion]:
-        """Retire every version of an expert that is still in use or in waiting."""
+        """Retire every version of an adapter that is still in use or in waiting."""
         with self.database.session() as session:
             self._adapter_for(session, adapter_id=adapter_id, user_id=user_id)
             versions = AdapterRepository(session).list_versions(adapter_id=adapter_id)

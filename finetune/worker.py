@@ -75,7 +75,7 @@ from finetune.triggers import JobTrigger, TriggerPolicy
 from models.device import pick_device
 from storage.repositories import AdapterRepository, BaseModelRepository
 from storage.settings import Settings
-from storage.tables import AdapterKind, AdapterState, AdapterVersion, BaseModel, Decider, User
+from storage.tables import AdapterKind, AdapterState, AdapterVersion, BaseModelRow, Decider, User
 
 log = logging.getLogger(__name__)
 
@@ -477,7 +477,7 @@ class FinetuneWorker:
         with self.database.session() as session:
             return session.scalar(select(AdapterVersion).where(AdapterVersion.job_id == job_id))
 
-    def _base_model(self, base_model_id: str) -> BaseModel:
+    def _base_model(self, base_model_id: str) -> BaseModelRow:
         with self.database.session() as session:
             return BaseModelRepository(session).get(model_id=base_model_id)
 
@@ -513,7 +513,7 @@ class FinetuneWorker:
             mine = resolve_expert_set(
                 session, base_model_id=claim.base_model_id, user_id=claim.user_id
             )
-            target = AdapterRepository(session).find_expert(
+            target = AdapterRepository(session).find_adapter(
                 kind=claim.kind, base_model_id=claim.base_model_id, user_id=claim.user_id
             )
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from models.store import PreparedModel
 from storage.repositories import BaseModelRepository
 from storage.settings import Settings
-from storage.tables import BaseModel
+from storage.tables import BaseModelRow
 
 
 def price_per_million_tokens(model_id: str, parameter_count: int, settings: Settings) -> float:
@@ -33,7 +33,7 @@ def price_per_million_tokens(model_id: str, parameter_count: int, settings: Sett
 
 def register_prepared_models(
     session: Session, prepared: Sequence[PreparedModel], *, settings: Settings
-) -> list[BaseModel]:
+) -> list[BaseModelRow]:
     repository = BaseModelRepository(session)
     store = settings.model_store_dir.resolve()
     registered = []

@@ -38,7 +38,7 @@ from serving.model_host import HostedModel, enforced_context_length, load_hosted
 from serving.services import Services
 from serving.worker_supervisor import WorkerSupervisor
 from storage.repositories import BaseModelRepository, UserRepository
-from storage.tables import BaseModel
+from storage.tables import BaseModelRow
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ class ModelRuntime:
             except Exception:  # a database blip must not end the loop
                 logger.exception("router: picking up new feedback failed")
 
-    def _load_one(self, record: BaseModel) -> ServedModel:
+    def _load_one(self, record: BaseModelRow) -> ServedModel:
         settings = self.services.settings
         path = settings.model_store_dir / record.path
         if self._remote is None:

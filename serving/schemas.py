@@ -236,7 +236,7 @@ class AdapterVersionPublic(BaseModel):
 
 
 class AdapterPublic(BaseModel):
-    """An expert; ``version``/``state``/``eval_metrics`` are those of its current
+    """An adapter; ``version``/``state``/``eval_metrics`` are those of its current
     version (the active one, else the newest)."""
 
     id: str
@@ -253,7 +253,7 @@ class AdapterPublic(BaseModel):
     versions: list[AdapterVersionPublic]
 
     @classmethod
-    def from_expert(cls, adapter: Adapter) -> AdapterPublic:
+    def from_adapter(cls, adapter: Adapter) -> AdapterPublic:
         versions = [AdapterVersionPublic.model_validate(v) for v in adapter.versions]
         active = next((v for v in versions if v.state is AdapterState.ACTIVE), None)
         current = active or (versions[-1] if versions else None)

@@ -145,7 +145,7 @@ class FineTunePublic(BaseModel):
 
 
 class AdminJobPublic(FineTunePublic):
-    """A job as admins see it: whose, which expert, what queued it."""
+    """A job as admins see it: whose, which adapter, what queued it."""
 
     user_id: str | None
     kind: AdapterKind

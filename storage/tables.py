@@ -183,8 +183,12 @@ class ApiKey(Base):
         return self.revoked_at is not None
 
 
-class BaseModel(Base):
-    """A base model in the model store that requests can be routed to."""
+class BaseModelRow(Base):
+    """A base model in the model store that requests can be routed to.
+
+    Named ``...Row`` (the other tables are not) because pydantic's ``BaseModel``
+    is imported beside it in serving's schemas.
+    """
 
     __tablename__ = "base_models"
 
@@ -207,10 +211,11 @@ class BaseModel(Base):
 
 
 class Adapter(Base):
-    """One LoRA expert: a user's specialist or a base model's generalist.
+    """One adapter: a user's specialist or a base model's generalist.
 
-    Its weights live in ``AdapterVersion`` rows; the expert itself only says
-    whose it is and for which base model.
+    Its weights live in ``AdapterVersion`` rows; the adapter itself only says
+    whose it is and for which base model. Its active version is what serving
+    mixes in as an expert (docs/architecture.md, glossary).
     """
 
     __tablename__ = "adapters"

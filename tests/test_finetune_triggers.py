@@ -48,9 +48,9 @@ def add_version(database: Database, user_id: str | None, model: str = MODEL) -> 
     kind = AdapterKind.SPECIALIST if user_id else AdapterKind.GENERALIST
     with database.session() as session:
         adapters = AdapterRepository(session)
-        expert = adapters.find_expert(
+        expert = adapters.find_adapter(
             kind=kind, base_model_id=model, user_id=user_id
-        ) or adapters.create_expert(kind=kind, base_model_id=model, user_id=user_id)
+        ) or adapters.create_adapter(kind=kind, base_model_id=model, user_id=user_id)
         adapters.add_version(
             adapter_id=expert.id, rank=8, alpha=16.0, target_modules=["q_proj"], sha256=SHA
         )

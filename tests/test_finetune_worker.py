@@ -100,7 +100,7 @@ def versions_of(registry: AdapterRegistry, user_id: str | None) -> list[AdapterV
     with registry.database.session() as session:
         adapters = AdapterRepository(session)
         kind = AdapterKind.SPECIALIST if user_id else AdapterKind.GENERALIST
-        expert = adapters.find_expert(kind=kind, base_model_id=MODEL, user_id=user_id)
+        expert = adapters.find_adapter(kind=kind, base_model_id=MODEL, user_id=user_id)
         return [] if expert is None else adapters.list_versions(adapter_id=expert.id)
 
 

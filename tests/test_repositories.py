@@ -146,7 +146,7 @@ def test_adapter_versions_number_up_and_never_start_active(database: Database) -
     user_id = add_user(database, "ada")
     with database.session() as session:
         adapters = AdapterRepository(session)
-        expert = adapters.create_expert(
+        expert = adapters.create_adapter(
             kind=AdapterKind.SPECIALIST, base_model_id="tiny-1m", user_id=user_id
         )
         v1 = adapters.add_version(
@@ -177,7 +177,7 @@ def test_adapter_versions_number_up_and_never_start_active(database: Database) -
         assert adapters.get_version(version_id=v2.id).eval_metrics == {"nll": 2.5}
         assert adapters.active_version(adapter_id=expert.id) is None
         with pytest.raises(Conflict):
-            adapters.create_expert(
+            adapters.create_adapter(
                 kind=AdapterKind.SPECIALIST, base_model_id="tiny-1m", user_id=user_id
             )
 
@@ -186,7 +186,7 @@ def test_the_database_allows_one_active_version_per_expert(database: Database) -
     add_base_model(database)
     with database.session() as session:
         adapters = AdapterRepository(session)
-        expert = adapters.create_expert(kind=AdapterKind.GENERALIST, base_model_id="tiny-1m")
+        expert = adapters.create_adapter(kind=AdapterKind.GENERALIST, base_model_id="tiny-1m")
         versions = [
             adapters.add_version(
                 adapter_id=expert.id, rank=4, alpha=8, target_modules=["q_proj"], sha256=SHA
@@ -216,15 +216,15 @@ def test_users_see_their_specialists_and_generalists_but_not_others(database: Da
     ada, bob = add_user(database, "ada"), add_user(database, "bob")
     with database.session() as session:
         adapters = AdapterRepository(session)
-        mine = adapters.create_expert(
+        mine = adapters.create_adapter(
             kind=AdapterKind.SPECIALIST, base_model_id="tiny-1m", user_id=ada
         )
-        theirs = adapters.create_expert(
+        theirs = adapters.create_adapter(
             kind=AdapterKind.SPECIALIST, base_model_id="tiny-1m", user_id=bob
         )
-        shared = adapters.create_expert(kind=AdapterKind.GENERALIST, base_model_id="tiny-1m")
+        shared = adapters.create_adapter(kind=AdapterKind.GENERALIST, base_model_id="tiny-1m")
         with pytest.raises(ValueError):
-            adapters.create_expert(
+            adapters.create_adapter(
                 kind=AdapterKind.GENERALIST, base_model_id="tiny-1m", user_id=ada
             )
         visible = {a.id for a in adapters.list_visible_to(user_id=ada)}
@@ -232,7 +232,7 @@ def test_users_see_their_specialists_and_generalists_but_not_others(database: Da
         with pytest.raises(NotFound):
             adapters.get_visible_to(adapter_id=theirs.id, user_id=ada)
         assert adapters.get_visible_to(adapter_id=shared.id, user_id=ada).id == shared.id
-        found = adapters.find_expert(
+        found = adapters.find_adapter(
             kind=AdapterKind.SPECIALIST, base_model_id="tiny-1m", user_id=bob
         )
         assert found is not None and found.id == theirs.id

@@ -1,7 +1,7 @@
-"""``/v1/adapters``: the caller's experts (their specialists and the shared generalists),
+"""``/v1/adapters``: the caller's adapters (their specialists and the shared generalists),
 and the caller's own decisions on their specialists: promote a candidate, roll back.
 
-A user manages only their own specialists; a generalist or another user's expert is a
+A user manages only their own specialists; a generalist or another user's adapter is a
 404 here, as if it did not exist (the registry's rule). Promoting by hand overrides the
 evaluation gate: the version's ``eval_metrics`` still say what the gate found.
 """
@@ -21,13 +21,13 @@ router = APIRouter(prefix="/v1", tags=["adapters"])
 @router.get("/adapters")
 def list_adapters(user: UserDep, session: SessionDep) -> ListPublic[AdapterPublic]:
     assert user.user_id is not None
-    experts = AdapterRepository(session).list_visible_to(user_id=user.user_id)
-    return ListPublic(data=[AdapterPublic.from_expert(a) for a in experts])
+    adapters = AdapterRepository(session).list_visible_to(user_id=user.user_id)
+    return ListPublic(data=[AdapterPublic.from_adapter(a) for a in adapters])
 
 
 @router.post("/adapters/{target_id}/promote")
 def promote_own(target_id: str, user: UserDep, services: ServicesDep) -> AdapterVersionPublic:
-    """Make a candidate of the caller's specialist (a version id, or the expert's id for its
+    """Make a candidate of the caller's specialist (a version id, or the adapter's id for its
     newest candidate) the one they are served."""
     assert user.user_id is not None
     registry = services.adapters

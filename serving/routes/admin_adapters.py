@@ -1,8 +1,8 @@
-"""Admin: every expert and version; upload, promote, roll back, retire, download.
+"""Admin: every adapter and version; upload, promote, roll back, retire, download.
 
-``{id}`` may name a version (``adv_``) or an expert (``adp_``): promoting an
-expert promotes its newest candidate; rolling back or retiring a version
-acts on its expert (retire: on that version alone); downloading an expert
+``{id}`` may name a version (``adv_``) or an adapter (``adp_``): promoting an
+adapter promotes its newest candidate; rolling back or retiring a version
+acts on its adapter (retire: on that version alone); downloading an adapter
 gives its active version.
 """
 
@@ -38,12 +38,12 @@ def list_adapters(
     base_model: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
 ) -> ListPublic[AdapterPublic]:
-    experts: list[Adapter] = AdapterRepository(session).list_all(limit=limit)
+    adapters: list[Adapter] = AdapterRepository(session).list_all(limit=limit)
     if user_id is not None:
-        experts = [a for a in experts if a.user_id == user_id]
+        adapters = [a for a in adapters if a.user_id == user_id]
     if base_model is not None:
-        experts = [a for a in experts if a.base_model_id == base_model]
-    return ListPublic(data=[AdapterPublic.from_expert(a) for a in experts])
+        adapters = [a for a in adapters if a.base_model_id == base_model]
+    return ListPublic(data=[AdapterPublic.from_adapter(a) for a in adapters])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -134,7 +134,7 @@ def retire(
     if target_id.startswith("adv_"):
         retired = [registry.retire(version_id=target_id, by=Decider.ADMIN)]
     else:
-        retired = registry.retire_expert(
+        retired = registry.retire_adapter(
             adapter_id=registry.adapter_of(target_id=target_id).id, by=Decider.ADMIN
         )
     return ListPublic(data=[AdapterVersionPublic.model_validate(v) for v in retired])

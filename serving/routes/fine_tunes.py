@@ -21,7 +21,7 @@ from serving.schemas import ListPublic
 from serving.user_schemas import FineTuneCreate, FineTunePublic, Hyperparameters, JobEventPublic
 from storage.repositories import BaseModelRepository, JobRepository
 from storage.settings import Settings
-from storage.tables import AdapterKind, BaseModel, FineTuneJob
+from storage.tables import AdapterKind, BaseModelRow, FineTuneJob
 
 router = APIRouter(prefix="/v1/fine-tunes", tags=["fine-tunes"])
 
@@ -55,7 +55,7 @@ def events_page(
     )
 
 
-def known_model(models: Sequence[BaseModel], model_id: str) -> str:
+def known_model(models: Sequence[BaseModelRow], model_id: str) -> str:
     """``model_id`` if it names a registered base model, else a 404."""
     if model_id not in {m.id for m in models}:
         raise ApiError(404, f"the model {model_id!r} does not exist", code="model_not_found")

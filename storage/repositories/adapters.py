@@ -21,7 +21,7 @@ class AdapterRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def create_expert(
+    def create_adapter(
         self,
         *,
         kind: AdapterKind,
@@ -29,7 +29,7 @@ class AdapterRepository:
         user_id: str | None = None,
         name: str = "default",
     ) -> Adapter:
-        """A new, still empty expert. Specialists need a user; generalists have none."""
+        """A new adapter with no version yet. Specialists need a user; generalists have none."""
         if (kind is AdapterKind.SPECIALIST) != (user_id is not None):
             raise ValueError("a specialist belongs to one user; a generalist to none")
         adapter = Adapter(
@@ -55,13 +55,13 @@ class AdapterRepository:
         return adapter
 
     def get_visible_to(self, *, adapter_id: str, user_id: str) -> Adapter:
-        """The expert if this user may use it (their specialist, or a generalist)."""
+        """The adapter if this user may use it (their specialist, or a generalist)."""
         adapter = self.session.get(Adapter, adapter_id)
         if adapter is None or (adapter.user_id is not None and adapter.user_id != user_id):
             raise NotFound(f"adapter {adapter_id} not found")
         return adapter
 
-    def find_expert(
+    def find_adapter(
         self, *, kind: AdapterKind, base_model_id: str, user_id: str | None, name: str = "default"
     ) -> Adapter | None:
         query = select(Adapter).where(

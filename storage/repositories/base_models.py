@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from storage.clock import utc_now
 from storage.errors import NotFound
-from storage.tables import BaseModel
+from storage.tables import BaseModelRow
 
 
 class BaseModelRepository:
@@ -29,13 +29,13 @@ class BaseModelRepository:
         context_length: int,
         chat_template: str | None,
         cost_per_million_tokens: float,
-    ) -> BaseModel:
+    ) -> BaseModelRow:
         """Register a model, or refresh its metadata if it is already known."""
         if cost_per_million_tokens < 0:
             raise ValueError("a cost cannot be negative")
-        model = self.session.get(BaseModel, model_id)
+        model = self.session.get(BaseModelRow, model_id)
         if model is None:
-            model = BaseModel(id=model_id, created_at=utc_now(), enabled=True)
+            model = BaseModelRow(id=model_id, created_at=utc_now(), enabled=True)
             self.session.add(model)
         model.architecture = architecture
         model.path = path
@@ -52,19 +52,19 @@ class BaseModelRepository:
         self.session.flush()
         return model
 
-    def get(self, *, model_id: str) -> BaseModel:
-        model = self.session.get(BaseModel, model_id)
+    def get(self, *, model_id: str) -> BaseModelRow:
+        model = self.session.get(BaseModelRow, model_id)
         if model is None:
             raise NotFound(f"base model {model_id} not found")
         return model
 
-    def list_all(self, *, enabled_only: bool = True) -> list[BaseModel]:
-        query = select(BaseModel).order_by(BaseModel.parameter_count, BaseModel.id)
+    def list_all(self, *, enabled_only: bool = True) -> list[BaseModelRow]:
+        query = select(BaseModelRow).order_by(BaseModelRow.parameter_count, BaseModelRow.id)
         if enabled_only:
-            query = query.where(BaseModel.enabled.is_(True))
+            query = query.where(BaseModelRow.enabled.is_(True))
         return list(self.session.scalars(query))
 
-    def set_enabled(self, *, model_id: str, enabled: bool) -> BaseModel:
+    def set_enabled(self, *, model_id: str, enabled: bool) -> BaseModelRow:
         model = self.get(model_id=model_id)
         model.enabled = enabled
         self.session.flush()
