@@ -64,6 +64,8 @@ from typing import Any, Literal
 
 import torch
 
+from models.device import AUTO, pick_device
+
 DEFAULT_CONFIG_DIR = (
     Path(__file__).resolve().parents[1] / "var" / "models" / "smollm2-135m-instruct"
 )
@@ -466,7 +468,7 @@ def main() -> None:
     parser.add_argument("--json-out", type=Path, default=None, help="write the figures here")
     args = parser.parse_args()
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device or AUTO)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     cuda = device.type == "cuda"
