@@ -21,17 +21,38 @@ BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 @dataclass(frozen=True)
+class RoutingPreferences:
+    """A user's stored routing limits, for the fields a request leaves out; None is the
+    service's default. Read with the key (``ApiKeyRepository.find_valid`` joins the user),
+    so a completion reads the user's row once, at authentication."""
+
+    cost_weight: float | None = None
+    max_price: float | None = None
+    latency_slo_seconds: float | None = None
+
+
+@dataclass(frozen=True)
 class Principal:
     """The caller: a user's key, or the bootstrap admin key (no user)."""
 
     user_id: str | None
     key_id: str | None
     scopes: frozenset[Scope]
+    # The key's user's routing preferences as of this request (none for admins).
+    routing: RoutingPreferences = RoutingPreferences()
 
     @classmethod
     def of_key(cls, key: ApiKey) -> Principal:
+        user = key.user
         return cls(
-            user_id=key.user_id, key_id=key.id, scopes=frozenset(Scope(s) for s in key.scopes)
+            user_id=key.user_id,
+            key_id=key.id,
+            scopes=frozenset(Scope(s) for s in key.scopes),
+            routing=RoutingPreferences(
+                cost_weight=user.route_cost_weight,
+                max_price=user.route_max_price,
+                latency_slo_seconds=user.route_latency_slo_seconds,
+            ),
         )
 
     @property

@@ -10,6 +10,7 @@ from fastapi import Depends, Header, Query, Request
 from sqlalchemy.orm import Session
 
 from serving.auth import Principal, authenticate, bearer_token
+from serving.completions import CompletionService
 from serving.dashboard.session_auth import dashboard_principal
 from serving.dashboard.sessions import COOKIE_NAME, SessionSigner
 from serving.errors import ApiError
@@ -141,6 +142,13 @@ def get_metrics(request: Request) -> Metrics:
 
 
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+def get_completion_service(runtime: RuntimeDep, metrics: MetricsDep) -> CompletionService:
+    return CompletionService(runtime, metrics)
+
+
+CompletionServiceDep = Annotated[CompletionService, Depends(get_completion_service)]
 
 
 def get_metrics_history(request: Request) -> MetricsHistory:

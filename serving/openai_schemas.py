@@ -161,7 +161,7 @@ def _check_characters(count: int) -> None:
 
 # Responses -------------------------------------------------------------------------
 #
-# The bodies of serving.completions (built there as dicts, validated against these by
+# The bodies of serving.completions.wire (built there as dicts, validated against these by
 # the route's response_model). ``extra="forbid"``: a field added there and not here
 # fails the tests rather than vanishing from the answer. A stream's chunks are
 # documented in the route's ``responses`` (text/event-stream), not modelled.

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import secrets
 import sqlite3
 import time
@@ -30,6 +31,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy
 import torch
 from starlette.requests import ClientDisconnect
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -42,10 +44,11 @@ from adapters.lora_weights import LoraWeights
 from models import chat_format
 from models.catalog import register_prepared_models
 from models.store import load_prepared
-from router import DefaultModelRouter
-from serving import completions
+from router import DefaultModelRouter, RouteRequest
 from serving.app import create_app
+from serving.auth import Principal
 from serving.backend import LocalBackend
+from serving.completions import CompletionService
 from serving.engine.engine import (
     Engine,
     EngineConfig,
@@ -61,7 +64,7 @@ from serving.routes.completions import CompletionStream
 from serving.runtime import ModelRuntime
 from serving.services import Services
 from storage.settings import load_settings
-from storage.tables import AdapterKind
+from storage.tables import AdapterKind, Scope
 from tests.adapter_factory import random_lora
 from tests.server import prepared_model_store
 
@@ -706,21 +709,19 @@ def test_failed_requests_answer_clearly_and_release_the_load_ledger(tmp_path: Pa
 
             # A stream body closed before it was ever iterated still closes its ticket.
             request_body = ChatCompletionCreate.model_validate(a.chat("hi", max_tokens=30))
-            prepared = await asyncio.to_thread(
-                completions.prepare, a.runtime, user_id=a.user_id, body=request_body
-            )
-            events_, ticket = completions.submit(a.runtime, prepared)
-            stream = completions.stream(a.runtime, a.metrics, prepared, events_, ticket)
+            service = CompletionService(a.runtime, a.metrics)
+            caller = Principal(user_id=a.user_id, key_id=None, scopes=frozenset({Scope.USER}))
+            prepared = await asyncio.to_thread(service.prepare, caller, request_body)
+            events_, ticket = service.submit(prepared)
+            stream = service.stream(prepared, events_, ticket)
             assert a.in_flight() == 1
             await stream.aclose()
             assert a.in_flight() == 0
 
             # The client gone before the response's first byte: the route's
             # response closes the body Starlette never started.
-            events_, ticket = completions.submit(a.runtime, prepared)
-            response = CompletionStream(
-                completions.stream(a.runtime, a.metrics, prepared, events_, ticket)
-            )
+            events_, ticket = service.submit(prepared)
+            response = CompletionStream(service.stream(prepared, events_, ticket))
             assert a.in_flight() == 1
 
             async def gone(_message: Any) -> None:
@@ -748,5 +749,45 @@ def test_failed_requests_answer_clearly_and_release_the_load_ledger(tmp_path: Pa
             assert lines[-1] == "data: [DONE]"
             assert '"message": "the answer could not be saved"' in lines[-2], lines
             assert a.in_flight() == 0
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.models
+def test_a_completion_reads_the_callers_user_row_once(tmp_path: Path) -> None:
+    """The key's lookup brings the user's routing preferences; routing reads no more."""
+
+    async def scenario() -> None:
+        async with api(tmp_path) as a:
+            patched = await a.client.patch("/v1/routing", json={"cost_weight": 2.5}, headers=a.key)
+            assert patched.status_code == 200
+            engine = a.runtime.services.database.engine
+            statements: list[str] = []
+            routed: list[RouteRequest] = []
+            route = a.runtime.router.route
+
+            def recording(request: RouteRequest, candidates: Any) -> Any:
+                routed.append(request)
+                return route(request, candidates)
+
+            a.runtime.router.route = recording  # type: ignore[method-assign]
+
+            def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+                statements.append(" ".join(statement.split()).lower())
+
+            sqlalchemy.event.listen(engine, "before_cursor_execute", seen)
+            try:
+                call = a.client.post("/v1/chat/completions", json=a.chat("hi"), headers=a.key)
+                answer = await asyncio.wait_for(call, TIMEOUT)
+            finally:
+                sqlalchemy.event.remove(engine, "before_cursor_execute", seen)
+            assert answer.status_code == 200, answer.text
+            # The stored preference reached the router, from the key's one query.
+            assert [r.cost_weight for r in routed] == [2.5]
+            user_reads = [
+                s for s in statements if s.startswith("select") and re.search(r"\busers\b", s)
+            ]
+            assert len(user_reads) == 1, user_reads
+            assert "api_keys" in user_reads[0]
 
     asyncio.run(scenario())

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from router import DefaultModelRouter
-from serving.completions import _sampling
+from serving.completions.preparation import sampling
 from serving.engine.detokenize import IncrementalDetokenizer
 from serving.generation_defaults import BUILT_IN, GenerationDefaults, resolve
 from serving.openai_schemas import ChatCompletionCreate
@@ -154,19 +154,19 @@ def chat(**fields: Any) -> ChatCompletionCreate:
 
 
 def test_fields_the_request_leaves_out_take_the_models_defaults() -> None:
-    params = _sampling(chat(), DEFAULTS, 256)
+    params = sampling(chat(), DEFAULTS, 256)
     assert (params.temperature, params.top_p, params.stop) == (0.2, 0.9, ("###",))
     # null is what OpenAI's clients send for "not given".
-    params = _sampling(chat(temperature=None, top_p=None, stop=None), DEFAULTS, 256)
+    params = sampling(chat(temperature=None, top_p=None, stop=None), DEFAULTS, 256)
     assert (params.temperature, params.top_p, params.stop) == (0.2, 0.9, ("###",))
 
 
 def test_fields_the_request_gives_win() -> None:
-    params = _sampling(chat(temperature=1.0, top_p=1.0, stop="\n", seed=3), DEFAULTS, 9)
+    params = sampling(chat(temperature=1.0, top_p=1.0, stop="\n", seed=3), DEFAULTS, 9)
     assert (params.temperature, params.top_p, params.stop) == (1.0, 1.0, ("\n",))
     assert (params.max_tokens, params.seed) == (9, 3)
     # Zero is given, not left out; an empty list clears the model's stop sequences.
-    params = _sampling(chat(temperature=0, stop=[]), DEFAULTS, 9)
+    params = sampling(chat(temperature=0, stop=[]), DEFAULTS, 9)
     assert (params.temperature, params.stop) == (0.0, ())
 
 

@@ -5,20 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from serving import completions
-from serving.deps import MetricsDep, RateLimitedUserDep, RuntimeDep
-from serving.metrics import Metrics
+from serving.auth import Principal
+from serving.completions import CompletionService
+from serving.deps import CompletionServiceDep, RateLimitedUserDep
 from serving.openai_schemas import (
     ChatCompletionCreate,
     ChatCompletionPublic,
     CompletionCreate,
     TextCompletionPublic,
 )
-from serving.runtime import ModelRuntime
 
 router = APIRouter(prefix="/v1", tags=["completions"])
 
@@ -41,18 +39,13 @@ class CompletionStream(StreamingResponse):
 
 
 async def _answer(
-    runtime: ModelRuntime,
-    metrics: Metrics,
-    user_id: str,
-    body: ChatCompletionCreate | CompletionCreate,
+    service: CompletionService, user: Principal, body: ChatCompletionCreate | CompletionCreate
 ) -> dict[str, Any] | CompletionStream:
-    # Tokenizing and routing take milliseconds of CPU: off the event loop.
-    prepared = await run_in_threadpool(completions.prepare, runtime, user_id=user_id, body=body)
-    if not body.stream:
-        return await completions.run_to_completion(runtime, metrics, prepared)
-    events, ticket = completions.submit(runtime, prepared)
+    answer = await service.answer(user, body)
+    if isinstance(answer, dict):
+        return answer
     return CompletionStream(
-        completions.stream(runtime, metrics, prepared, events, ticket),
+        answer,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -74,7 +67,7 @@ def _streamed(chunk: str) -> dict[int | str, dict[str, Any]]:
     }
 
 
-# The bodies are built as dicts (serving.completions) and checked against the response
+# The bodies are built as dicts (serving.completions.wire) and checked against the response
 # model here; a stream is a Response of its own and passes by it.
 @router.post(
     "/chat/completions",
@@ -82,17 +75,15 @@ def _streamed(chunk: str) -> dict[int | str, dict[str, Any]]:
     responses=_streamed("chat.completion.chunk"),
 )
 async def chat_completions(
-    body: ChatCompletionCreate, user: RateLimitedUserDep, runtime: RuntimeDep, metrics: MetricsDep
+    body: ChatCompletionCreate, user: RateLimitedUserDep, service: CompletionServiceDep
 ) -> dict[str, Any] | StreamingResponse:
-    assert user.user_id is not None
-    return await _answer(runtime, metrics, user.user_id, body)
+    return await _answer(service, user, body)
 
 
 @router.post(
     "/completions", response_model=TextCompletionPublic, responses=_streamed("text_completion")
 )
 async def text_completions(
-    body: CompletionCreate, user: RateLimitedUserDep, runtime: RuntimeDep, metrics: MetricsDep
+    body: CompletionCreate, user: RateLimitedUserDep, service: CompletionServiceDep
 ) -> dict[str, Any] | StreamingResponse:
-    assert user.user_id is not None
-    return await _answer(runtime, metrics, user.user_id, body)
+    return await _answer(service, user, body)

@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Sequence
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from storage.clock import utc_now
 from storage.errors import NotFound
@@ -52,8 +52,13 @@ class ApiKeyRepository:
         return key, secret
 
     def find_valid(self, *, secret: str) -> ApiKey | None:
-        """The unrevoked key with this secret, or None."""
-        key = self.session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_api_key(secret)))
+        """The unrevoked key with this secret, or None; its user comes in the same query,
+        so a request that needs the user's settings (routing preferences) reads no more."""
+        key = self.session.scalar(
+            select(ApiKey)
+            .options(joinedload(ApiKey.user))
+            .where(ApiKey.key_hash == hash_api_key(secret))
+        )
         if key is None or key.revoked:
             return None
         return key
