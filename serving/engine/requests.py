@@ -78,7 +78,7 @@ class RequestHandle:
             self._async_events = asyncio.Queue()
 
     def publish(self, event: Event) -> None:
-        """Called by the engine thread (one thread publishes to a handle)."""
+        """Called by the engine's output processor (one thread publishes to a handle)."""
         if self._ended:
             return
         if not isinstance(event, TextDelta):

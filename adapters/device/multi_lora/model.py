@@ -207,7 +207,8 @@ class MultiLoraModel:
         widest row, since every position costs a rank's worth of compute.
         ``gate_slots`` is ``[batch]``: the slot whose gate mixes the row's
         experts (0 = plain sum). A gated row lists its experts in the gate's
-        order: the gate's generalists, then the gate's own slot.
+        order: the gate's generalists, then the gate's own slot. With every
+        gate slot 0 (given on the host) the layers skip the gate path, as with None.
 
         ``check`` validates every index against what is loaded; it reads the
         indices on the host, so pass CPU tensors or lists (a CUDA tensor
@@ -246,6 +247,11 @@ class MultiLoraModel:
                 )
         if check:
             self._check_route(slots, gates)
+        if gates is not None and gates.device.type == "cpu" and not bool(gates.any()):
+            # No row has a gate: the layers then skip the gate path (a matmul,
+            # a mask and a softmax each) instead of computing weights of 1.
+            # Indices on the device are kept: reading them would cost a sync.
+            gates = None
         return Route(
             expert_slots=slots.to(self.device).contiguous(),
             gate_slots=None if gates is None else gates.to(self.device),

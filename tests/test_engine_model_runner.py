@@ -1,0 +1,342 @@
+"""The engine's model runner alone: forwards over a batch whose rows come and go, and sampling.
+
+On the tiny random llama of tests/test_engine_isolation.py: every row's logits,
+whatever joined or left the batch, are those of its own tokens run alone
+through the model, and a batch without gates never runs the gate path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import pytest
+import torch
+
+import serving.engine.model_runner as model_runner
+from adapters.base_shapes import BaseModelShapes
+from adapters.device.multi_lora import MultiLoraLinear, MultiLoraModel, Route
+from adapters.device.slot_cache import AdapterSlotCache, SlotLease
+from adapters.expert_sets import ExpertRef, ExpertSet
+from serving.engine.errors import InvalidSampling, NonFiniteLogits, RequestFailed
+from serving.engine.model_runner import TRIM_MIN_COLUMNS, ModelRunner, RowState
+from serving.engine.sampling import MAX_SEED, SamplingParams
+from storage.tables import AdapterKind
+from tests.adapter_factory import random_lora
+from tests.test_engine_isolation import VOCAB, tiny_llama
+
+MODEL = "tiny"
+GREEDY = SamplingParams(max_tokens=64, temperature=0)
+# Batched (left-padded) and alone, float32 attention sums in another order.
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def inference() -> Iterator[None]:
+    with torch.inference_mode():  # as on the engine thread
+        yield
+
+
+def new_row(
+    runner: ModelRunner,
+    prompt: Sequence[int],
+    *,
+    params: SamplingParams = GREEDY,
+    lease: SlotLease | None = None,
+    adapted: bool = False,
+) -> RowState:
+    return runner.new_row(
+        request_id=f"r{len(prompt)}",
+        prompt_ids=tuple(prompt),
+        params=params,
+        lease=lease,
+        adapted=adapted,
+    )
+
+
+def alone(model: torch.nn.Module, ids: Sequence[int]) -> torch.Tensor:
+    """The next-token logits of ``ids`` run alone, without a cache."""
+    logits: torch.Tensor = model(input_ids=torch.tensor([list(ids)])).logits[0, -1]
+    return logits
+
+
+class Tracked:
+    """A row and every token it has seen, to check its logits against ``alone``."""
+
+    def __init__(self, runner: ModelRunner, prompt: list[int]) -> None:
+        self.row = new_row(runner, prompt)
+        self.ids = list(prompt)
+
+    def feed(self, logits: torch.Tensor) -> None:
+        """Take the greedy token of the row's last logits as the next one fed."""
+        token = int(logits.argmax())
+        self.row.pending_token = token
+        self.ids.append(token)
+
+
+def check(model: torch.nn.Module, tracked: list[Tracked], logits: torch.Tensor) -> None:
+    assert logits.shape == (len(tracked), VOCAB)
+    for index, one in enumerate(tracked):
+        expected = alone(model, one.ids)
+        torch.testing.assert_close(logits[index], expected, atol=TOLERANCE, rtol=TOLERANCE)
+        one.feed(logits[index])
+
+
+def test_rows_joining_and_leaving_keep_the_logits_of_each_row_alone() -> None:
+    model = tiny_llama()
+    runner = ModelRunner(model)
+    a, b = Tracked(runner, [3, 1, 4, 1, 5]), Tracked(runner, [9, 2, 6, 5, 3, 5, 8, 9, 7])
+    prefill = runner.prefill([a.row, b.row])
+    check(model, [a, b], prefill.logits)
+    runner.join(prefill, [0, 1])
+    batch = [a, b]
+    for _ in range(3):
+        check(model, batch, runner.decode([t.row for t in batch]))
+    assert [a.row.kv_length, b.row.kv_length] == [len(a.ids) - 1, len(b.ids) - 1]
+
+    # Two more prompts, of which only the second joins (the first ended at once).
+    c, d = Tracked(runner, [7, 7, 7]), Tracked(runner, [2, 7, 1, 8, 2, 8, 1, 8, 2, 8, 4])
+    prefill = runner.prefill([c.row, d.row])
+    check(model, [c, d], prefill.logits)
+    runner.join(prefill, [1])
+    batch = [a, b, d]
+    for _ in range(2):
+        check(model, batch, runner.decode([t.row for t in batch]))
+
+    # b leaves; a and d go on.
+    batch = [a, d]
+    runner.retain([0, 2], [t.row for t in batch])
+    for _ in range(2):
+        check(model, batch, runner.decode([t.row for t in batch]))
+    runner.retain([], [])
+    assert runner.cache.length == 0
+
+
+def test_leading_padding_is_dropped_once_it_is_large() -> None:
+    model = tiny_llama()
+    runner = ModelRunner(model)
+    long = Tracked(runner, [5] * (TRIM_MIN_COLUMNS + 40))
+    short = Tracked(runner, [1, 2, 3])
+    prefill = runner.prefill([long.row, short.row])
+    check(model, [long, short], prefill.logits)
+    runner.join(prefill, [0, 1])
+    check(model, [long, short], runner.decode([long.row, short.row]))
+    assert runner.cache.length == TRIM_MIN_COLUMNS + 41
+    runner.retain([1], [short.row])
+    # Only the short row's real tokens are left.
+    assert runner.cache.length == short.row.kv_length == 4
+    for _ in range(2):
+        check(model, [short], runner.decode([short.row]))
+
+
+class FailingDecode(torch.nn.Module):
+    """A model whose decode forward raises after writing into the cache."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
+        output = self.inner(input_ids=input_ids, **kwargs)
+        if "logits_to_keep" not in kwargs:
+            raise RuntimeError("simulated failure of a decode forward")
+        return output
+
+
+def test_a_failed_decode_drops_the_cache_and_counts_no_token() -> None:
+    runner = ModelRunner(FailingDecode(tiny_llama()))
+    row = new_row(runner, [1, 2, 3])
+    prefill = runner.prefill([row])
+    runner.join(prefill, [0])
+    row.pending_token = int(prefill.logits[0].argmax())
+    with pytest.raises(RuntimeError, match="simulated"):
+        runner.decode([row])
+    assert runner.cache.length == 0  # no half-written step is kept
+    assert row.kv_length == 3
+
+
+def test_sampling_fails_only_the_rows_that_cannot_sample() -> None:
+    runner = ModelRunner(tiny_llama())
+    logits = torch.randn(5, VOCAB, generator=torch.Generator().manual_seed(0))
+    logits[1, 7] = math.nan
+    logits[2, 3] = math.inf
+    logits[4] = logits[3]
+    seeded = SamplingParams(temperature=0.9, top_p=0.8, seed=42)
+    rows = [
+        new_row(runner, [1]),
+        new_row(runner, [1], adapted=True),
+        new_row(runner, [1]),
+        new_row(runner, [1], params=seeded),
+        new_row(runner, [1], params=seeded),
+    ]
+    tokens = runner.sample(rows, logits)
+    assert tokens[0] == int(logits[0].argmax())
+    assert isinstance(tokens[1], NonFiniteLogits) and "adapter may be broken" in str(tokens[1])
+    assert isinstance(tokens[2], NonFiniteLogits) and "adapter" not in str(tokens[2])
+    # The same seed over the same logits draws the same token, whatever the batch.
+    assert isinstance(tokens[3], int) and tokens[3] == tokens[4]
+    again = runner.sample([new_row(runner, [1], params=seeded)], logits[3:4])
+    assert again == [tokens[3]]
+
+
+def test_a_sampler_that_raises_fails_its_row_with_the_cause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runner = ModelRunner(tiny_llama())
+
+    def broken(*_args: object) -> int:
+        raise RuntimeError("simulated sampler failure")
+
+    monkeypatch.setattr(model_runner, "sample_token", broken)
+    sampled = SamplingParams(temperature=0.7, seed=1)
+    logits = torch.zeros(2, VOCAB)
+    logits[0, 5] = 1.0
+    tokens = runner.sample([new_row(runner, [1]), new_row(runner, [1], params=sampled)], logits)
+    assert tokens[0] == 5
+    failed = tokens[1]
+    assert isinstance(failed, RequestFailed)
+    assert str(failed) == "generating this request's next token failed"
+    assert isinstance(failed.__cause__, RuntimeError)
+
+
+def test_a_seed_the_sampler_refuses_is_invalid_sampling() -> None:
+    runner = ModelRunner(tiny_llama())
+    params = SamplingParams(temperature=0.7, seed=1)
+    object.__setattr__(params, "seed", MAX_SEED + 1)  # a caller that skipped validation
+    with pytest.raises(InvalidSampling, match="cannot seed the sampler"):
+        new_row(runner, [1, 2], params=params)
+    assert new_row(runner, [1, 2]).generator is None  # greedy needs none
+    assert new_row(runner, [1, 2], params=SamplingParams(seed=3)).generator is not None
+
+
+# ------------------------------------------------------------------ adapters and gates
+
+
+def ref(name: str, kind: AdapterKind = AdapterKind.SPECIALIST) -> ExpertRef:
+    return ExpertRef(name, f"{name}-v1", 1, kind, "0" * 64, MODEL)
+
+
+GENERALIST = ref("generalist", AdapterKind.GENERALIST)
+
+
+class Adapted:
+    """The tiny llama behind a multi-LoRA pool with plain and gated experts."""
+
+    def __init__(self) -> None:
+        model: Any = tiny_llama()
+        shapes = BaseModelShapes.from_config(model.config.to_dict())
+        targets = ("q_proj", "v_proj", "down_proj")
+        weights = {
+            "plain": random_lora(shapes, base_model_id=MODEL, seed=1, scale=0.3),
+            "other": random_lora(
+                shapes, base_model_id=MODEL, seed=2, scale=0.3, target_modules=targets
+            ),
+            "generalist": random_lora(shapes, base_model_id=MODEL, seed=3, scale=0.3),
+            "gated": random_lora(
+                shapes, base_model_id=MODEL, seed=4, scale=0.3, gate_experts=("generalist",)
+            ),
+        }
+        self.lora = MultiLoraModel.wrap(model, num_slots=6, max_rank=4, max_experts=2)
+        self.slots = AdapterSlotCache(self.lora, fetch=lambda r: weights[r.adapter_id])
+        self.runner = ModelRunner(model, lora=self.lora)
+
+    def lease(self, name: str | None) -> SlotLease | None:
+        if name is None:
+            return None
+        if name == "gated":
+            return self.slots.acquire(ExpertSet(MODEL, (GENERALIST,), ref("gated")))
+        return self.slots.acquire(ExpertSet(MODEL, specialist=ref(name)))
+
+    def generate(self, experts: list[str | None], steps: int = 3) -> list[torch.Tensor]:
+        """Prefill and decode greedily; the logits of every step."""
+        prompts = [[3, 1, 4, 1, 5], [2, 7, 1], [9, 9, 8, 2, 4, 4, 3]]
+        rows = [
+            new_row(self.runner, prompts[i % 3], lease=self.lease(e), adapted=e is not None)
+            for i, e in enumerate(experts)
+        ]
+        prefill = self.runner.prefill(rows)
+        self.runner.join(prefill, list(range(len(rows))))
+        steps_logits = [prefill.logits]
+        for _ in range(steps):
+            for row, logits in zip(rows, steps_logits[-1], strict=True):
+                row.pending_token = int(logits.argmax())
+            steps_logits.append(self.runner.decode(rows))
+        self.runner.reset()
+        for row in rows:
+            if row.lease is not None:
+                row.lease.release()
+        return steps_logits
+
+
+def count_gate_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    original = MultiLoraLinear._gate_weights
+
+    def counted(self: MultiLoraLinear, *args: Any) -> torch.Tensor:
+        calls.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(MultiLoraLinear, "_gate_weights", counted)
+    return calls
+
+
+def always_gated(lora: MultiLoraModel) -> Callable[..., AbstractContextManager[Route]]:
+    """``lora.routing`` as the engine used it before: gate slots passed even when all 0."""
+    layer = next(m for m in lora.model.modules() if isinstance(m, MultiLoraLinear))
+
+    @contextmanager
+    def routing(
+        expert_slots: list[list[int]], gate_slots: list[int] | None = None, *, check: bool = True
+    ) -> Iterator[Route]:
+        gates = [0] * len(expert_slots) if gate_slots is None else gate_slots
+        route = Route(expert_slots=torch.tensor(expert_slots), gate_slots=torch.tensor(gates))
+        previous, layer.routing.current = layer.routing.current, route
+        try:
+            yield route
+        finally:
+            layer.routing.current = previous
+
+    return routing
+
+
+def test_a_batch_without_gates_skips_the_gate_path_with_unchanged_logits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    adapted = Adapted()
+    experts: list[str | None] = ["plain", None, "other", "plain"]
+    calls = count_gate_calls(monkeypatch)
+    ungated = adapted.generate(experts)
+    assert calls == []  # the gate path never ran
+    base = Adapted().runner
+    assert not torch.equal(ungated[0][0], base.prefill([new_row(base, [3, 1, 4, 1, 5])]).logits[0])
+
+    monkeypatch.setattr(adapted.lora, "routing", always_gated(adapted.lora))
+    gated = adapted.generate(experts)
+    assert calls  # the old way: every layer computed gate weights of 1
+    for fast, slow in zip(ungated, gated, strict=True):
+        assert torch.equal(fast, slow)
+    assert adapted.slots.leased_slots() == 0
+
+
+def test_a_batch_with_one_gated_row_takes_the_gate_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    adapted = Adapted()
+    calls = count_gate_calls(monkeypatch)
+    adapted.generate(["plain", "gated", None], steps=1)
+    assert calls
+
+
+def test_routing_with_every_gate_slot_0_routes_without_a_gate() -> None:
+    adapted = Adapted()
+    plain, gated = adapted.lease("plain"), adapted.lease("gated")
+    assert plain is not None and gated is not None and gated.gate_slot != 0
+    slots = [[plain.expert_slots[0], 0], list(gated.expert_slots)]
+    with adapted.lora.routing(slots, [0, 0]) as route:
+        assert route.gate_slots is None
+    with adapted.lora.routing(slots, [0, gated.gate_slot]) as route:
+        assert route.gate_slots is not None
+        assert route.gate_slots.tolist() == [0, gated.gate_slot]
