@@ -4,7 +4,9 @@ The bridge from the files of ``models.store`` to the ``base_models`` rows that r
 serving and fine-tuning read: ``tailor models prepare`` registers what it prepared, and
 ``tailor serve`` what it finds. A model's price is decided here
 (``price_per_million_tokens``: at registration, and for ``tailor models list``);
-routing reads the stored column.
+routing reads the stored column. Which registered models this deployment serves
+(``TAILOR_MODELS``) is decided here too (``served_models``), for the model host, the
+router's candidates and the fine-tune routes alike.
 """
 
 from __future__ import annotations
@@ -29,6 +31,17 @@ def price_per_million_tokens(model_id: str, parameter_count: int, settings: Sett
     if model_id in settings.model_costs:
         return settings.model_costs[model_id]
     return parameter_count / 1e9 * settings.cost_per_billion_parameters
+
+
+def served_models(
+    registered: Sequence[BaseModelRow], only: Sequence[str] | None
+) -> list[BaseModelRow]:
+    """The registered base models this deployment serves: ``only`` (``TAILOR_MODELS``)
+    when set, else every one. A model it does not serve is one it cannot route to,
+    answer with or fine-tune for."""
+    if only is None:
+        return list(registered)
+    return [model for model in registered if model.id in only]
 
 
 def register_prepared_models(

@@ -22,6 +22,7 @@ from typing import Any
 from adapters.expert_sets import CachedExpertSets, ExpertSet
 from adapters.invalidation import InvalidationListener
 from adapters.invalidation_event import InvalidationEvent
+from models.catalog import served_models
 from router import Candidate, DefaultModelRouter, Router
 from router.config import RouterConfig
 from router.eagle_router import EagleRouter
@@ -132,8 +133,7 @@ class ModelRuntime:
         try:
             with self.services.database.session() as session:
                 records = BaseModelRepository(session).list_all()
-            if settings.models is not None:
-                records = [r for r in records if r.id in settings.models]
+            records = served_models(records, settings.models)
             unknown = sorted(set(settings.generation_defaults) - {r.id for r in records})
             if unknown:
                 logger.warning(

@@ -140,6 +140,43 @@ def test_a_fine_tune_on_auto_uses_the_routers_default_not_the_smallest(tmp_path:
         assert job.json()["model"] == default_model(candidates, None) == GEMMA
 
 
+@pytest.mark.models
+def test_fine_tunes_and_serving_agree_on_the_models_served_here(tmp_path: Path) -> None:
+    """TAILOR_MODELS: the model host, `auto` and an explicit fine-tune model all read it
+    through models.catalog.served_models; a job for a model not served here is a 404."""
+    prices = {SMOLLM2: 5.0, GEMMA: 0.1}  # Gemma cheaper: `auto` would take it if it could
+    with app_client("sqlite+memory", tmp_path, model_costs=prices, models=[SMOLLM2]) as client:
+        user = client.post("/admin/users", json={"name": "ada"}, headers=ADMIN).json()
+        key = bearer(user["api_key"])
+        lines = [
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"q{i}"},
+                        {"role": "assistant", "content": f"a{i}"},
+                    ]
+                }
+            )
+            for i in range(10)
+        ]
+        uploaded = client.post(
+            "/v1/examples",
+            content="\n".join(lines),
+            headers={**key, "Content-Type": "application/jsonl"},
+        )
+        assert uploaded.status_code == 201, uploaded.text
+        job = client.post("/v1/fine-tunes", json={"model": "auto"}, headers=key)
+        assert job.status_code == 201, job.text
+        assert job.json()["model"] == SMOLLM2
+        unserved = client.post("/v1/fine-tunes", json={"model": GEMMA}, headers=key)
+        assert unserved.status_code == 404
+        assert unserved.json()["error"]["code"] == "model_not_found"
+        queued = client.post(
+            "/admin/jobs", json={"model": GEMMA, "user_id": user["id"]}, headers=ADMIN
+        )
+        assert queued.status_code == 404
+
+
 # --- the CoMiGS gate ---------------------------------------------------------------------------
 
 IN, OUT, RANK, EXPERTS, TOP_K = 6, 5, 2, 3, 2

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
+from models.catalog import served_models
 from serving.deps import AdminDep, CursorQuery, SessionDep, SettingsDep
 from serving.routes.fine_tunes import (
     check_learnable,
@@ -51,7 +52,7 @@ def queue_job(
     body: AdminJobCreate, _admin: AdminDep, session: SessionDep, settings: SettingsDep
 ) -> AdminJobPublic:
     """A specialist of ``user_id`` on their data, or a generalist on every user's data."""
-    known_model(BaseModelRepository(session).list_all(), body.model)
+    known_model(served_models(BaseModelRepository(session).list_all(), settings.models), body.model)
     hyperparameters = job_hyperparameters(body.hyperparameters, settings)
     if body.user_id is not None:
         UserRepository(session).get(user_id=body.user_id)

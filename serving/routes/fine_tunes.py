@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from finetune.admission import check_specialist_data
 from finetune.errors import DatasetError
+from models.catalog import served_models
 from router.decision import Candidate
 from router.default_model import default_model
 from serving.deps import CursorQuery, SessionDep, SettingsDep, UserDep
@@ -56,7 +57,7 @@ def events_page(
 
 
 def known_model(models: Sequence[BaseModelRow], model_id: str) -> str:
-    """``model_id`` if it names a registered base model, else a 404."""
+    """``model_id`` if it names a base model in ``models`` (those served here), else a 404."""
     if model_id not in {m.id for m in models}:
         raise ApiError(404, f"the model {model_id!r} does not exist", code="model_not_found")
     return model_id
@@ -108,10 +109,10 @@ def create_fine_tune(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> FineTunePublic:
     assert user.user_id is not None
-    models = BaseModelRepository(session).list_all()
+    models = served_models(BaseModelRepository(session).list_all(), settings.models)
     if body.model == "auto":
         if not models:
-            raise ApiError(400, "no base model is registered", code="no_route")
+            raise ApiError(400, "no base model is served here", code="no_route")
         # The model `auto` would answer with: the router's rule (router.default_model).
         candidates = [
             Candidate(m.id, m.cost_per_million_tokens, chat=m.chat_template is not None)
