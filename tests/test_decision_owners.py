@@ -116,25 +116,7 @@ def test_a_fine_tune_on_auto_uses_the_routers_default_not_the_smallest(tmp_path:
             ]
         assert _routers_pick(candidates, None) == (GEMMA, GEMMA)
 
-        user = client.post("/admin/users", json={"name": "ada"}, headers=ADMIN).json()
-        key = bearer(user["api_key"])
-        lines = [
-            json.dumps(
-                {
-                    "messages": [
-                        {"role": "user", "content": f"q{i}"},
-                        {"role": "assistant", "content": f"a{i}"},
-                    ]
-                }
-            )
-            for i in range(10)
-        ]
-        uploaded = client.post(
-            "/v1/examples",
-            content="\n".join(lines),
-            headers={**key, "Content-Type": "application/jsonl"},
-        )
-        assert uploaded.status_code == 201, uploaded.text
+        _user, key = _user_with_ten_examples(client)
         job = client.post("/v1/fine-tunes", json={"model": "auto"}, headers=key)
         assert job.status_code == 201, job.text
         assert job.json()["model"] == default_model(candidates, None) == GEMMA
@@ -146,25 +128,7 @@ def test_fine_tunes_and_serving_agree_on_the_models_served_here(tmp_path: Path) 
     through models.catalog.served_models; a job for a model not served here is a 404."""
     prices = {SMOLLM2: 5.0, GEMMA: 0.1}  # Gemma cheaper: `auto` would take it if it could
     with app_client("sqlite+memory", tmp_path, model_costs=prices, models=[SMOLLM2]) as client:
-        user = client.post("/admin/users", json={"name": "ada"}, headers=ADMIN).json()
-        key = bearer(user["api_key"])
-        lines = [
-            json.dumps(
-                {
-                    "messages": [
-                        {"role": "user", "content": f"q{i}"},
-                        {"role": "assistant", "content": f"a{i}"},
-                    ]
-                }
-            )
-            for i in range(10)
-        ]
-        uploaded = client.post(
-            "/v1/examples",
-            content="\n".join(lines),
-            headers={**key, "Content-Type": "application/jsonl"},
-        )
-        assert uploaded.status_code == 201, uploaded.text
+        user, key = _user_with_ten_examples(client)
         job = client.post("/v1/fine-tunes", json={"model": "auto"}, headers=key)
         assert job.status_code == 201, job.text
         assert job.json()["model"] == SMOLLM2
@@ -175,6 +139,30 @@ def test_fine_tunes_and_serving_agree_on_the_models_served_here(tmp_path: Path) 
             "/admin/jobs", json={"model": GEMMA, "user_id": user["id"]}, headers=ADMIN
         )
         assert queued.status_code == 404
+
+
+def _user_with_ten_examples(client: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """A new user with enough examples for a specialist job, and their key."""
+    user = client.post("/admin/users", json={"name": "ada"}, headers=ADMIN).json()
+    key = bearer(user["api_key"])
+    lines = [
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"q{i}"},
+                    {"role": "assistant", "content": f"a{i}"},
+                ]
+            }
+        )
+        for i in range(10)
+    ]
+    uploaded = client.post(
+        "/v1/examples",
+        content="\n".join(lines),
+        headers={**key, "Content-Type": "application/jsonl"},
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    return user, key
 
 
 # --- the CoMiGS gate ---------------------------------------------------------------------------
