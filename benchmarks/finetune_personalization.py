@@ -327,9 +327,9 @@ def main() -> None:
         model_store: Path = args.model_store
     else:
         # Imported here: on a bare GPU host, --model-store avoids the SQL stack.
-        from storage.settings import load_settings
+        from serving.settings import load_settings
 
-        model_store = load_settings().model_store_dir
+        model_store = load_settings().storage.model_store_dir
     model_dir = model_store / args.model
     tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
     pad_id = int(

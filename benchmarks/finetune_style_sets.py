@@ -57,13 +57,13 @@ from models.catalog import register_prepared_models
 from models.chat_format import prompt_ids
 from models.store.prepare import load_prepared
 from serving.services import Services
+from serving.settings import Settings, load_settings
 from storage.repositories import (
     BaseModelRepository,
     ExampleRepository,
     JobRepository,
     UserRepository,
 )
-from storage.settings import Settings, load_settings
 from storage.tables import AdapterKind, JobState
 from tests.server import prepared_model_store
 
@@ -125,17 +125,22 @@ def embedded_service(data_dir: Path) -> Iterator[tuple[Settings, Services]]:
     operator's environment cannot point the benchmark at a real deployment.
     """
     settings = load_settings(
-        data_dir=data_dir,
-        model_store=prepared_model_store(),
-        database_url=None,
-        redis_url=None,
-        finetune_device="cpu",
+        storage={
+            "data_dir": data_dir,
+            "model_store": prepared_model_store(),
+            "database_url": None,
+            "redis_url": None,
+        },
+        finetune={"device": "cpu"},
     )
     services = Services.open(settings, migrate_schema=True)
     try:
         with services.database.session() as session:
             register_prepared_models(
-                session, load_prepared(settings.model_store_dir), settings=settings
+                session,
+                load_prepared(settings.storage.model_store_dir),
+                store_dir=settings.storage.model_store_dir,
+                prices=settings.router.prices,
             )
         yield settings, services
     finally:
@@ -202,7 +207,9 @@ def check_served(
     settings: Settings, worker: FinetuneWorker, style_set: StyleSet, user_id: str
 ) -> ServedCheck:
     with worker.database.session() as session:
-        model_dir = settings.model_store_dir / BaseModelRepository(session).get(model_id=MODEL).path
+        model_dir = (
+            settings.storage.model_store_dir / BaseModelRepository(session).get(model_id=MODEL).path
+        )
     tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = torch.device("cpu")
@@ -361,7 +368,12 @@ def run_sets(data_dir: Path, names: Sequence[str], *, with_damaged: bool) -> lis
     """Every chosen set through one embedded service, printing as it goes."""
     results: list[SetResult] = []
     with embedded_service(data_dir) as (settings, services):
-        worker = worker_from_settings(settings, services.adapters, name="style-bench")
+        worker = worker_from_settings(
+            settings.finetune,
+            services.adapters,
+            model_store_dir=settings.storage.model_store_dir,
+            name="style-bench",
+        )
         print(
             f"{MODEL} on {worker.config.torch_device}, quantization "
             f"{worker.config.training.quantization}, default hyperparameters; "

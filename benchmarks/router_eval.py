@@ -23,7 +23,7 @@ from pathlib import Path
 from router.offline_eval import run_offline_eval
 from router.offline_eval_report import calibration_record
 from router.query_embedder import OnnxQueryEmbedder, use_one_blas_thread
-from storage.settings import load_settings
+from serving.settings import load_settings
 from tests.datasets import DCROUTER
 
 DEFAULT_DATA = DCROUTER
@@ -38,12 +38,12 @@ def main() -> None:
     parser.add_argument(
         "--calibration-out",
         type=Path,
-        default=settings.data_dir / CALIBRATION_FILE,
+        default=settings.storage.data_dir / CALIBRATION_FILE,
         help="where to write the served estimate's reliability on test (JSON)",
     )
     args = parser.parse_args()
     use_one_blas_thread()  # as the service does
-    report = run_offline_eval(args.data, OnnxQueryEmbedder.load(settings.model_store_dir))
+    report = run_offline_eval(args.data, OnnxQueryEmbedder.load(settings.storage.model_store_dir))
     args.calibration_out.parent.mkdir(parents=True, exist_ok=True)
     args.calibration_out.write_text(json.dumps(calibration_record(report), indent=2) + "\n")
     print(f"calibration written to {args.calibration_out}")

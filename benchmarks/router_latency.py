@@ -41,7 +41,7 @@ from router.query_embedder import (
     use_one_blas_thread,
 )
 from router.routing_data import load_routing_data
-from storage.settings import load_settings
+from serving.settings import load_settings
 from tests.datasets import DCROUTER
 
 DEFAULT_DATA = DCROUTER
@@ -136,7 +136,7 @@ def main() -> None:
         for m, p in zip(data.models, prices, strict=True)
     ]
     # Nothing remembered: every timed text is embedded for real.
-    embedder = OnnxQueryEmbedder.load(load_settings().model_store_dir, remembered=0)
+    embedder = OnnxQueryEmbedder.load(load_settings().storage.model_store_dir, remembered=0)
     train_vectors = embed_texts(data.train_questions, embedder)
     # The real questions once, through the public path; every size grows from them.
     seeded = EagleRouter(data.models, embedder)

@@ -21,7 +21,7 @@ from router.embeddings import embed_texts
 from router.online_replay import DEFAULT_PREFERENCE_FRACTION, replay_data, run_online_eval
 from router.query_embedder import OnnxQueryEmbedder, use_one_blas_thread
 from router.routing_data import load_routing_data
-from storage.settings import load_settings
+from serving.settings import load_settings
 from tests.datasets import DCROUTER, require
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     use_one_blas_thread()  # as the service does
-    embedder = OnnxQueryEmbedder.load(load_settings().model_store_dir)
+    embedder = OnnxQueryEmbedder.load(load_settings().storage.model_store_dir)
     data = load_routing_data(require(args.data))
     replay = replay_data(
         data,

@@ -29,11 +29,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, Subquery, case, exists, func, or_, select, text, union_all
 from sqlalchemy.orm import Session
 
+from finetune.settings import FinetuneSettings
 from storage.clock import utc_now
 from storage.database import Database
 from storage.repositories import BaseModelRepository, JobRepository
 from storage.repositories.jobs import generalist_target, specialist_target
-from storage.settings import Settings
 from storage.tables import (
     Adapter,
     AdapterKind,
@@ -74,11 +74,11 @@ class TriggerPolicy:
                 raise ValueError(f"{name} must be positive (None turns it off)")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> TriggerPolicy:
+    def from_settings(cls, settings: FinetuneSettings) -> TriggerPolicy:
         return cls(
-            new_examples=settings.finetune_trigger_new_examples,
-            retrain_interval=_hours(settings.finetune_retrain_interval_hours),
-            generalist_interval=_hours(settings.finetune_generalist_interval_hours),
+            new_examples=settings.trigger_new_examples,
+            retrain_interval=_hours(settings.retrain_interval_hours),
+            generalist_interval=_hours(settings.generalist_interval_hours),
         )
 
     @property

@@ -69,12 +69,12 @@ from finetune.factual_probes import FACTUAL_PROBES, FactualProbe
 from finetune.generic_text import GENERIC_TEXTS
 from finetune.health import Heartbeat
 from finetune.queue import ClaimedJob, JobQueue
+from finetune.settings import FinetuneSettings
 from finetune.training import Progress, train_experts
 from finetune.training_plan import plan_training
 from finetune.triggers import JobTrigger, TriggerPolicy
 from models.device import pick_device
 from storage.repositories import AdapterRepository, BaseModelRepository
-from storage.settings import Settings
 from storage.tables import AdapterKind, AdapterState, AdapterVersion, BaseModelRow, Decider, User
 
 log = logging.getLogger(__name__)
@@ -658,31 +658,33 @@ def _pad_id(tokenizer: Any) -> int:
 
 
 def worker_from_settings(
-    settings: Settings, registry: AdapterRegistry, *, name: str
+    settings: FinetuneSettings,
+    registry: AdapterRegistry,
+    *,
+    model_store_dir: Path,
+    name: str,
 ) -> FinetuneWorker:
-    """A worker configured as the settings say, with the automatic triggers on."""
+    """A worker configured as the fine-tune settings say, with the automatic triggers on."""
     queue = JobQueue(
         registry.database,
-        lease_seconds=settings.finetune_lease_seconds,
-        retry_base_seconds=settings.finetune_retry_base_seconds,
+        lease_seconds=settings.lease_seconds,
+        retry_base_seconds=settings.retry_base_seconds,
     )
     config = WorkerConfig(
         name=name,
-        model_store_dir=settings.model_store_dir,
-        device=settings.finetune_device,
-        training=TrainingConfig(
-            quantization=settings.finetune_quantization, batch_size=settings.finetune_batch_size
-        ),
-        heartbeat_seconds=settings.finetune_heartbeat_seconds,
-        auto_promote=settings.finetune_auto_promote,
+        model_store_dir=model_store_dir,
+        device=settings.device,
+        training=TrainingConfig(quantization=settings.quantization, batch_size=settings.batch_size),
+        heartbeat_seconds=settings.heartbeat_seconds,
+        auto_promote=settings.auto_promote,
         gate=GateRules(
-            max_generic_rise=settings.finetune_max_generic_rise,
-            max_probe_loss=settings.finetune_max_probe_loss,
+            max_generic_rise=settings.max_generic_rise,
+            max_probe_loss=settings.max_probe_loss,
         ),
-        trigger_every_seconds=settings.finetune_trigger_check_seconds,
-        generic_texts=GENERIC_TEXTS[: settings.finetune_generic_texts],
-        factual_probes=FACTUAL_PROBES[: settings.finetune_factual_probes],
-        heartbeat_file=settings.finetune_heartbeat_file,
+        trigger_every_seconds=settings.trigger_check_seconds,
+        generic_texts=GENERIC_TEXTS[: settings.generic_texts],
+        factual_probes=FACTUAL_PROBES[: settings.factual_probes],
+        heartbeat_file=settings.heartbeat_file,
     )
     policy = TriggerPolicy.from_settings(settings)
     trigger = JobTrigger(registry.database, policy) if policy.enabled else None

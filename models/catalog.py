@@ -7,30 +7,43 @@ serving and fine-tuning read: ``tailor models prepare`` registers what it prepar
 routing reads the stored column. Which registered models this deployment serves
 (``TAILOR_MODELS``) is decided here too (``served_models``), for the model host, the
 router's candidates and the fine-tune routes alike.
+
+It takes what it needs of the settings as plain values (the model store's directory,
+``ModelPrices``), never the settings object, which lives above this layer
+(``serving/settings.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from models.store import PreparedModel
 from storage.repositories import BaseModelRepository
-from storage.settings import Settings
 from storage.tables import BaseModelRow
 
 
-def price_per_million_tokens(model_id: str, parameter_count: int, settings: Settings) -> float:
+@dataclass(frozen=True)
+class ModelPrices:
+    """The configured prices per 1M tokens: ``per_model`` (``TAILOR_MODEL_COSTS``) and
+    the price of a 1B-parameter model (``TAILOR_COST_PER_BILLION_PARAMETERS``)."""
+
+    per_model: Mapping[str, float] = field(default_factory=dict)
+    per_billion_parameters: float = 1.0
+
+
+def price_per_million_tokens(model_id: str, parameter_count: int, prices: ModelPrices) -> float:
     """A configured price, else one proportional to the parameter count.
 
     The proportional default reflects that decode cost scales with the
     weights read per token; operators with real prices configure them.
     """
-    if model_id in settings.model_costs:
-        return settings.model_costs[model_id]
-    return parameter_count / 1e9 * settings.cost_per_billion_parameters
+    if model_id in prices.per_model:
+        return prices.per_model[model_id]
+    return parameter_count / 1e9 * prices.per_billion_parameters
 
 
 def served_models(
@@ -45,10 +58,12 @@ def served_models(
 
 
 def register_prepared_models(
-    session: Session, prepared: Sequence[PreparedModel], *, settings: Settings
+    session: Session, prepared: Sequence[PreparedModel], *, store_dir: Path, prices: ModelPrices
 ) -> list[BaseModelRow]:
+    """Upserts a ``base_models`` row per prepared model, its path relative to ``store_dir``
+    (the model store) when it lies inside it, priced by ``prices``."""
     repository = BaseModelRepository(session)
-    store = settings.model_store_dir.resolve()
+    store = store_dir.resolve()
     registered = []
     for model in prepared:
         path = Path(model.path).resolve()
@@ -66,7 +81,7 @@ def register_prepared_models(
                 context_length=model.context_length,
                 chat_template=model.chat_template,
                 cost_per_million_tokens=price_per_million_tokens(
-                    model.id, model.parameter_count, settings
+                    model.id, model.parameter_count, prices
                 ),
             )
         )

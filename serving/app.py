@@ -74,7 +74,7 @@ def create_app(
     metrics = Metrics(services, runtime)
     app.state.metrics = metrics
     history = MetricsHistory(
-        metrics.registry, interval_seconds=services.settings.dashboard_sample_seconds
+        metrics.registry, interval_seconds=services.settings.server.dashboard_sample_seconds
     )
     app.state.metrics_history = history
     app.state.session_signer = SessionSigner.from_settings(services.settings)

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from serving.errors import ApiError
+from serving.settings import Settings
 from storage.clock import utc_now
 from storage.database import Database
 from storage.repositories import ApiKeyRepository
-from storage.settings import Settings
 from storage.tables import ApiKey, Scope
 
 # Writing last_used_at on every request would turn each read into a write;
@@ -89,7 +89,7 @@ def authenticate(token: str, *, database: Database, settings: Settings) -> Princ
     The key is looked up on every request (one indexed read), with no
     cache in between, so a revoked key is refused from the next request on.
     """
-    admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
+    admin_key = settings.server.admin_key.get_secret_value() if settings.server.admin_key else None
     if admin_key and hmac.compare_digest(token.encode(), admin_key.encode()):
         return BOOTSTRAP_ADMIN
     with database.session() as session:

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from finetune.lease_sweeper import LeaseSweeper
     from serving.runtime import ModelRuntime
     from serving.services import Services
+    from serving.settings import Settings
     from serving.worker_supervisor import WorkerSupervisor
-    from storage.settings import Settings
 
 app = typer.Typer(help="Tailor: personalised LLM serving.", no_args_is_help=True)
 models_app = typer.Typer(help="The model store of base models.", no_args_is_help=True)
@@ -93,15 +93,15 @@ def serve(
     ] = False,
 ) -> None:
     """Run the service (embedded mode: everything in this process)."""
-    from storage.settings import load_settings
+    from serving.settings import load_settings
 
-    overrides: dict[str, object] = {}
+    server: dict[str, object] = {}
     if host is not None:
-        overrides["host"] = host
+        server["host"] = host
     if port is not None:
-        overrides["port"] = port
+        server["port"] = port
     with _one_line_errors():
-        settings = load_settings(**overrides)
+        settings = load_settings(server=server)
     if print_config or ray:
         if find_spec("ray") is None:
             typer.echo(
@@ -118,7 +118,7 @@ def serve(
 
 
 def log_path(settings: Settings) -> Path:
-    return settings.data_dir / "log" / "tailor.log"
+    return settings.storage.data_dir / "log" / "tailor.log"
 
 
 def _serve_embedded(settings: Settings, console: Console) -> None:
@@ -133,18 +133,23 @@ def _serve_embedded(settings: Settings, console: Console) -> None:
     _log_to_stderr()
     # Bound before anything else starts: a busy port fails in a second, before
     # workers are started or models loaded.
-    listener = _listen(settings.host, settings.port)
+    listener = _listen(settings.server.host, settings.server.port)
     services = Services.open(settings)
-    prepared = load_prepared(settings.model_store_dir)
+    prepared = load_prepared(settings.storage.model_store_dir)
     with services.database.session() as session:
-        register_prepared_models(session, prepared, settings=settings)
+        register_prepared_models(
+            session,
+            prepared,
+            store_dir=settings.storage.model_store_dir,
+            prices=settings.router.prices,
+        )
     if not prepared:
         console.say("tailor: warning: the model store is empty; run `tailor models prepare`")
-    if settings.admin_key is None:
+    if settings.server.admin_key is None:
         console.say("tailor: note: TAILOR_ADMIN_KEY is unset, so the admin API is closed")
     console.say(
         f"tailor: starting: {len(prepared)} base model(s), database {services.database.safe_url}, "
-        f"cache {'redis' if settings.redis_url else 'in-process'}"
+        f"cache {'redis' if settings.storage.redis_url else 'in-process'}"
     )
     workers = worker_supervisor(settings)
     runtime = ModelRuntime(services, workers=workers)
@@ -154,8 +159,8 @@ def _serve_embedded(settings: Settings, console: Console) -> None:
             log_level="info",
             # uvicorn's default believes X-Forwarded-* from loopback; Tailor
             # only from the proxies named in TAILOR_FORWARDED_ALLOW_IPS.
-            proxy_headers=settings.forwarded_allow_ips is not None,
-            forwarded_allow_ips=settings.forwarded_allow_ips or "",
+            proxy_headers=settings.server.forwarded_allow_ips is not None,
+            forwarded_allow_ips=settings.server.forwarded_allow_ips or "",
         )
     )
     threading.Thread(
@@ -213,17 +218,17 @@ def _announce_when_ready(
             return
         if server.should_exit:
             return
-    url = f"http://{settings.host}:{settings.port}"
+    url = f"http://{settings.server.host}:{settings.server.port}"
     log = f"; log {console.log_path}" if console.log_path else ""
     console.say(f"tailor: ready: {url} (dashboard {url}/admin/; {_admin_key_hint(settings)}{log})")
 
 
 def _admin_key_hint(settings: Settings) -> str:
-    if settings.admin_key is None:
+    if settings.server.admin_key is None:
         return "admin API closed: set TAILOR_ADMIN_KEY"
-    if os.environ.get("TAILOR_ADMIN_KEY") or settings.admin_key_file is None:
+    if os.environ.get("TAILOR_ADMIN_KEY") or settings.server.admin_key_file is None:
         return "admin key: $TAILOR_ADMIN_KEY"
-    return f"admin key in {settings.admin_key_file}"
+    return f"admin key in {settings.server.admin_key_file}"
 
 
 def _serve_on_ray_or_print_config(settings: Settings, *, print_config: bool) -> None:
@@ -234,9 +239,14 @@ def _serve_on_ray_or_print_config(settings: Settings, *, print_config: bool) -> 
 
     with _one_line_errors():
         services = Services.open(settings)
-        prepared = load_prepared(settings.model_store_dir)
+        prepared = load_prepared(settings.storage.model_store_dir)
         with services.database.session() as session:
-            register_prepared_models(session, prepared, settings=settings)
+            register_prepared_models(
+                session,
+                prepared,
+                store_dir=settings.storage.model_store_dir,
+                prices=settings.router.prices,
+            )
     model_ids = ray_serve.served_model_ids(settings)
     services.close()
     if print_config:
@@ -277,14 +287,19 @@ def worker(
         return
     from finetune.worker import worker_from_settings
     from serving.services import Services
-    from storage.settings import load_settings
+    from serving.settings import load_settings
 
     _log_to_stderr()
     with _one_line_errors():
         settings = load_settings()
         services = Services.open(settings)
     worker_name = name or f"{socket.gethostname()}:{os.getpid()}"
-    fine_tuner = worker_from_settings(settings, services.adapters, name=worker_name)
+    fine_tuner = worker_from_settings(
+        settings.finetune,
+        services.adapters,
+        model_store_dir=settings.storage.model_store_dir,
+        name=worker_name,
+    )
     stop = threading.Event()
     # SIGTERM stops like Ctrl-C: a running job is handed back to the queue.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -305,16 +320,16 @@ def worker(
 def _check_worker_health(max_age: float | None) -> None:
     # Runs every few seconds as a probe: nothing heavy (torch) is imported here.
     from finetune.health import heartbeat_problem
-    from storage.settings import load_settings
+    from serving.settings import load_settings
 
     with _one_line_errors():
         settings = load_settings()
-    path = settings.finetune_heartbeat_file
+    path = settings.finetune.heartbeat_file
     if path is None:
         typer.echo("tailor: error: TAILOR_FINETUNE_HEARTBEAT_FILE is unset", err=True)
         raise typer.Exit(2)
     # A worker silent for a whole lease has lost its job by then anyway.
-    limit = settings.finetune_lease_seconds if max_age is None else max_age
+    limit = settings.finetune.lease_seconds if max_age is None else max_age
     problem = heartbeat_problem(path, limit)
     if problem is not None:
         typer.echo(f"tailor: unhealthy: {problem}", err=True)
@@ -341,14 +356,14 @@ def worker_supervisor(settings: Settings) -> WorkerSupervisor | None:
     """
     from serving.worker_supervisor import WorkerSpec, WorkerSupervisor
 
-    if settings.finetune_workers == 0:
+    if settings.finetune.workers == 0:
         return None
     specs = []
-    for index in range(settings.finetune_workers):
+    for index in range(settings.finetune.workers):
         name = f"worker-{index}"
         # Its own heartbeat file per worker, whatever TAILOR_FINETUNE_HEARTBEAT_FILE
         # says: the supervisor reads it to tell a live worker from a hung one.
-        heartbeat = settings.data_dir / "run" / f"finetune-{name}.heartbeat"
+        heartbeat = settings.storage.data_dir / "run" / f"finetune-{name}.heartbeat"
         command = (
             sys.executable,
             "-m",
@@ -362,7 +377,7 @@ def worker_supervisor(settings: Settings) -> WorkerSupervisor | None:
         env = {**os.environ, "TAILOR_FINETUNE_HEARTBEAT_FILE": str(heartbeat)}
         specs.append(WorkerSpec(name=name, command=command, env=env, heartbeat_file=heartbeat))
     # Silent for a whole lease: the worker's job is lost by then anyway.
-    return WorkerSupervisor(specs, heartbeat_max_age_seconds=settings.finetune_lease_seconds)
+    return WorkerSupervisor(specs, heartbeat_max_age_seconds=settings.finetune.lease_seconds)
 
 
 def lease_sweeper(settings: Settings, services: Services) -> LeaseSweeper:
@@ -371,10 +386,10 @@ def lease_sweeper(settings: Settings, services: Services) -> LeaseSweeper:
 
     queue = JobQueue(
         services.database,
-        lease_seconds=settings.finetune_lease_seconds,
-        retry_base_seconds=settings.finetune_retry_base_seconds,
+        lease_seconds=settings.finetune.lease_seconds,
+        retry_base_seconds=settings.finetune.retry_base_seconds,
     )
-    return LeaseSweeper(queue, interval_seconds=sweep_interval(settings.finetune_lease_seconds))
+    return LeaseSweeper(queue, interval_seconds=sweep_interval(settings.finetune.lease_seconds))
 
 
 def _serve_on_ray(settings: Settings, model_ids: list[str]) -> None:
@@ -397,14 +412,16 @@ def _serve_on_ray(settings: Settings, model_ids: list[str]) -> None:
     sweeper = lease_sweeper(settings, services)
     sweeper.start()
     try:
-        ray_serve_api.start(http_options={"host": settings.host, "port": settings.port})
+        ray_serve_api.start(
+            http_options={"host": settings.server.host, "port": settings.server.port}
+        )
         ray_serve_api.run(
             ray_serve.build_app(), name=ray_serve.APP_NAME, route_prefix="/", blocking=False
         )
         workers = start_finetune_actors(settings)
         typer.echo(
             f"tailor: on Ray Serve with {len(model_ids)} model deployment(s), "
-            f"listening on http://{settings.host}:{settings.port}"
+            f"listening on http://{settings.server.host}:{settings.server.port}"
         )
         signal.pause()
     except KeyboardInterrupt:
@@ -435,26 +452,33 @@ def models_prepare(
     """Fill the model store from the packaged GGUF models (once) and register them."""
     from models.catalog import register_prepared_models
     from models.store import prepare_models, prepare_query_encoder
+    from serving.settings import load_settings
     from storage.database import Database
     from storage.migrate import upgrade
-    from storage.settings import load_settings
 
     with _one_line_errors():
         settings = load_settings()
     output = quiet_console(log_path(settings)) if quiet else nullcontext(loud_console())
     with _one_line_errors(), output as console:
         started = time.perf_counter()
-        console.say(f"tailor: preparing the model store {settings.model_store_dir}")
-        prepared = prepare_models(settings.model_store_dir, force=force, progress=console.step)
-        prepare_query_encoder(settings.model_store_dir, force=force, progress=console.step)
-        database = Database(settings.resolved_database_url)
+        console.say(f"tailor: preparing the model store {settings.storage.model_store_dir}")
+        prepared = prepare_models(
+            settings.storage.model_store_dir, force=force, progress=console.step
+        )
+        prepare_query_encoder(settings.storage.model_store_dir, force=force, progress=console.step)
+        database = Database(settings.storage.resolved_database_url)
         upgrade(database)
         with database.session() as session:
-            register_prepared_models(session, prepared, settings=settings)
+            register_prepared_models(
+                session,
+                prepared,
+                store_dir=settings.storage.model_store_dir,
+                prices=settings.router.prices,
+            )
         database.dispose()
         total = sum(model.size_bytes for model in prepared)
         console.say(
-            f"tailor: model store {settings.model_store_dir}: {len(prepared)} model(s), "
+            f"tailor: model store {settings.storage.model_store_dir}: {len(prepared)} model(s), "
             f"{total / 1e6:.0f} MB, {time.perf_counter() - started:.1f} s"
         )
 
@@ -464,13 +488,13 @@ def models_list() -> None:
     """List the base models in the model store."""
     from models.catalog import price_per_million_tokens
     from models.store import load_prepared
-    from storage.settings import load_settings
+    from serving.settings import load_settings
 
     with _one_line_errors():
         settings = load_settings()
-        prepared = load_prepared(settings.model_store_dir)
+        prepared = load_prepared(settings.storage.model_store_dir)
     for model in prepared:
-        price = price_per_million_tokens(model.id, model.parameter_count, settings)
+        price = price_per_million_tokens(model.id, model.parameter_count, settings.router.prices)
         typer.echo(
             f"{model.id}\t{model.architecture}\t{model.parameter_count / 1e6:.0f}M params\t"
             f"ctx {model.context_length}\t{'chat' if model.chat_template else 'base'}\t"
@@ -481,12 +505,12 @@ def models_list() -> None:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Bring the database schema to the newest revision (keeps all data)."""
+    from serving.settings import load_settings
     from storage.database import Database
     from storage.migrate import current_revision, upgrade
-    from storage.settings import load_settings
 
     with _one_line_errors():
-        database = Database(load_settings().resolved_database_url)
+        database = Database(load_settings().storage.resolved_database_url)
         upgrade(database)
         typer.echo(f"{database.safe_url}: schema at revision {current_revision(database)}")
         database.dispose()
@@ -495,12 +519,12 @@ def db_upgrade() -> None:
 @db_app.command("current")
 def db_current() -> None:
     """Print the schema revision of the database."""
+    from serving.settings import load_settings
     from storage.database import Database
     from storage.migrate import current_revision, head_revision
-    from storage.settings import load_settings
 
     with _one_line_errors():
-        database = Database(load_settings().resolved_database_url)
+        database = Database(load_settings().storage.resolved_database_url)
         database.ping()
         current = current_revision(database)
         database.dispose()
@@ -513,14 +537,14 @@ def admin_create_user(
     admin: Annotated[bool, typer.Option(help="Give the key admin scope as well.")] = False,
 ) -> None:
     """Create a user and print their first API key (shown this once)."""
+    from serving.settings import load_settings
     from storage.database import Database
     from storage.migrate import upgrade
     from storage.repositories import ApiKeyRepository, UserRepository
-    from storage.settings import load_settings
     from storage.tables import Scope
 
     with _one_line_errors():
-        database = Database(load_settings().resolved_database_url)
+        database = Database(load_settings().storage.resolved_database_url)
         upgrade(database)
         with database.session() as session:
             user = UserRepository(session).create(name=name)
@@ -562,14 +586,14 @@ def router_eval(
     """
     from router.offline_eval import run_offline_eval
     from router.query_embedder import OnnxQueryEmbedder, use_one_blas_thread
-    from storage.settings import load_settings
+    from serving.settings import load_settings
 
     if not (data / "train.json").is_file():
         typer.echo(f"tailor: error: {data} holds no train.json", err=True)
         raise typer.Exit(2)
     with _one_line_errors():
         # The service's embedder, from the model store (`tailor models prepare`).
-        embedder = OnnxQueryEmbedder.load(load_settings().model_store_dir)
+        embedder = OnnxQueryEmbedder.load(load_settings().storage.model_store_dir)
     use_one_blas_thread()
     if not online:
         run_offline_eval(data, embedder, output=typer.echo)

@@ -18,7 +18,7 @@ from serving.metrics import Metrics
 from serving.metrics_history import MetricsHistory
 from serving.runtime import ModelRuntime
 from serving.services import Services
-from storage.settings import Settings
+from serving.settings import Settings
 from storage.tables import Scope
 
 # Row ids are 64-bit signed integers (storage.tables.RowId): a cursor past
@@ -119,8 +119,8 @@ def rate_limited_user(user: UserDep, services: ServicesDep) -> Principal:
     assert user.user_id is not None
     bucket = services.cache.take_tokens(
         f"ratelimit:{user.user_id}",
-        capacity=settings.rate_limit_burst,
-        refill_per_second=settings.rate_limit_requests_per_minute / 60.0,
+        capacity=settings.server.rate_limit_burst,
+        refill_per_second=settings.server.rate_limit_requests_per_minute / 60.0,
     )
     if not bucket.allowed:
         retry_after = max(1, math.ceil(bucket.retry_after_seconds))

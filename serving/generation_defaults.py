@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.engine.sampling import MAX_STOP_SEQUENCES
-from storage.settings import GenerationOverride
+from serving.settings import GenerationOverride
 
 logger = logging.getLogger(__name__)
 

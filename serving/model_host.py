@@ -21,7 +21,7 @@ from adapters.expert_sets import ExpertRef
 from adapters.registry import AdapterRegistry
 from models.device import pick_device
 from serving.engine.engine import Engine, EngineConfig
-from storage.settings import Settings
+from serving.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class HostedModel:
 
 def enforced_context_length(own: int, settings: Settings) -> int:
     """The context a request to a model gets: the model's own, capped by the setting."""
-    return min(own, settings.max_context_tokens)
+    return min(own, settings.engine.max_context_tokens)
 
 
 def load_hosted_model(
@@ -52,7 +52,7 @@ def load_hosted_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
-    device = pick_device(settings.device)
+    device = pick_device(settings.engine.device)
     # float32 on CPU (bf16 matmuls are slow there); bf16 on GPUs.
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     tokenizer: Any = AutoTokenizer.from_pretrained(path)
@@ -60,7 +60,7 @@ def load_hosted_model(
     model = model.to(device)
     model.train(False)
     lora = MultiLoraModel.wrap(
-        model, num_slots=settings.adapter_slots, max_rank=settings.max_adapter_rank
+        model, num_slots=settings.engine.adapter_slots, max_rank=settings.engine.max_adapter_rank
     )
 
     def fetch(ref: ExpertRef) -> Any:
@@ -78,7 +78,9 @@ def load_hosted_model(
         tokenizer=tokenizer,
         eos_token_ids=eos_ids,
         config=EngineConfig(
-            max_batch=settings.max_batch, max_queue=settings.max_queue, context_length=limit
+            max_batch=settings.engine.max_batch,
+            max_queue=settings.engine.max_queue,
+            context_length=limit,
         ),
         lora=lora,
         slots=slots,
@@ -89,7 +91,7 @@ def load_hosted_model(
         model_id,
         device,
         time.perf_counter() - started,
-        settings.adapter_slots,
+        settings.engine.adapter_slots,
         limit,
     )
     return HostedModel(

@@ -30,7 +30,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from models.device import device_name
 from serving.engine.engine import EngineOverloaded
 from serving.engine.requests import Event, GenerationRequest
-from storage.settings import ENV_PREFIX, RayModelDeployment, Settings, load_settings
+from serving.settings import ENV_PREFIX, RayModelDeployment, Settings, load_settings
 
 APP_NAME = "tailor"
 IMPORT_PATH = "serving.ray_serve:build_app"
@@ -95,7 +95,7 @@ class ModelServer:
             record = BaseModelRepository(session).get(model_id=model_id)
         self._hosted = load_hosted_model(
             model_id=record.id,
-            path=settings.model_store_dir / record.path,
+            path=settings.storage.model_store_dir / record.path,
             context_length=record.context_length,
             registry=self._services.adapters,
             settings=settings,
@@ -134,7 +134,7 @@ def served_model_ids(settings: Settings) -> list[str]:
             ids = [m.id for m in BaseModelRepository(session).list_all()]
     finally:
         services.close()
-    return [i for i in ids if settings.models is None or i in settings.models]
+    return [i for i in ids if settings.engine.models is None or i in settings.engine.models]
 
 
 def build_ingress_app() -> Any:
@@ -155,7 +155,7 @@ def build_ingress_app() -> Any:
 
 
 def _wants_gpu(settings: Settings) -> bool:
-    return device_name(settings.device).startswith("cuda")
+    return device_name(settings.engine.device).startswith("cuda")
 
 
 def model_deployment_options(settings: Settings, model_id: str) -> dict[str, Any]:
@@ -164,14 +164,16 @@ def model_deployment_options(settings: Settings, model_id: str) -> dict[str, Any
     ``TAILOR_RAY_MODEL_DEPLOYMENTS`` overrides a model's resources and bounds;
     what it leaves out comes from the settings every model shares.
     """
-    own = settings.ray_model_deployments.get(model_id, RayModelDeployment())
-    num_cpus = settings.ray_num_cpus_per_replica if own.num_cpus is None else own.num_cpus
+    own = settings.engine.ray_model_deployments.get(model_id, RayModelDeployment())
+    num_cpus = settings.engine.ray_num_cpus_per_replica if own.num_cpus is None else own.num_cpus
     if own.num_gpus is None:
         num_gpus: float = 1 if _wants_gpu(settings) else 0
     else:
         num_gpus = own.num_gpus
     min_replicas = 1 if own.min_replicas is None else own.min_replicas
-    max_replicas = settings.ray_max_replicas if own.max_replicas is None else own.max_replicas
+    max_replicas = (
+        settings.engine.ray_max_replicas if own.max_replicas is None else own.max_replicas
+    )
     return {
         "name": model_deployment_name(model_id),
         "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
@@ -179,12 +181,12 @@ def model_deployment_options(settings: Settings, model_id: str) -> dict[str, Any
             "min_replicas": min_replicas,
             "max_replicas": max_replicas,
             # Scale out before a replica's batch is full.
-            "target_ongoing_requests": max(1, settings.max_batch // 2),
+            "target_ongoing_requests": max(1, settings.engine.max_batch // 2),
         },
         # A replica takes as many requests as its engine batches; Serve queues
         # the rest up to the engine's own queue size, then refuses (503).
-        "max_ongoing_requests": settings.max_batch,
-        "max_queued_requests": settings.max_queue,
+        "max_ongoing_requests": settings.engine.max_batch,
+        "max_queued_requests": settings.engine.max_queue,
     }
 
 
@@ -255,7 +257,7 @@ def serve_config(settings: Settings, model_ids: list[str]) -> dict[str, Any]:
     (application,) = fixed["applications"]
     return {
         **fixed,
-        "http_options": {**fixed["http_options"], "port": settings.port},
+        "http_options": {**fixed["http_options"], "port": settings.server.port},
         "applications": [
             {
                 **{key: value for key, value in application.items() if key != "deployments"},

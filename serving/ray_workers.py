@@ -12,7 +12,7 @@ import logging
 import threading
 from typing import Any
 
-from storage.settings import Settings
+from serving.settings import Settings
 
 ACTOR_PREFIX = "tailor-finetune-worker-"
 
@@ -27,13 +27,18 @@ class FinetuneWorkerActor:
     def run(self) -> str:
         from finetune.worker import worker_from_settings
         from serving.services import Services
-        from storage.settings import load_settings
+        from serving.settings import load_settings
 
         logging.basicConfig(level=logging.INFO)
         settings = load_settings()
         services = Services.open(settings)
         try:
-            worker_from_settings(settings, services.adapters, name=self._name).run(self._stop)
+            worker_from_settings(
+                settings.finetune,
+                services.adapters,
+                model_store_dir=settings.storage.model_store_dir,
+                name=self._name,
+            ).run(self._stop)
         finally:
             services.close()
         return self._name
@@ -45,7 +50,7 @@ class FinetuneWorkerActor:
 def finetune_actor_options(settings: Settings, index: int) -> dict[str, Any]:
     return {
         "name": f"{ACTOR_PREFIX}{index}",
-        "num_gpus": settings.finetune_gpus_per_worker,
+        "num_gpus": settings.finetune.gpus_per_worker,
         "num_cpus": 1,
         # run() blocks for the actor's life; stop() must still get through.
         "max_concurrency": 2,
@@ -63,7 +68,7 @@ def start_finetune_actors(settings: Settings) -> list[Any]:
 
     actor_class: Any = ray.remote(FinetuneWorkerActor)
     actors = []
-    for index in range(settings.finetune_workers):
+    for index in range(settings.finetune.workers):
         options = finetune_actor_options(settings, index)
         actor = actor_class.options(**options).remote(options["name"])
         actor.run.remote()

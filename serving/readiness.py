@@ -53,7 +53,7 @@ def _check_models(services: Services) -> str:
         return f"cannot read the base models: {_describe_sql_error(exc)}"
     if not models:
         return "no base model is registered; run `tailor models prepare`"
-    store = services.settings.model_store_dir
+    store = services.settings.storage.model_store_dir
     missing = [m.id for m in models if not (store / m.path).is_dir()]
     if missing:
         return f"missing from the model store: {', '.join(missing)}"

@@ -106,7 +106,7 @@ def install_request_limits(app: FastAPI, services: Services) -> None:
     registry = services.adapters
     app.add_middleware(
         RequestLimits,
-        max_body_bytes=services.settings.max_request_bytes,
+        max_body_bytes=services.settings.server.max_request_bytes,
         route_body_bytes={
             ("POST", "/v1/examples"): lambda: examples.MAX_BODY_BYTES,
             ("POST", "/admin/adapters"): lambda: adapter_upload_bytes(

@@ -73,12 +73,14 @@ class ModelRuntime:
         settings = services.settings
         # Until the learning router is built (with the models), `auto` is refused
         # as "not ready" anyway; this one only answers if a caller skips that check.
-        self.router: Router = router or DefaultModelRouter(settings.default_model)
+        self.router: Router = router or DefaultModelRouter(settings.router.default_model)
         self._build_router = router is None
         self._embedder = embedder
-        capacity = settings.max_batch * (1 if backend is None else settings.ray_max_replicas)
+        capacity = settings.engine.max_batch * (
+            1 if backend is None else settings.engine.ray_max_replicas
+        )
         self.load = LoadTracker(
-            default_capacity=capacity, ticket_lifetime=settings.request_timeout_seconds + 60
+            default_capacity=capacity, ticket_lifetime=settings.engine.request_timeout_seconds + 60
         )
         self.models: dict[str, ServedModel] = {}
         # Engines running in this process (none when a remote backend serves).
@@ -133,8 +135,8 @@ class ModelRuntime:
         try:
             with self.services.database.session() as session:
                 records = BaseModelRepository(session).list_all()
-            records = served_models(records, settings.models)
-            unknown = sorted(set(settings.generation_defaults) - {r.id for r in records})
+            records = served_models(records, settings.engine.models)
+            unknown = sorted(set(settings.engine.generation_defaults) - {r.id for r in records})
             if unknown:
                 logger.warning(
                     "TAILOR_GENERATION_DEFAULTS names models not served here: %s",
@@ -166,14 +168,14 @@ class ModelRuntime:
     def _learning_router(self, models: list[str]) -> EagleRouter:
         """A router with everything learnt so far: the snapshot, then the feedback after it."""
         settings = self.services.settings
-        embedder = self._embedder or OnnxQueryEmbedder.load(settings.model_store_dir)
+        embedder = self._embedder or OnnxQueryEmbedder.load(settings.storage.model_store_dir)
         self._embedder = embedder
         with self.services.database.session() as session:
             reset = UserRepository(session).last_routing_reset()
         epoch = None if reset is None else reset.isoformat()
         started = time.monotonic()
         router = self._new_router(models, embedder)
-        restored = load_snapshot(router, settings.router_snapshot_path, reset_epoch=epoch)
+        restored = load_snapshot(router, settings.storage.router_snapshot_path, reset_epoch=epoch)
         if not restored:
             router = self._new_router(models, embedder)  # nothing half-loaded
         applied = sync_feedback(router, self.services.database)
@@ -195,22 +197,22 @@ class ModelRuntime:
             models,
             embedder,
             config=RouterConfig(
-                global_weight=settings.router_global_weight,
-                neighbours=settings.router_neighbours,
-                k=settings.router_k,
-                cost_weight=settings.router_cost_weight,
-                latency_slo_seconds=settings.router_latency_slo_seconds,
-                switch_confidence=settings.router_switch_confidence,
-                explore_rate=settings.router_explore_rate,
-                explore_max_regret=settings.router_explore_max_regret,
-                expert_bonus=settings.router_expert_bonus,
+                global_weight=settings.router.global_weight,
+                neighbours=settings.router.neighbours,
+                k=settings.router.k,
+                cost_weight=settings.router.cost_weight,
+                latency_slo_seconds=settings.router.latency_slo_seconds,
+                switch_confidence=settings.router.switch_confidence,
+                explore_rate=settings.router.explore_rate,
+                explore_max_regret=settings.router.explore_max_regret,
+                expert_bonus=settings.router.expert_bonus,
                 estimator=EstimatorConfig(
-                    user_full_votes=settings.router_user_full_votes,
-                    user_max_share=settings.router_user_max_share,
+                    user_full_votes=settings.router.user_full_votes,
+                    user_max_share=settings.router.user_max_share,
                 ),
             ),
             load=self.load,
-            default_model=settings.default_model,
+            default_model=settings.router.default_model,
         )
 
     def sync_router(self) -> None:
@@ -228,20 +230,22 @@ class ModelRuntime:
                 logger.info("router: a user's routing influence was reset; rebuilding")
                 self.router = router = self._learning_router(router.models)
             sync_feedback(router, self.services.database)
-            every = self.services.settings.router_snapshot_every
+            every = self.services.settings.router.snapshot_every
             if every and router.last_feedback_id - self._snapshot_at >= every:
                 self._save_snapshot(router)
 
     def _save_snapshot(self, router: EagleRouter) -> None:
         try:
             self._snapshot_at = save_snapshot(
-                router, self.services.settings.router_snapshot_path, reset_epoch=self._reset_epoch
+                router,
+                self.services.settings.storage.router_snapshot_path,
+                reset_epoch=self._reset_epoch,
             )
         except OSError:
             logger.exception("router: writing the snapshot failed; the next start replays more")
 
     def _sync_feedback(self) -> None:
-        while not self._stopping.wait(self.services.settings.router_sync_seconds):
+        while not self._stopping.wait(self.services.settings.router.sync_seconds):
             try:
                 self.sync_router()
             except Exception:  # a database blip must not end the loop
@@ -249,7 +253,7 @@ class ModelRuntime:
 
     def _load_one(self, record: BaseModelRow) -> ServedModel:
         settings = self.services.settings
-        path = settings.model_store_dir / record.path
+        path = settings.storage.model_store_dir / record.path
         if self._remote is None:
             hosted = load_hosted_model(
                 model_id=record.id,
@@ -272,7 +276,7 @@ class ModelRuntime:
             context_length=context_length,
             has_chat_template=tokenizer.chat_template is not None,
             generation_defaults=resolve_generation_defaults(
-                record.id, path, settings.generation_defaults
+                record.id, path, settings.engine.generation_defaults
             ),
         )
 
@@ -284,7 +288,7 @@ class ModelRuntime:
         if self._syncer is not None:
             self._syncer.join(timeout=10)
         router = self.learning_router
-        if router is not None and self.services.settings.router_snapshot_every:
+        if router is not None and self.services.settings.router.snapshot_every:
             with self._sync_lock:
                 if router.last_feedback_id > self._snapshot_at:
                     self._save_snapshot(router)

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 from adapters.registry import AdapterRegistry
 from adapters.validation import ValidationLimits
+from serving.settings import Settings
 from storage import migrate
 from storage.blobs import DirectoryBlobStore
 from storage.cache import Cache, open_cache
 from storage.database import Database
-from storage.settings import Settings
 
 
 @dataclass
@@ -32,18 +32,18 @@ class Services:
         Raises ``ConfigurationError`` or ``BackendUnavailable`` (naming the
         setting to fix) before anything is served.
         """
-        database = Database(settings.resolved_database_url)
-        cache = open_cache(settings.redis_url, prefix=settings.cache_prefix)
+        database = Database(settings.storage.resolved_database_url)
+        cache = open_cache(settings.storage.redis_url, prefix=settings.storage.cache_prefix)
         try:
             database.ping()
             cache.ping()
-            if settings.migrate_on_start if migrate_schema is None else migrate_schema:
+            if settings.storage.migrate_on_start if migrate_schema is None else migrate_schema:
                 migrate.upgrade(database)
         except BaseException:
             database.dispose()
             cache.close()
             raise
-        blobs = DirectoryBlobStore(settings.blob_dir)
+        blobs = DirectoryBlobStore(settings.storage.blob_dir)
         return cls(
             settings=settings,
             database=database,
@@ -53,9 +53,9 @@ class Services:
                 database=database,
                 blobs=blobs,
                 cache=cache,
-                model_store_dir=settings.model_store_dir,
+                model_store_dir=settings.storage.model_store_dir,
                 # Refuse at upload what the replicas' slot pools cannot serve.
-                limits=ValidationLimits(max_rank=settings.max_adapter_rank),
+                limits=ValidationLimits(max_rank=settings.engine.max_adapter_rank),
             ),
         )
 

@@ -1,6 +1,5 @@
 """Tailor's storage layer: where all of the service's truth lives.
 
-- ``storage.settings``: the one settings object (``load_settings()``).
 - ``storage.database`` / ``storage.migrate``: SQLite or PostgreSQL, Alembic schema.
 - ``storage.tables``: the ORM tables; ``storage.repositories``: typed access to them.
 - ``storage.cache``: Redis or in-process cache (bytes with TTL, token buckets, pub/sub).
@@ -9,7 +8,9 @@
 
 The base models as files (the model store, conversion, the device choice, chat
 formatting, the safetensors header reader) are the ``models`` layer above this
-one, not storage.
+one, not storage; the settings are the application's (``serving/settings.py``),
+and this package takes what it needs of them as plain values (a database URL, a
+cache URL and prefix, a blob directory).
 
 Nothing here opens a connection or loads a model at import.
 """
@@ -25,7 +26,6 @@ from storage.errors import (
     NotFound,
     StorageError,
 )
-from storage.settings import Settings, load_settings
 
 __all__ = [
     "BackendUnavailable",
@@ -36,7 +36,5 @@ __all__ = [
     "Conflict",
     "Database",
     "NotFound",
-    "Settings",
     "StorageError",
-    "load_settings",
 ]

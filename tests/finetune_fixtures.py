@@ -13,12 +13,12 @@ from adapters.registry import AdapterRegistry
 from adapters.validation import ValidationLimits
 from models.catalog import register_prepared_models
 from models.store import load_prepared
+from serving.settings import load_settings
 from storage import migrate
 from storage.blobs import DirectoryBlobStore
 from storage.cache import open_cache
 from storage.database import Database
 from storage.repositories import ExampleRepository, UserRepository
-from storage.settings import load_settings
 from tests.server import prepared_model_store
 
 MODEL = "smollm2-135m-instruct"
@@ -64,11 +64,18 @@ def registry_on(
     database_url: str, tmp_path: Path, redis_url: str | None = None
 ) -> Iterator[AdapterRegistry]:
     store = prepared_model_store()
-    settings = load_settings(data_dir=tmp_path, model_store=store, database_url=database_url)
+    settings = load_settings(
+        storage={"data_dir": tmp_path, "model_store": store, "database_url": database_url}
+    )
     database = Database(database_url)
     migrate.upgrade(database)
     with database.session() as session:
-        register_prepared_models(session, load_prepared(store), settings=settings)
+        register_prepared_models(
+            session,
+            load_prepared(store),
+            store_dir=settings.storage.model_store_dir,
+            prices=settings.router.prices,
+        )
     cache = open_cache(redis_url, prefix=f"tailor-test-{secrets.token_hex(4)}:")
     try:
         yield AdapterRegistry(

@@ -51,7 +51,7 @@ from models.store import load_prepared
 from serving.app import create_app
 from serving.runtime import ModelRuntime
 from serving.services import Services
-from storage.settings import load_settings
+from serving.settings import load_settings
 from tests.adapter_factory import random_lora
 from tests.backends import REDIS_URL, deployment_database_url
 from tests.server import REPO_ROOT, prepared_model_store
@@ -69,13 +69,14 @@ REQUEST_TIMEOUT_S = 120
 # Settings that bound the work one generated request can ask for: a short
 # context caps any generation at a few dozen tokens, and the rate limit is
 # lifted so that the budget is spent on inputs, not on 429s.
-FUZZ_SETTINGS: dict[str, object] = {
+FUZZ_ENGINE: dict[str, object] = {
     "models": [FUZZ_MODEL],
     "max_context_tokens": 64,
     "adapter_slots": 4,
+}
+FUZZ_SERVER: dict[str, object] = {
     "rate_limit_requests_per_minute": 1_000_000.0,
     "rate_limit_burst": 1_000_000.0,
-    "finetune_workers": 0,
 }
 
 
@@ -207,17 +208,27 @@ def fuzz_target(deployment: str, tmp_path: Path) -> Iterator[FuzzTarget]:
     with deployment_database_url(deployment, tmp_path) as url:
         store = prepared_model_store()
         settings = load_settings(
-            data_dir=tmp_path,
-            model_store=store,
-            database_url=url,
-            redis_url=_redis_url(FUZZ_REDIS_DB) if deployment == "postgresql+redis" else None,
-            admin_key=admin_key,
-            cache_prefix=f"tailor-fuzz-{secrets.token_hex(4)}:",
-            **FUZZ_SETTINGS,
+            storage={
+                "data_dir": tmp_path,
+                "model_store": store,
+                "database_url": url,
+                "redis_url": (
+                    _redis_url(FUZZ_REDIS_DB) if deployment == "postgresql+redis" else None
+                ),
+                "cache_prefix": f"tailor-fuzz-{secrets.token_hex(4)}:",
+            },
+            server={"admin_key": admin_key, **FUZZ_SERVER},
+            engine=FUZZ_ENGINE,
+            finetune={"workers": 0},
         )
         services = Services.open(settings)
         with services.database.session() as session:
-            register_prepared_models(session, load_prepared(store), settings=settings)
+            register_prepared_models(
+                session,
+                load_prepared(store),
+                store_dir=settings.storage.model_store_dir,
+                prices=settings.router.prices,
+            )
         runtime = ModelRuntime(services)
         app = create_app(services, runtime=runtime)
         try:

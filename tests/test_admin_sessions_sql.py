@@ -24,9 +24,9 @@ from fastapi.testclient import TestClient
 from serving.app import create_app
 from serving.dashboard.sessions import COOKIE_NAME
 from serving.services import Services
+from serving.settings import load_settings
 from storage.database import Database
 from storage.repositories import AdminSessionRepository
-from storage.settings import load_settings
 from storage.tables import AdminSessionRecord
 from tests.app_client import ADMIN, ADMIN_KEY, DEPLOYMENTS, app_client
 from tests.backends import postgres_schema
@@ -53,13 +53,14 @@ def serving(
 ) -> Iterator[TestClient]:
     """A fresh app (fresh services, fresh cache) over ``database_url``: one "process"."""
     settings = load_settings(
-        data_dir=data_dir,
-        model_store=data_dir / "models",
-        database_url=database_url,
-        redis_url=redis_url,
-        admin_key=admin_key,
-        session_secret=session_secret,
-        cache_prefix=f"tailor-test-{secrets.token_hex(4)}:",
+        storage={
+            "data_dir": data_dir,
+            "model_store": data_dir / "models",
+            "database_url": database_url,
+            "redis_url": redis_url,
+            "cache_prefix": f"tailor-test-{secrets.token_hex(4)}:",
+        },
+        server={"admin_key": admin_key, "session_secret": session_secret},
     )
     with TestClient(create_app(Services.open(settings)), raise_server_exceptions=False) as client:
         yield client
@@ -222,7 +223,7 @@ def signed_in(
         request.param,
         tmp_path_factory.mktemp("odd-cookies"),
         real_models=False,
-        session_secret=SESSION_SECRET,
+        server={"session_secret": SESSION_SECRET},
     ) as client:
         cookie, _ = signed_in_cookie(client)
         body = cookie.partition(".")[0]

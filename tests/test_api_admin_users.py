@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 
 from serving.app import create_app
 from serving.services import Services
+from serving.settings import load_settings
 from storage.repositories import BaseModelRepository
-from storage.settings import load_settings
 from tests.app_client import ADMIN_KEY, DEPLOYMENTS, app_client
 
 
@@ -225,7 +225,10 @@ def test_users_are_paged(client: TestClient) -> None:
 
 
 def test_without_an_admin_key_setting_the_admin_api_is_closed(tmp_path: Path) -> None:
-    settings = load_settings(data_dir=tmp_path, admin_key=None, redis_url=None, database_url=None)
+    settings = load_settings(
+        storage={"data_dir": tmp_path, "redis_url": None, "database_url": None},
+        server={"admin_key": None},
+    )
     services = Services.open(settings)
     with TestClient(create_app(services)) as test_client:
         response = test_client.get("/admin/users", headers=admin(""))

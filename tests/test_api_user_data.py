@@ -243,7 +243,9 @@ def test_a_job_that_could_learn_nothing_is_refused_at_once(client: TestClient) -
 
 def test_rate_limits_answer_429_with_retry_after(tmp_path: Path) -> None:
     with app_client(
-        "sqlite+memory", tmp_path, rate_limit_burst=3, rate_limit_requests_per_minute=1
+        "sqlite+memory",
+        tmp_path,
+        server={"rate_limit_burst": 3, "rate_limit_requests_per_minute": 1},
     ) as client:
         _, ada_key = new_user(client, "ada")
         _, bob_key = new_user(client, "bob")

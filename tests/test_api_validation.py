@@ -409,7 +409,7 @@ def test_a_body_over_the_limit_gets_413_before_it_is_parsed(
     deployment: str, tmp_path: Path
 ) -> None:
     limit = 2048
-    with app_client(deployment, tmp_path, max_request_bytes=limit) as client:
+    with app_client(deployment, tmp_path, server={"max_request_bytes": limit}) as client:
         ada, key = new_user(client, "ada")
         not_json = b"{" * (limit + 1)
         for headers in (key, {}):  # before the key is even checked

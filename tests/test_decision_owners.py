@@ -45,8 +45,8 @@ from router.default_model import cheapest, default_model
 from router.length_predictor import OutputLengthPredictor
 from router.online_ridge import OnlineRidge, sherman_morrison_update
 from serving.ray_serve import model_deployment_options
+from serving.settings import load_settings
 from storage.repositories import BaseModelRepository
-from storage.settings import load_settings
 from tests.app_client import ADMIN, app_client, bearer
 
 SMOLLM2, GEMMA = "smollm2-135m-instruct", "gemma-3-270m"
@@ -105,7 +105,7 @@ def test_a_fine_tune_on_auto_uses_the_routers_default_not_the_smallest(tmp_path:
     # Configured prices make the larger model the cheaper one: the case the route's own
     # copy of the rule (the smallest model) got wrong.
     prices = {SMOLLM2: 5.0, GEMMA: 0.1}
-    with app_client("sqlite+memory", tmp_path, model_costs=prices) as client:
+    with app_client("sqlite+memory", tmp_path, router={"model_costs": prices}) as client:
         services: Any = client.app.state.services  # type: ignore[attr-defined]
         with services.database.session() as session:
             rows = BaseModelRepository(session).list_all()
@@ -127,7 +127,9 @@ def test_fine_tunes_and_serving_agree_on_the_models_served_here(tmp_path: Path) 
     """TAILOR_MODELS: the model host, `auto` and an explicit fine-tune model all read it
     through models.catalog.served_models; a job for a model not served here is a 404."""
     prices = {SMOLLM2: 5.0, GEMMA: 0.1}  # Gemma cheaper: `auto` would take it if it could
-    with app_client("sqlite+memory", tmp_path, model_costs=prices, models=[SMOLLM2]) as client:
+    with app_client(
+        "sqlite+memory", tmp_path, router={"model_costs": prices}, engine={"models": [SMOLLM2]}
+    ) as client:
         user, key = _user_with_ten_examples(client)
         job = client.post("/v1/fine-tunes", json={"model": "auto"}, headers=key)
         assert job.status_code == 201, job.text
@@ -337,7 +339,7 @@ def test_host_worker_and_ray_agree_on_the_device(
     assert vars(serving.model_host)["pick_device"] is pick_device
     assert WorkerConfig(name="w", model_store_dir=Path("."), device=setting).torch_device == device
     # Ray reserves a GPU for a model replica exactly when the model will run on one.
-    options = model_deployment_options(load_settings(device=setting), "m")
+    options = model_deployment_options(load_settings(engine={"device": setting}), "m")
     assert options["ray_actor_options"]["num_gpus"] == (1 if device.type == "cuda" else 0)
 
 

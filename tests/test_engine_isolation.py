@@ -63,7 +63,7 @@ from serving.openai_schemas import ChatCompletionCreate
 from serving.routes.completions import CompletionStream
 from serving.runtime import ModelRuntime
 from serving.services import Services
-from storage.settings import load_settings
+from serving.settings import load_settings
 from storage.tables import AdapterKind, Scope
 from tests.adapter_factory import random_lora
 from tests.server import prepared_model_store
@@ -603,16 +603,23 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     """
     store = prepared_model_store()
     settings = load_settings(
-        data_dir=tmp_path,
-        model_store=store,
-        database_url=f"sqlite:///{tmp_path / 'tailor.db'}",
-        admin_key=ADMIN_KEY,
-        models=[SMOL],
-        cache_prefix=f"tailor-test-{secrets.token_hex(4)}:",
+        storage={
+            "data_dir": tmp_path,
+            "model_store": store,
+            "database_url": f"sqlite:///{tmp_path / 'tailor.db'}",
+            "cache_prefix": f"tailor-test-{secrets.token_hex(4)}:",
+        },
+        server={"admin_key": ADMIN_KEY},
+        engine={"models": [SMOL]},
     )
     services = Services.open(settings)
     with services.database.session() as session:
-        register_prepared_models(session, load_prepared(store), settings=settings)
+        register_prepared_models(
+            session,
+            load_prepared(store),
+            store_dir=settings.storage.model_store_dir,
+            prices=settings.router.prices,
+        )
     tokenizer: Any = AutoTokenizer.from_pretrained(store / SMOL)
     # Marker tokens a chat prompt can hold: words near the end of the vocabulary.
     texts: dict[int, str] = {}

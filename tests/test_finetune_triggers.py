@@ -11,6 +11,7 @@ import pytest
 
 from finetune.queue import JobQueue
 from finetune.triggers import JobTrigger, TriggerPolicy, queue_due_jobs
+from serving.settings import load_settings
 from storage.clock import utc_now
 from storage.database import Database
 from storage.repositories import (
@@ -21,7 +22,6 @@ from storage.repositories import (
     ResponseRepository,
 )
 from storage.repositories.jobs import specialist_target
-from storage.settings import load_settings
 from storage.tables import AdapterKind, FineTuneJob, JobState
 from tests.test_repositories import SHA, add_base_model, add_response, add_user
 
@@ -342,15 +342,17 @@ def test_the_policy_comes_from_the_settings(
 ) -> None:
     for name in ("TRIGGER_NEW_EXAMPLES", "RETRAIN_INTERVAL_HOURS", "GENERALIST_INTERVAL_HOURS"):
         monkeypatch.delenv(f"TAILOR_FINETUNE_{name}", raising=False)
-    default = TriggerPolicy.from_settings(load_settings(data_dir=tmp_path))
+    default = TriggerPolicy.from_settings(load_settings(storage={"data_dir": tmp_path}).finetune)
     assert default == TriggerPolicy(new_examples=50)
     policy = TriggerPolicy.from_settings(
         load_settings(
-            data_dir=tmp_path,
-            finetune_trigger_new_examples=0,
-            finetune_retrain_interval_hours=24,
-            finetune_generalist_interval_hours=0.5,
-        )
+            storage={"data_dir": tmp_path},
+            finetune={
+                "trigger_new_examples": 0,
+                "retrain_interval_hours": 24,
+                "generalist_interval_hours": 0.5,
+            },
+        ).finetune
     )
     assert policy == TriggerPolicy(
         new_examples=0,
@@ -358,5 +360,5 @@ def test_the_policy_comes_from_the_settings(
         generalist_interval=timedelta(minutes=30),
     )
     assert not TriggerPolicy.from_settings(
-        load_settings(data_dir=tmp_path, finetune_trigger_new_examples=0)
+        load_settings(storage={"data_dir": tmp_path}, finetune={"trigger_new_examples": 0}).finetune
     ).enabled

@@ -19,8 +19,8 @@ import pytest
 
 from serving.dashboard.pages import LOGIN_ATTEMPTS_PER_MINUTE
 from serving.dashboard.sessions import COOKIE_NAME
+from serving.settings import load_settings
 from storage.errors import ConfigurationError
-from storage.settings import load_settings
 from tests.app_client import app_client
 from tests.server import running_server, served_env
 
@@ -113,12 +113,14 @@ def test_the_app_in_process_ignores_forwarded_headers(tmp_path: Path) -> None:
     ],
 )
 def test_trusted_proxies_are_read_as_a_list(value: str, expected: str | None) -> None:
-    assert load_settings(forwarded_allow_ips=value).forwarded_allow_ips == expected
+    assert (
+        load_settings(server={"forwarded_allow_ips": value}).server.forwarded_allow_ips == expected
+    )
 
 
 @pytest.mark.parametrize("value", ["proxy.local", "10.0.0.1/8", "*,10.0.0.1", "300.1.1.1"])
 def test_a_malformed_trusted_proxy_is_a_configuration_error(value: str) -> None:
     # uvicorn would take it as a name no peer has, and trust nothing, silently.
     with pytest.raises(ConfigurationError) as caught:
-        load_settings(forwarded_allow_ips=value)
+        load_settings(server={"forwarded_allow_ips": value})
     assert "TAILOR_FORWARDED_ALLOW_IPS" in str(caught.value)

@@ -22,8 +22,8 @@ from serving.engine.detokenize import IncrementalDetokenizer
 from serving.generation_defaults import BUILT_IN, GenerationDefaults, resolve
 from serving.openai_schemas import ChatCompletionCreate
 from serving.runtime import ModelRuntime
+from serving.settings import GenerationOverride, load_settings
 from storage.errors import ConfigurationError
-from storage.settings import GenerationOverride, load_settings
 from storage.tables import Response
 from tests.app_client import ADMIN, app_client, bearer
 
@@ -113,11 +113,11 @@ def test_the_setting_is_parsed_from_the_environment(monkeypatch: pytest.MonkeyPa
         json.dumps({SMOL: {"temperature": 0.3, "max_tokens": 64, "stop": ["END"]}}),
     )
     settings = load_settings()
-    assert settings.generation_defaults == {
+    assert settings.engine.generation_defaults == {
         SMOL: GenerationOverride(temperature=0.3, max_tokens=64, stop=("END",))
     }
     monkeypatch.delenv("TAILOR_GENERATION_DEFAULTS")
-    assert load_settings().generation_defaults == {}
+    assert load_settings().engine.generation_defaults == {}
 
 
 @pytest.mark.parametrize(
@@ -302,10 +302,10 @@ def test_models_report_the_context_length_the_server_enforces(
     for model_id in (SMOL, GEMMA):
         assert context[model_id] == runtime.models[model_id].context_length
     # Both models take more than the cap (8192 and 32768 of their own).
-    assert context[SMOL] == context[GEMMA] == settings.max_context_tokens
+    assert context[SMOL] == context[GEMMA] == settings.engine.max_context_tokens
 
     # A request the reported length does not hold is refused.
-    words = "word " * (settings.max_context_tokens - 40)
+    words = "word " * (settings.engine.max_context_tokens - 40)
     too_long = {"model": SMOL, "prompt": words, "max_tokens": 64}
     response = client.post("/v1/completions", json=too_long, headers=user)
     assert response.status_code == 400 and "context_length" in response.text

@@ -26,8 +26,8 @@ from ray.serve.schema import ServeDeploySchema
 from models.store.packaged import PACKAGED_MODELS
 from serving import helm_chart, ray_serve
 from serving.ray_serve import SECRET_SETTINGS, model_deployment_options, serve_config
+from serving.settings import ENV_PREFIX, load_settings, setting_fields
 from storage.errors import ConfigurationError
-from storage.settings import ENV_PREFIX, Settings, load_settings
 from tests.server import REPO_ROOT
 
 CHART = REPO_ROOT / "helm" / "tailor"
@@ -330,12 +330,12 @@ def test_serve_config_v2_is_what_the_code_writes_for_the_same_settings(
     for name, value in settings_env.items():
         monkeypatch.setenv(name, value)
     settings = load_settings()
-    assert settings.models is not None
-    expected = serve_config(settings, settings.models)
+    assert settings.engine.models is not None
+    expected = serve_config(settings, settings.engine.models)
     assert serve_config_of(documents) == expected
 
     merged = DEFAULT_VALUES | (values or {})
-    assert settings.models == [model["id"] for model in merged["models"]]
+    assert settings.engine.models == [model["id"] for model in merged["models"]]
     # The port the proxies listen on is the one the pods and the Service expose.
     port = expected["http_options"]["port"]
     rayservice = only(documents, "RayService")
@@ -469,9 +469,10 @@ def test_a_secret_value_in_values_is_refused(values: dict[str, Any], named: str)
 def test_the_schema_refuses_every_secret_setting_the_code_knows() -> None:
     # Every SecretStr setting is a secret the Serve config must leave out ...
     secret_fields = {
-        name.upper()
-        for name, field in Settings.model_fields.items()
-        if field.annotation is not None and SecretStr in getattr(field.annotation, "__args__", ())
+        setting.variable.removeprefix(ENV_PREFIX)
+        for setting in setting_fields()
+        if setting.field.annotation is not None
+        and SecretStr in getattr(setting.field.annotation, "__args__", ())
     }
     assert secret_fields <= set(SECRET_SETTINGS)
     # ... and each one the code leaves out is refused in the chart's config.
@@ -599,9 +600,11 @@ def test_per_model_settings_reach_serve_config() -> None:
     """What the chart writes into TAILOR_RAY_MODEL_DEPLOYMENTS, `tailor serve --ray`
     reads the same way."""
     settings = load_settings(
-        ray_max_replicas=5,
-        ray_model_deployments={"m": {"num_gpus": 0.5, "min_replicas": 0}},
-        device="cpu",
+        engine={
+            "ray_max_replicas": 5,
+            "ray_model_deployments": {"m": {"num_gpus": 0.5, "min_replicas": 0}},
+            "device": "cpu",
+        }
     )
     options = model_deployment_options(settings, "m")
     assert options["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.5}
@@ -611,9 +614,11 @@ def test_per_model_settings_reach_serve_config() -> None:
     assert other["ray_actor_options"]["num_gpus"] == 0
     assert other["autoscaling_config"]["min_replicas"] == 1
     with pytest.raises(ConfigurationError, match="TAILOR_RAY_MODEL_DEPLOYMENTS"):
-        load_settings(ray_model_deployments={"m": {"min_replicas": 3, "max_replicas": 2}})
+        load_settings(
+            engine={"ray_model_deployments": {"m": {"min_replicas": 3, "max_replicas": 2}}}
+        )
     with pytest.raises(ConfigurationError, match="TAILOR_RAY_MODEL_DEPLOYMENTS"):
-        load_settings(ray_model_deployments={"m": {"gpus": 1}})
+        load_settings(engine={"ray_model_deployments": {"m": {"gpus": 1}}})
 
 
 def test_the_defaults_match_the_image_and_the_packaged_models() -> None:

@@ -26,10 +26,10 @@ from models.catalog import register_prepared_models
 from models.store import load_prepared
 from serving.app import create_app
 from serving.services import Services
+from serving.settings import load_settings
 from storage.database import Database
 from storage.errors import BackendUnavailable
 from storage.repositories import ResponseRepository
-from storage.settings import load_settings
 from tests.app_client import ADMIN, ADMIN_KEY, bearer
 from tests.private_postgres import PASSWORD, PrivatePostgres, private_postgres
 from tests.server import free_port, prepared_model_store
@@ -46,15 +46,22 @@ def client_of(database_url: str, tmp_path: Path) -> Iterator[TestClient]:
     """An app over ``database_url`` with the prepared models registered, cache in process."""
     store = prepared_model_store()
     settings = load_settings(
-        data_dir=tmp_path,
-        model_store=store,
-        database_url=database_url,
-        redis_url=None,
-        admin_key=ADMIN_KEY,
+        storage={
+            "data_dir": tmp_path,
+            "model_store": store,
+            "database_url": database_url,
+            "redis_url": None,
+        },
+        server={"admin_key": ADMIN_KEY},
     )
     services = Services.open(settings)
     with services.database.session() as session:
-        register_prepared_models(session, load_prepared(store), settings=settings)
+        register_prepared_models(
+            session,
+            load_prepared(store),
+            store_dir=settings.storage.model_store_dir,
+            prices=settings.router.prices,
+        )
     with TestClient(create_app(services), raise_server_exceptions=False) as client:
         yield client
 

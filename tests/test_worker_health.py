@@ -19,10 +19,10 @@ from adapters.registry import AdapterRegistry
 from finetune.health import Heartbeat, heartbeat_age, heartbeat_problem
 from finetune.queue import ClaimedJob, JobQueue
 from finetune.worker import FinetuneWorker, LeaseKeeper, WorkerConfig, worker_from_settings
+from serving.settings import load_settings
 from storage import migrate
 from storage.database import Database
 from storage.repositories import JobRepository
-from storage.settings import load_settings
 from storage.tables import AdapterKind
 from tests.server import REPO_ROOT, run_tailor
 from tests.test_repositories import add_base_model, add_user
@@ -137,12 +137,15 @@ def test_a_running_job_beats_at_every_lease_renewal_and_only_then(
 
 def test_the_settings_name_the_heartbeat_file(database: Database, tmp_path: Path) -> None:
     settings = load_settings(
-        data_dir=tmp_path, model_store=tmp_path, finetune_heartbeat_file=tmp_path / "hb"
+        storage={"data_dir": tmp_path, "model_store": tmp_path},
+        finetune={"heartbeat_file": tmp_path / "hb"},
     )
     registry = cast(AdapterRegistry, SimpleNamespace(database=database))
-    worker = worker_from_settings(settings, registry, name="w")
+    worker = worker_from_settings(
+        settings.finetune, registry, model_store_dir=settings.storage.model_store_dir, name="w"
+    )
     assert worker.config.heartbeat_file == tmp_path / "hb"
-    assert load_settings().finetune_heartbeat_file is None  # off unless asked for
+    assert load_settings().finetune.heartbeat_file is None  # off unless asked for
 
 
 @pytest.mark.slow

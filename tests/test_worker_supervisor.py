@@ -31,10 +31,10 @@ from finetune.queue import LOST_WORKER_ERROR, ExpiredLease, JobQueue
 from serving.app import create_app
 from serving.runtime import ModelRuntime
 from serving.services import Services
+from serving.settings import load_settings
 from serving.worker_supervisor import RestartPolicy, WorkerSpec, WorkerState, WorkerSupervisor
 from storage.clock import utc_now
 from storage.database import Database
-from storage.settings import load_settings
 from storage.tables import JobState
 from tests.clock import FakeClock
 from tests.finetune_fixtures import MODEL as FINETUNE_MODEL
@@ -280,7 +280,11 @@ def test_readyz_and_metrics_name_a_dead_worker_without_refusing_traffic(
     store = tmp_path / "models"
     (store / MODEL).mkdir(parents=True)
     settings = load_settings(
-        data_dir=tmp_path, model_store=store, database_url=f"sqlite:///{tmp_path / 'tailor.db'}"
+        storage={
+            "data_dir": tmp_path,
+            "model_store": store,
+            "database_url": f"sqlite:///{tmp_path / 'tailor.db'}",
+        }
     )
     services = Services.open(settings)
     add_base_model(services.database, MODEL)

@@ -1,6 +1,6 @@
 """Converting the packaged GGUF models into safetensors directories, once.
 
-Layout of the store (``Settings.model_store_dir``)::
+Layout of the store (``settings.storage.model_store_dir``)::
 
     <store>/<model id>/            config.json, model.safetensors, tokenizer files
     <store>/<model id>/tailor-model.json   the manifest; written last

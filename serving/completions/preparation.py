@@ -137,7 +137,7 @@ def prepare(
     response_id = new_id("chatcmpl" if endpoint == "chat.completions" else "cmpl")
     settings = runtime.services.settings
     now = time.monotonic()
-    slo = decision.details.get("latency_slo_s") or settings.router_latency_slo_seconds
+    slo = decision.details.get("latency_slo_s") or settings.router.latency_slo_seconds
     logged.update(_logged_params(body, params))
     return PreparedCompletion(
         endpoint=endpoint,
@@ -152,7 +152,7 @@ def prepare(
             prompt_ids=tuple(prompt_ids),
             params=params,
             experts=None if experts.is_empty else experts,
-            deadline=now + settings.request_timeout_seconds,
+            deadline=now + settings.engine.request_timeout_seconds,
             slo_deadline=None if slo is None else now + float(slo),
             predicted_tokens=min(decision.predicted_tokens or max_tokens, max_tokens),
             turn_markers=prompt.turn_markers,

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from serving.auth import BOOTSTRAP_ADMIN, Principal
+from serving.settings import Settings
 from storage.database import Database
 from storage.repositories import AdminSessionRepository
-from storage.settings import Settings
 from storage.tables import ApiKey, Scope
 
 COOKIE_NAME = "tailor_admin_session"
@@ -83,16 +83,16 @@ class SessionSigner:
     def from_settings(
         cls, settings: Settings, *, clock: Callable[[], float] = time.time
     ) -> SessionSigner:
-        if settings.session_secret is not None:
-            secret = settings.session_secret.get_secret_value().encode()
-        elif settings.admin_key is not None:
+        if settings.server.session_secret is not None:
+            secret = settings.server.session_secret.get_secret_value().encode()
+        elif settings.server.admin_key is not None:
             # Derived, so that every process with the same admin key accepts the
             # same sessions, and a new admin key ends the old ones.
-            admin_key = settings.admin_key.get_secret_value().encode()
+            admin_key = settings.server.admin_key.get_secret_value().encode()
             secret = hmac.new(admin_key, b"tailor dashboard session", hashlib.sha256).digest()
         else:
             secret = secrets.token_bytes(32)
-        return cls(secret, lifetime_seconds=settings.admin_session_minutes * 60, clock=clock)
+        return cls(secret, lifetime_seconds=settings.server.admin_session_minutes * 60, clock=clock)
 
     def now(self) -> float:
         return self._clock()
@@ -181,9 +181,9 @@ def _finite_number(value: object) -> float | None:
 
 
 def key_fingerprint(settings: Settings) -> str | None:
-    if settings.admin_key is None:
+    if settings.server.admin_key is None:
         return None
-    return hashlib.sha256(settings.admin_key.get_secret_value().encode()).hexdigest()[:32]
+    return hashlib.sha256(settings.server.admin_key.get_secret_value().encode()).hexdigest()[:32]
 
 
 def begin_session(

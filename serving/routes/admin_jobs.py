@@ -52,7 +52,9 @@ def queue_job(
     body: AdminJobCreate, _admin: AdminDep, session: SessionDep, settings: SettingsDep
 ) -> AdminJobPublic:
     """A specialist of ``user_id`` on their data, or a generalist on every user's data."""
-    known_model(served_models(BaseModelRepository(session).list_all(), settings.models), body.model)
+    known_model(
+        served_models(BaseModelRepository(session).list_all(), settings.engine.models), body.model
+    )
     hyperparameters = job_hyperparameters(body.hyperparameters, settings)
     if body.user_id is not None:
         UserRepository(session).get(user_id=body.user_id)

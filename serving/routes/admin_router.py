@@ -91,7 +91,7 @@ def router_calibration(
         {
             "window_hours": window_hours,
             **live,
-            "offline": _offline_calibration(settings.data_dir / OFFLINE_CALIBRATION_FILE),
+            "offline": _offline_calibration(settings.storage.data_dir / OFFLINE_CALIBRATION_FILE),
         }
     )
 

@@ -84,9 +84,9 @@ def update_fine_tuning_limits(
         user_id=user.id,
         max_generic_rise=rise,
         max_probe_loss=probe_loss,
-        effective_max_generic_rise=settings.finetune_max_generic_rise if rise is None else rise,
+        effective_max_generic_rise=settings.finetune.max_generic_rise if rise is None else rise,
         effective_max_probe_loss=(
-            settings.finetune_max_probe_loss if probe_loss is None else probe_loss
+            settings.finetune.max_probe_loss if probe_loss is None else probe_loss
         ),
     )
 

@@ -19,9 +19,9 @@ from router.default_model import default_model
 from serving.deps import CursorQuery, SessionDep, SettingsDep, UserDep
 from serving.errors import ApiError
 from serving.schemas import ListPublic
+from serving.settings import Settings
 from serving.user_schemas import FineTuneCreate, FineTunePublic, Hyperparameters, JobEventPublic
 from storage.repositories import BaseModelRepository, JobRepository
-from storage.settings import Settings
 from storage.tables import AdapterKind, BaseModelRow, FineTuneJob
 
 router = APIRouter(prefix="/v1/fine-tunes", tags=["fine-tunes"])
@@ -78,15 +78,17 @@ def check_learnable(
 def job_hyperparameters(hyperparameters: Hyperparameters, settings: Settings) -> dict[str, Any]:
     """What a job row stores: the values given, once checked against what is served."""
     rank = hyperparameters.rank
-    if rank is not None and rank > settings.max_adapter_rank:
-        raise ApiError(
-            400, f"rank must be at most {settings.max_adapter_rank}", code="invalid_hyperparameters"
-        )
-    batch = hyperparameters.batch_size
-    if batch is not None and batch > settings.finetune_batch_size:
+    if rank is not None and rank > settings.engine.max_adapter_rank:
         raise ApiError(
             400,
-            f"batch_size must be at most {settings.finetune_batch_size} "
+            f"rank must be at most {settings.engine.max_adapter_rank}",
+            code="invalid_hyperparameters",
+        )
+    batch = hyperparameters.batch_size
+    if batch is not None and batch > settings.finetune.batch_size:
+        raise ApiError(
+            400,
+            f"batch_size must be at most {settings.finetune.batch_size} "
             "(TAILOR_FINETUNE_BATCH_SIZE)",
             code="invalid_hyperparameters",
         )
@@ -109,7 +111,7 @@ def create_fine_tune(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> FineTunePublic:
     assert user.user_id is not None
-    models = served_models(BaseModelRepository(session).list_all(), settings.models)
+    models = served_models(BaseModelRepository(session).list_all(), settings.engine.models)
     if body.model == "auto":
         if not models:
             raise ApiError(400, "no base model is served here", code="no_route")
@@ -118,7 +120,7 @@ def create_fine_tune(
             Candidate(m.id, m.cost_per_million_tokens, chat=m.chat_template is not None)
             for m in models
         ]
-        model_id = default_model(candidates, settings.default_model)
+        model_id = default_model(candidates, settings.router.default_model)
     else:
         model_id = known_model(models, body.model)
     hyperparameters = job_hyperparameters(body.hyperparameters, settings)

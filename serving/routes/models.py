@@ -8,8 +8,8 @@ from sqlalchemy.orm import Session
 from serving.deps import PrincipalDep, SessionDep, SettingsDep
 from serving.model_host import enforced_context_length
 from serving.schemas import AUTO_MODEL_ID, ListPublic, ModelPublic
+from serving.settings import Settings
 from storage.repositories import BaseModelRepository
-from storage.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["models"])
 

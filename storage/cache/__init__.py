@@ -1,7 +1,7 @@
 """The cache layer: hot copies of adapter weights, rate-limit token buckets and
 invalidation events, in Redis (shared by every process) or in process.
 
-Start with ``open_cache(settings.redis_url, prefix=settings.cache_prefix)``.
+Start with ``open_cache(settings.storage.redis_url, prefix=settings.storage.cache_prefix)``.
 """
 
 from __future__ import annotations
