@@ -2,7 +2,7 @@
 
     python -m benchmarks.finetune_personalization [--data DIR] [--model smollm2-135m-instruct]
         [--users 2] [--articles N] [--max-tokens 256] [--steps N | --epochs N]
-        [--batch-size N] [--learning-rate R] [--rank 16] [--gate-learning-rate 1e-2]
+        [--batch-size N] [--learning-rate R] [--rank 16] [--gate-learning-rate 1e-3]
         [--min-steps 30] [--min-examples-seen 200] [--max-epochs 25] [--patience 3]
         [--validation 5] [--quantization nf4|none] [--device cpu|cuda] [--threads N]
         [--workers 1] [--json OUT]
