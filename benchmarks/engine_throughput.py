@@ -4,7 +4,7 @@ engine, against the same requests one by one through HF ``generate``, in one run
     python -m benchmarks.engine_throughput [--model-dir var/models/smollm2-135m-instruct]
         [--random-weights] [--device cpu|cuda] [--dtype float32|bfloat16]
         [--requests 64] [--prompt-len 64] [--max-tokens 128] [--adapters 0,64]
-        [--rank 16] [--sequential 8] [--json OUT]
+        [--rank 16] [--sequential 8] [--hf-static] [--json OUT]
 
 No HTTP: this measures the engine alone. Every request generates exactly
 ``--max-tokens`` tokens (end-of-sequence is ignored), from random prompt
@@ -13,6 +13,10 @@ rank-r LoRA adapters (all 7 modules) through the multi-LoRA slot pool; the
 sequential baseline then runs peft with each request's adapter. The
 sequential figure is measured on the first ``--sequential`` requests and is
 per token, so it compares with the engine's per token figure.
+
+``--hf-static`` adds the baseline a GPU user tries first: HF ``generate``
+over the whole batch at once with a static cache (which ``generate`` compiles
+with torch.compile on CUDA), base model only, after two warm-up calls.
 """
 
 from __future__ import annotations
@@ -165,6 +169,30 @@ def run_sequential(
     return float(args.max_tokens) / per_request
 
 
+def run_hf_static(model: Any, prompts: list[list[int]], args: argparse.Namespace) -> float:
+    """Output tokens per second of HF generate over the whole batch, static cache, compiled."""
+    model.generation_config.cache_implementation = "static"
+    ids = torch.tensor(prompts, device=args.device)  # one length: no padding
+
+    def generate() -> None:
+        model.generate(
+            ids,
+            max_new_tokens=args.max_tokens,
+            min_new_tokens=args.max_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
+
+    with torch.inference_mode():
+        for _ in range(2):  # compiles, then captures
+            generate()
+        synchronize(args.device)
+        started = time.perf_counter()
+        generate()
+        synchronize(args.device)
+    return float(len(prompts) * args.max_tokens) / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-dir", type=Path, default=Path("var/models/smollm2-135m-instruct"))
@@ -177,6 +205,7 @@ def main() -> None:
     parser.add_argument("--adapters", default="0,64")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--sequential", type=int, default=8)
+    parser.add_argument("--hf-static", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     from transformers import AutoTokenizer
@@ -222,6 +251,25 @@ def main() -> None:
             f"{args.prompt_len} prompt + {args.max_tokens} new tokens, {args.device} {args.dtype})",
             flush=True,
         )
+    if args.hf_static:
+        model = load_model(
+            args.model_dir,
+            random_weights=args.random_weights,
+            device=args.device,
+            dtype=DTYPES[args.dtype],
+        )
+        hf_static = run_hf_static(model, prompts, args)
+        base = next((row for row in figures if row["adapters"] == 0), None)
+        ratio = (
+            ""
+            if base is None
+            else f", engine base / this {base['engine_tokens_per_s'] / hf_static:.3f}x"
+        )
+        print(
+            f"HF generate, batch {args.requests}, static cache + compile: "
+            f"{hf_static:9.1f} tok/s{ratio}"
+        )
+        figures.append({"hf_static_batch_tokens_per_s": hf_static, "requests": args.requests})
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2))
 

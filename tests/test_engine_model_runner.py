@@ -21,7 +21,7 @@ from adapters.device.multi_lora import MultiLoraLinear, MultiLoraModel, Route
 from adapters.device.slot_cache import AdapterSlotCache, SlotLease
 from adapters.expert_sets import ExpertRef, ExpertSet
 from serving.engine.errors import InvalidSampling, NonFiniteLogits, RequestFailed
-from serving.engine.model_runner import TRIM_MIN_COLUMNS, ModelRunner, RowState
+from serving.engine.model_runner import ModelRunner, RowState
 from serving.engine.sampling import MAX_SEED, SamplingParams
 from storage.tables import AdapterKind
 from tests.adapter_factory import random_lora
@@ -101,34 +101,130 @@ def test_rows_joining_and_leaving_keep_the_logits_of_each_row_alone() -> None:
     prefill = runner.prefill([c.row, d.row])
     check(model, [c, d], prefill.logits)
     runner.join(prefill, [1])
+    assert c.row.cache_row == -1 and runner.rows_in_use == 3
     batch = [a, b, d]
     for _ in range(2):
         check(model, batch, runner.decode([t.row for t in batch]))
 
-    # b leaves; a and d go on.
+    # b leaves; a and d go on, d in its own row after b's freed one (a hole).
     batch = [a, d]
-    runner.retain([0, 2], [t.row for t in batch])
+    runner.retain([t.row for t in batch])
+    assert d.row.cache_row == 3 and runner.rows_in_use == 2
     for _ in range(2):
         check(model, batch, runner.decode([t.row for t in batch]))
-    runner.retain([], [])
-    assert runner.cache.length == 0
+    runner.retain([])
+    assert runner.rows_in_use == 0
 
 
-def test_leading_padding_is_dropped_once_it_is_large() -> None:
+def test_a_row_keeps_its_place_and_a_new_one_fills_a_hole_without_moving_memory() -> None:
+    model = tiny_llama()
+    runner = ModelRunner(model, max_rows=4, context_length=256)
+    runner.cache.reserve()
+    long = Tracked(runner, [5] * 100)
+    short, third = Tracked(runner, [1, 2, 3]), Tracked(runner, [4, 4])
+    prefill = runner.prefill([long.row, short.row, third.row])
+    check(model, [long, short, third], prefill.logits)
+    runner.join(prefill, [0, 1, 2])
+    addresses = [tensor.data_ptr() for tensor in runner.cache.tensors()]
+    assert addresses  # the first forward allocated them
+    check(model, [long, short, third], runner.decode([long.row, short.row, third.row]))
+
+    # The long row leaves; a new prompt takes its row (the lowest free one).
+    runner.retain([short.row, third.row])
+    new = Tracked(runner, [6, 1, 6, 1])
+    prefill = runner.prefill([new.row])
+    check(model, [new], prefill.logits)
+    runner.join(prefill, [0])
+    assert new.row.cache_row == 0
+    batch = [short, third, new]
+    for _ in range(3):
+        check(model, batch, runner.decode([t.row for t in batch]))
+    # Nothing was reallocated or copied: the rows stayed where they were written.
+    assert [tensor.data_ptr() for tensor in runner.cache.tensors()] == addresses
+
+
+def test_the_cache_grows_by_doubling_only_when_a_row_or_a_sequence_needs_it() -> None:
+    model = tiny_llama()
+    runner = ModelRunner(model, max_rows=16, context_length=512)
+    rows = [Tracked(runner, [1 + i, 2, 3]) for i in range(5)]
+    prefill = runner.prefill([t.row for t in rows])
+    check(model, rows, prefill.logits)
+    runner.join(prefill, range(5))
+    assert (runner.cache.row_capacity, runner.cache.column_capacity) == (8, 64)
+    longer = Tracked(runner, list(range(1, 101)))
+    prefill = runner.prefill([longer.row])
+    check(model, [longer], prefill.logits)
+    runner.join(prefill, [0])
+    assert (runner.cache.row_capacity, runner.cache.column_capacity) == (8, 128)
+    check(model, [*rows, longer], runner.decode([t.row for t in [*rows, longer]]))
+    with pytest.raises(ValueError, match="at most 16 rows of 512 columns"):
+        runner.cache.ensure(17, 10)
+
+
+def tiny_gemma3(sliding_window: int) -> torch.nn.Module:
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=512,
+        sliding_window=sliding_window,
+        layer_types=["sliding_attention", "full_attention"],
+    )
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config)
+    model.train(False)
+    return model
+
+
+def test_a_sliding_window_layer_sees_only_its_window_in_prefill_and_decode() -> None:
+    model = tiny_gemma3(sliding_window=4)
+    runner = ModelRunner(model)
+    # Prompts longer and shorter than the window, decoded past it.
+    a, b = Tracked(runner, [3, 1, 4, 1, 5, 9, 2, 6]), Tracked(runner, [7, 7])
+    prefill = runner.prefill([a.row, b.row])
+    check(model, [a, b], prefill.logits)
+    runner.join(prefill, [0, 1])
+    for _ in range(6):
+        check(model, [a, b], runner.decode([a.row, b.row]))
+    # The window matters here: the same weights with a window wider than the
+    # sequence give other logits, so a mask that ignored it would have failed.
+    wide = tiny_gemma3(sliding_window=512)
+    assert not torch.allclose(alone(wide, a.ids), alone(model, a.ids), atol=1e-3)
+
+
+def test_a_row_taken_after_a_broken_request_does_not_inherit_its_non_finite_keys() -> None:
     model = tiny_llama()
     runner = ModelRunner(model)
-    long = Tracked(runner, [5] * (TRIM_MIN_COLUMNS + 40))
-    short = Tracked(runner, [1, 2, 3])
-    prefill = runner.prefill([long.row, short.row])
-    check(model, [long, short], prefill.logits)
-    runner.join(prefill, [0, 1])
-    check(model, [long, short], runner.decode([long.row, short.row]))
-    assert runner.cache.length == TRIM_MIN_COLUMNS + 41
-    runner.retain([1], [short.row])
-    # Only the short row's real tokens are left.
-    assert runner.cache.length == short.row.kv_length == 4
-    for _ in range(2):
-        check(model, [short], runner.decode([short.row]))
+    broken = new_row(runner, [1, 2, 3])
+    runner.join(runner.prefill([broken]), [0])
+    # As a broken adapter leaves it: NaN keys and values all along its row.
+    for layer in runner.cache.row_layers:
+        assert layer.key_rows is not None and layer.value_rows is not None
+        layer.key_rows[0] = float("nan")
+        layer.value_rows[0] = float("nan")
+    runner.retain([])
+    fresh = Tracked(runner, [4, 5])
+    prefill = runner.prefill([fresh.row])
+    runner.join(prefill, [0])
+    assert fresh.row.cache_row == 0
+    check(model, [fresh], prefill.logits)
+    for _ in range(3):  # decode reads columns past the prompt, hidden by the mask
+        check(model, [fresh], runner.decode([fresh.row]))
+
+
+def test_a_full_cache_refuses_a_prefill_and_keeps_its_rows() -> None:
+    runner = ModelRunner(tiny_llama(), max_rows=2)
+    first = new_row(runner, [1, 2])
+    runner.join(runner.prefill([first]), [0])
+    with pytest.raises(RuntimeError, match="2 prompts but 1 free cache rows"):
+        runner.prefill([new_row(runner, [3]), new_row(runner, [4])])
+    assert runner.rows_in_use == 1 and first.cache_row == 0
 
 
 class FailingDecode(torch.nn.Module):
@@ -154,8 +250,8 @@ def test_a_failed_decode_drops_the_cache_and_counts_no_token() -> None:
     row.pending_token = int(prefill.logits[0].argmax())
     with pytest.raises(RuntimeError, match="simulated"):
         runner.decode([row])
-    assert runner.cache.length == 0  # no half-written step is kept
-    assert row.kv_length == 3
+    assert runner.rows_in_use == 0  # no half-written step is kept
+    assert row.kv_length == 3 and row.cache_row == -1
 
 
 def test_sampling_fails_only_the_rows_that_cannot_sample() -> None:

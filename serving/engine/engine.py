@@ -109,7 +109,12 @@ class Engine:
         # Requests the output processor has ended while their rows still run.
         self._aborted: queue.SimpleQueue[RequestHandle] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._runner = ModelRunner(model, lora=lora)
+        self._runner = ModelRunner(
+            model,
+            lora=lora,
+            max_rows=self.config.max_batch,
+            context_length=self.config.context_length,
+        )
         self._outputs = OutputProcessor(
             name=f"engine-{model_id}-output",
             tokenizer=tokenizer,
@@ -291,7 +296,7 @@ class Engine:
     def _retain(self, keep: Sequence[int]) -> None:
         """Keep the rows ``keep`` of the batch (their slots are the caller's business)."""
         self._rows = [self._rows[index] for index in keep]
-        self._runner.retain(keep, [row.state for row in self._rows])
+        self._runner.retain([row.state for row in self._rows])
         self.stats.running = len(self._rows)
 
     def _accept_tokens(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:

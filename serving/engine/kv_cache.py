@@ -1,154 +1,172 @@
-"""A batched KV cache whose rows can join and leave between decode steps.
+"""The running batch's KV cache: fixed rows, one per running request, written in place.
 
-transformers' ``DynamicCache`` concatenates on every step and knows nothing
-of rows that come and go. Here each layer keeps its keys and values in a
-preallocated slab that grows by doubling, so a decode step writes one column
-in place; the engine merges a newly prefilled request in (left-padding the
-shorter side, which the attention mask hides) and drops finished rows.
+Each layer keeps its keys and values in one tensor ``[rows, kv_heads,
+capacity, head_dim]``. A request holds one row from its prefill to its end:
+its token at position ``p`` lives in column ``p`` of its row, so a request
+joining or leaving the batch moves no other row's history, and a decode step
+writes one column per row in place. Rows and columns grow by doubling when a
+batch or a sequence first needs more (a few times in a server's life, never
+per step), so the embedded CPU default holds only what it has used; a GPU
+server can reserve everything up front (``reserve``) and then no tensor is
+ever reallocated, which is what a captured CUDA graph needs.
 
-Every layer is a full-attention layer: a sliding-window model (Gemma-3) still
-gets its window from the attention mask, at the price of keeping the whole
-history, which lets all layers share one length and one padding layout.
+What a forward reads and writes is set per forward by the runner
+(``CacheStep``):
+
+- a *prefill* writes the new prompts into their rows (left-padded prompts; a
+  padding column is written past the prompt's end, where the row's own decode
+  steps overwrite it before any query can see it) and attends over the
+  prompts' own keys, so no other row is read;
+- a *decode* step runs over rows ``0..n`` of the cache, holes included (a
+  hole is a row no request holds: it computes a token nobody reads), writes
+  each row's new token at its position and attends over the first
+  ``columns`` columns of every row, the mask hiding what lies past each
+  row's position.
+
+Invariants: a row's columns ``0..kv_length`` are its request's tokens and
+nothing else writes them while it runs; its other columns are zeros or its
+own padding from the moment its prefill writes it (an earlier request's
+leftovers, NaNs of a broken adapter included, are cleared then), and the
+mask hides them.
+Every layer is treated as full attention in storage; a sliding-window layer
+(Gemma-3) gets its window from its own mask.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-MIN_CAPACITY = 64
+MIN_ROWS = 4
+MIN_COLUMNS = 64
 
 
-class SlabLayer(DynamicLayer):  # type: ignore[no-untyped-call]
-    """One layer's keys and values in a slab ``[batch, heads, capacity, head_dim]``."""
+@dataclass(frozen=True)
+class CacheStep:
+    """Where one forward writes, and what its attention reads.
 
-    def __init__(self) -> None:
+    ``rows [B]`` are the cache rows of the forward's batch rows and
+    ``positions [B, L]`` the column each input token is written to. With
+    ``columns`` None (a prefill) attention reads the forward's own keys; else
+    (a decode step over cache rows ``0..B``) the first ``columns`` columns.
+    """
+
+    rows: torch.Tensor
+    positions: torch.Tensor
+    columns: int | None
+
+
+class RowLayer(DynamicLayer):  # type: ignore[no-untyped-call]
+    """One decoder layer's keys and values ``[rows, kv_heads, capacity, head_dim]``."""
+
+    def __init__(self, cache: RowKVCache) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self.length = 0
-        self._keys_slab: torch.Tensor | None = None
-        self._values_slab: torch.Tensor | None = None
+        self._cache = cache
+        self.key_rows: torch.Tensor | None = None
+        self.value_rows: torch.Tensor | None = None
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
         self.dtype = key_states.dtype
-        self._keys_slab = key_states.new_zeros(_slab_shape(key_states, MIN_CAPACITY))
-        self._values_slab = value_states.new_zeros(_slab_shape(value_states, MIN_CAPACITY))
+        rows, columns = self._cache.row_capacity, self._cache.column_capacity
+        self.key_rows = _empty(key_states, rows, columns)
+        self.value_rows = _empty(value_states, rows, columns)
         self.is_initialized = True
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        step = self._cache.step
+        if step is None:
+            raise RuntimeError("the runner sets a CacheStep before every forward")
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        new = key_states.shape[-2]
-        self._reserve(self.length + new)
-        assert self._keys_slab is not None and self._values_slab is not None
-        self._keys_slab[:, :, self.length : self.length + new] = key_states
-        self._values_slab[:, :, self.length : self.length + new] = value_states
-        self.length += new
-        self._refresh_views()
-        assert self.keys is not None and self.values is not None
-        return self.keys, self.values
+        assert self.key_rows is not None and self.value_rows is not None
+        # [B, H, L, D] written at (row, column) pairs of a [rows, columns, H, D] view.
+        index = (step.rows.unsqueeze(1).expand_as(step.positions), step.positions)
+        self.key_rows.transpose(1, 2).index_put_(index, key_states.transpose(1, 2))
+        self.value_rows.transpose(1, 2).index_put_(index, value_states.transpose(1, 2))
+        if step.columns is None:
+            # A prefill: the rows' columns past the prompt still hold an earlier
+            # request's keys, which the mask hides but cannot neutralise if they
+            # are not finite (a NaN times a zero weight is NaN). Clear them.
+            width = key_states.shape[2]
+            self.key_rows[step.rows, :, width:] = 0
+            self.value_rows[step.rows, :, width:] = 0
+            return key_states, value_states
+        batch = step.rows.shape[0]
+        return (
+            self.key_rows[:batch, :, : step.columns],
+            self.value_rows[:batch, :, : step.columns],
+        )
 
     def get_seq_length(self) -> int:
-        return self.length
+        return 0  # positions are per row and passed explicitly; nothing reads this
 
-    def _reserve(self, needed: int) -> None:
-        assert self._keys_slab is not None and self._values_slab is not None
-        capacity = self._keys_slab.shape[2]
-        if needed <= capacity:
+    def grow(self, rows: int, columns: int) -> None:
+        """Copy into tensors of ``rows x columns``; a no-op before the first write."""
+        if self.key_rows is None or self.value_rows is None:
             return
-        while capacity < needed:
-            capacity *= 2
-        self._keys_slab = _resized(self._keys_slab, capacity, self.length)
-        self._values_slab = _resized(self._values_slab, capacity, self.length)
-
-    def _refresh_views(self) -> None:
-        assert self._keys_slab is not None and self._values_slab is not None
-        self.keys = self._keys_slab[:, :, : self.length]
-        self.values = self._values_slab[:, :, : self.length]
-
-    # Row operations, used by the engine between steps ------------------------
-
-    def select_rows(self, rows: torch.Tensor) -> None:
-        if self._keys_slab is None or self._values_slab is None:
-            return
-        self._keys_slab = self._keys_slab[rows]
-        self._values_slab = self._values_slab[rows]
-        self._refresh_views()
-
-    def drop_leading(self, columns: int) -> None:
-        """Forget the first ``columns`` positions (padding in every row)."""
-        if columns <= 0 or self._keys_slab is None or self._values_slab is None:
-            return
-        self._keys_slab = self._keys_slab[:, :, columns:].contiguous()
-        self._values_slab = self._values_slab[:, :, columns:].contiguous()
-        self.length -= columns
-        self._refresh_views()
-
-    def append_rows(self, other: SlabLayer) -> None:
-        """Add ``other``'s rows below ours, right-aligning both histories."""
-        if other._keys_slab is None or other._values_slab is None:
-            return
-        if self._keys_slab is None or self._values_slab is None:
-            # An empty batch simply takes over the other's rows.
-            self.device, self.dtype, self.is_initialized = other.device, other.dtype, True
-            self._keys_slab, self._values_slab = other._keys_slab, other._values_slab
-            self.length = other.length
-            self._refresh_views()
-            return
-        length = max(self.length, other.length)
-        assert self.keys is not None and self.values is not None
-        assert other.keys is not None and other.values is not None
-        self._keys_slab = _stack_right_aligned(self.keys, other.keys, length)
-        self._values_slab = _stack_right_aligned(self.values, other.values, length)
-        self.length = length
-        self._refresh_views()
+        self.key_rows = _grown(self.key_rows, rows, columns)
+        self.value_rows = _grown(self.value_rows, rows, columns)
 
 
-def _slab_shape(states: torch.Tensor, capacity: int) -> tuple[int, int, int, int]:
-    batch, heads, _, head_dim = states.shape
-    return (batch, heads, capacity, head_dim)
+def _empty(states: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+    # Zeros, not empty: a hole's attention reads column 0 of its row, which
+    # must be finite.
+    _, heads, _, head_dim = states.shape
+    return states.new_zeros((rows, heads, columns, head_dim))
 
 
-def _resized(slab: torch.Tensor, capacity: int, used: int) -> torch.Tensor:
-    grown = slab.new_zeros((slab.shape[0], slab.shape[1], capacity, slab.shape[3]))
-    grown[:, :, :used] = slab[:, :, :used]
+def _grown(tensor: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+    old_rows, heads, old_columns, head_dim = tensor.shape
+    grown = tensor.new_zeros((rows, heads, columns, head_dim))
+    grown[:old_rows, :, :old_columns] = tensor
     return grown
 
 
-def _stack_right_aligned(top: torch.Tensor, bottom: torch.Tensor, length: int) -> torch.Tensor:
-    capacity = max(MIN_CAPACITY, 1 << (length - 1).bit_length())
-    rows = top.shape[0] + bottom.shape[0]
-    stacked = top.new_zeros((rows, top.shape[1], capacity, top.shape[3]))
-    stacked[: top.shape[0], :, length - top.shape[2] : length] = top
-    stacked[top.shape[0] :, :, length - bottom.shape[2] : length] = bottom
-    return stacked
+class RowKVCache(Cache):
+    """A ``RowLayer`` per decoder layer, and the rows' capacity they share."""
 
-
-class BatchKVCache(Cache):
-    """A cache of ``SlabLayer``s, one per decoder layer."""
-
-    def __init__(self, num_layers: int) -> None:
-        super().__init__(layers=[SlabLayer() for _ in range(num_layers)])
+    def __init__(self, num_layers: int, *, max_rows: int, max_columns: int) -> None:
+        self.max_rows = max_rows
+        self.max_columns = max_columns
+        self.row_capacity = min(MIN_ROWS, max_rows)
+        self.column_capacity = min(MIN_COLUMNS, max_columns)
+        self.step: CacheStep | None = None
+        super().__init__(layers=[RowLayer(self) for _ in range(num_layers)])
 
     @property
-    def slab_layers(self) -> list[SlabLayer]:
-        layers: list[SlabLayer] = self.layers  # type: ignore[assignment]
+    def row_layers(self) -> list[RowLayer]:
+        layers: list[RowLayer] = self.layers  # type: ignore[assignment]
         return layers
 
-    @property
-    def length(self) -> int:
-        return self.slab_layers[0].length
+    def ensure(self, rows: int, columns: int) -> None:
+        """Room for rows ``0..rows`` and columns ``0..columns``, doubling what is short."""
+        if rows > self.max_rows or columns > self.max_columns:
+            raise ValueError(
+                f"the cache holds at most {self.max_rows} rows of {self.max_columns} "
+                f"columns; asked for {rows} x {columns}"
+            )
+        if rows <= self.row_capacity and columns <= self.column_capacity:
+            return
+        while self.row_capacity < rows:
+            self.row_capacity = min(self.row_capacity * 2, self.max_rows)
+        while self.column_capacity < columns:
+            self.column_capacity = min(self.column_capacity * 2, self.max_columns)
+        for layer in self.row_layers:
+            layer.grow(self.row_capacity, self.column_capacity)
 
-    def select_rows(self, rows: torch.Tensor) -> None:
-        for layer in self.slab_layers:
-            layer.select_rows(rows)
+    def reserve(self) -> None:
+        """Take the whole budget now, so that no later step reallocates."""
+        self.ensure(self.max_rows, self.max_columns)
 
-    def drop_leading(self, columns: int) -> None:
-        for layer in self.slab_layers:
-            layer.drop_leading(columns)
-
-    def append_rows(self, other: BatchKVCache) -> None:
-        for mine, theirs in zip(self.slab_layers, other.slab_layers, strict=True):
-            mine.append_rows(theirs)
+    def tensors(self) -> list[torch.Tensor]:
+        """Every allocated key and value tensor (to check that none was reallocated)."""
+        out: list[torch.Tensor] = []
+        for layer in self.row_layers:
+            if layer.key_rows is not None and layer.value_rows is not None:
+                out += [layer.key_rows, layer.value_rows]
+        return out

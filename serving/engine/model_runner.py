@@ -1,20 +1,26 @@
 """The model side of the engine: the forwards over the batch, and the tokens they give.
 
-The runner owns the running batch's KV cache (``BatchKVCache``, one row per
-running request, left-padded) and is the only code that calls the model. It
-prefills new prompts together (left-padded to one width, merged into the
-batch afterwards), decodes one token for every row at once, each row routed
-through its own experts (``MultiLoraModel.routing``), and turns the last
-logits into tokens: one batched finiteness check and argmax per step, a
-per-request seeded sampler for the others. It knows token ids only, never
-text: detokenizing and stop sequences are the output processor's.
+The runner owns the running batch's KV cache (``RowKVCache``: one fixed row
+per running request, written in place) and is the only code that calls the
+model. It prefills new prompts together (left-padded to one width, written
+straight into the rows they take), decodes one token for every row at once,
+each row routed through its own experts (``MultiLoraModel.routing``), and
+turns the last logits into tokens: one batched finiteness check and argmax
+per step, a per-request seeded sampler for the others. It knows token ids
+only, never text: detokenizing and stop sequences are the output processor's.
 
-Invariants: the cache's rows are the rows the engine passes to ``decode``, in
-that order; ``join`` and ``retain`` are the only ways rows enter and leave.
-A decode forward that raises leaves no half-written cache behind (the cache
-is dropped, the engine fails the batch). ``sample`` never raises for a row:
-a row whose logits are not finite, or whose sampler fails, gets a
-``RequestFailed`` in place of its token, so it fails alone.
+The attention masks are built here, not by transformers: a 4-D mask (or one
+per layer type, for sliding-window models) that shows each query its own
+row's positions only. Decode steps read the first ``columns`` columns of
+rows ``0..n``, both rounded up (``COLUMN_BLOCK``), so the shapes of a step
+change rarely (attention kernels re-plan per shape) and not per token.
+
+Invariants: a row's cache row is fixed from its prefill to its end; ``join``
+(rows that start) and ``retain`` (rows that go on) are the only ways rows
+enter and leave, and nothing else moves a row's history. A decode forward
+that raises leaves every row dropped (the engine fails the batch). ``sample``
+never raises for a row: a row whose logits are not finite, or whose sampler
+fails, gets a ``RequestFailed`` in place of its token, so it fails alone.
 """
 
 from __future__ import annotations
@@ -29,14 +35,14 @@ import torch
 
 from adapters.device.slot_cache import SlotLease
 from serving.engine.errors import InvalidSampling, NonFiniteLogits, RequestFailed
-from serving.engine.kv_cache import BatchKVCache
+from serving.engine.kv_cache import CacheStep, RowKVCache
 from serving.engine.sampling import MAX_SEED, MIN_SEED, SamplingParams, new_generator, sample_token
 
 logger = logging.getLogger(__name__)
 
-# Drop leading all-padding columns once they are this many and at least a
-# quarter of the cache: each drop copies the cache, so not on every step.
-TRIM_MIN_COLUMNS = 64
+# Decode steps attend over a multiple of this many columns: the attention's
+# shape changes once every this many tokens, not at every one.
+COLUMN_BLOCK = 64
 
 
 class RoutedModel(Protocol):
@@ -58,18 +64,26 @@ class RowState:
     adapted: bool
     kv_length: int  # this row's real tokens in the cache
     pending_token: int = -1  # sampled, not yet fed to the model
+    cache_row: int = -1  # its row of the KV cache, from its prefill on
 
 
 @dataclass(frozen=True)
 class Prefill:
-    """New prompts' last logits ``[rows, vocab]`` and their own cache, not yet in the batch."""
+    """New prompts' last logits ``[rows, vocab]``; their rows hold their cache, not yet running."""
 
     logits: torch.Tensor
-    cache: BatchKVCache
+    rows: tuple[RowState, ...]
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, *, lora: RoutedModel | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        lora: RoutedModel | None = None,
+        max_rows: int = 32,
+        context_length: int = 2048,
+    ) -> None:
         self.model = model
         self.lora = lora
         self.device = next(model.parameters()).device
@@ -77,11 +91,21 @@ class ModelRunner:
         self.num_layers = int(model_config.num_hidden_layers)
         vocab_size = getattr(model_config, "vocab_size", None)
         self.vocab_size = vocab_size if isinstance(vocab_size, int) else None
-        self._cache = BatchKVCache(self.num_layers)
+        self.max_rows = max_rows
+        self.context_length = context_length
+        self._sliding_window = _sliding_window(model_config)
+        self._cache = RowKVCache(self.num_layers, max_rows=max_rows, max_columns=context_length)
+        # _rows[i] holds cache row i: a running request, a prefilled one not
+        # yet joined, or None (free).
+        self._rows: list[RowState | None] = [None] * max_rows
 
     @property
-    def cache(self) -> BatchKVCache:
+    def cache(self) -> RowKVCache:
         return self._cache
+
+    @property
+    def rows_in_use(self) -> int:
+        return sum(row is not None for row in self._rows)
 
     def new_row(
         self,
@@ -115,78 +139,140 @@ class ModelRunner:
     # Forwards ---------------------------------------------------------------------
 
     def prefill(self, rows: Sequence[RowState]) -> Prefill:
-        """The prompts left-padded to one width: their last logits and their cache."""
+        """The prompts, left-padded to one width, into free cache rows: their last logits."""
         lengths = [row.kv_length for row in rows]
         width = max(lengths)
+        free = [index for index, held in enumerate(self._rows) if held is None]
+        if len(free) < len(rows):
+            raise RuntimeError(f"{len(rows)} prompts but {len(free)} free cache rows")
+        taken = free[: len(rows)]
         ids = torch.zeros((len(rows), width), dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        real = torch.zeros((len(rows), width), dtype=torch.bool)
         for index, row in enumerate(rows):
             ids[index, width - lengths[index] :] = torch.tensor(row.prompt_ids)
-            mask[index, width - lengths[index] :] = 1
-        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
-        cache = BatchKVCache(self.num_layers)
-        with self.routing([row.lease for row in rows]):
-            output = self.model(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                position_ids=positions.to(self.device),
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        return Prefill(output.logits[:, -1], cache)
+            real[index, width - lengths[index] :] = True
+        positions = real.long().cumsum(dim=-1) - 1  # -1 on the padding
+        # A padding column is written past its prompt's end (length + its
+        # column), where the row's decode steps overwrite it before it is seen.
+        lengths_t = torch.tensor(lengths).unsqueeze(1)
+        write = torch.where(real, positions, lengths_t + torch.arange(width))
+        self._cache.ensure(max(taken) + 1, width)
+        self._cache.step = CacheStep(
+            rows=torch.tensor(taken, device=self.device),
+            positions=write.to(self.device),
+            columns=None,
+        )
+        for row, index in zip(rows, taken, strict=True):
+            row.cache_row = index
+            self._rows[index] = row
+        try:
+            with self.routing([row.lease for row in rows]):
+                output = self.model(
+                    input_ids=ids.to(self.device),
+                    attention_mask=self._masks(
+                        positions.to(self.device), positions.to(self.device), real.to(self.device)
+                    ),
+                    position_ids=positions.clamp(min=0).to(self.device),
+                    past_key_values=self._cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+        except BaseException:
+            self._free(rows)
+            raise
+        finally:
+            self._cache.step = None
+        return Prefill(output.logits[:, -1], tuple(rows))
 
     def join(self, prefill: Prefill, keep: Sequence[int]) -> None:
-        """Merge the rows ``keep`` of a prefill below the batch's rows."""
-        if not keep:
-            return
-        cache = prefill.cache
-        if len(keep) < prefill.logits.shape[0]:
-            cache.select_rows(torch.tensor(list(keep), dtype=torch.long, device=self.device))
-        self._cache.append_rows(cache)
+        """The rows ``keep`` of a prefill start running; the others' cache rows are freed."""
+        kept = set(keep)
+        self._free([row for index, row in enumerate(prefill.rows) if index not in kept])
 
     def decode(self, rows: Sequence[RowState]) -> torch.Tensor:
         """One step: every row's pending token in, its next logits ``[rows, vocab]`` out.
 
-        ``rows`` are the batch's rows in cache order. On success each row's
-        ``kv_length`` counts the token fed; on failure the cache is dropped
-        (it may hold half a step) and the error propagates.
+        On success each row's ``kv_length`` counts the token fed; on failure
+        every row is dropped and the error propagates.
         """
-        length = self._cache.length + 1
-        kv_lengths = torch.tensor([row.kv_length + 1 for row in rows], device=self.device)
-        columns = torch.arange(length, device=self.device)
-        attention_mask = (columns.unsqueeze(0) >= length - kv_lengths.unsqueeze(1)).long()
-        tokens = torch.tensor([[row.pending_token] for row in rows], device=self.device)
+        span = max(row.cache_row for row in rows) + 1
+        columns = _round_up(max(row.kv_length for row in rows) + 1, COLUMN_BLOCK)
+        columns = min(columns, self.context_length)
+        tokens = torch.zeros(span, dtype=torch.long)
+        positions = torch.zeros(span, dtype=torch.long)
+        leases: list[SlotLease | None] = [None] * span
+        for row in rows:
+            tokens[row.cache_row] = row.pending_token
+            positions[row.cache_row] = row.kv_length
+            leases[row.cache_row] = row.lease
+        positions_d = positions.to(self.device).unsqueeze(1)
+        self._cache.ensure(span, columns)
+        self._cache.step = CacheStep(
+            rows=torch.arange(span, device=self.device), positions=positions_d, columns=columns
+        )
         try:
-            with self.routing([row.lease for row in rows]):
+            key_positions = torch.arange(columns, device=self.device).unsqueeze(0)
+            with self.routing(leases):
                 output = self.model(
-                    input_ids=tokens,
-                    attention_mask=attention_mask,
-                    position_ids=(kv_lengths - 1).unsqueeze(1),
+                    input_ids=tokens.to(self.device).unsqueeze(1),
+                    attention_mask=self._masks(positions_d, key_positions, None),
+                    position_ids=positions_d,
                     past_key_values=self._cache,
                     use_cache=True,
                 )
         except BaseException:
             self.reset()
             raise
+        finally:
+            self._cache.step = None
         for row in rows:
             row.kv_length += 1
-        logits: torch.Tensor = output.logits[:, -1]
+        order = torch.tensor([row.cache_row for row in rows], device=self.device)
+        logits: torch.Tensor = output.logits[:, -1].index_select(0, order)
         return logits
 
-    def retain(self, keep: Sequence[int], kept: Sequence[RowState]) -> None:
-        """Keep only the cache rows ``keep`` (whose states are ``kept``), then trim padding."""
-        if not kept:
-            self.reset()
-            return
-        self._cache.select_rows(torch.tensor(list(keep), dtype=torch.long, device=self.device))
-        padding = self._cache.length - max(row.kv_length for row in kept)
-        if padding >= TRIM_MIN_COLUMNS and padding * 4 >= self._cache.length:
-            self._cache.drop_leading(padding)
+    def retain(self, kept: Sequence[RowState]) -> None:
+        """Only the rows ``kept`` go on; every other running row's cache row is freed."""
+        keep = {id(row) for row in kept}
+        self._free([row for row in self._rows if row is not None and id(row) not in keep])
 
     def reset(self) -> None:
-        """Drop every row of the batch."""
-        self._cache = BatchKVCache(self.num_layers)
+        """Drop every row of the batch (the cache's memory is kept for the next ones)."""
+        self._free([row for row in self._rows if row is not None])
+
+    def _free(self, rows: Sequence[RowState]) -> None:
+        for row in rows:
+            if 0 <= row.cache_row < len(self._rows) and self._rows[row.cache_row] is row:
+                self._rows[row.cache_row] = None
+            row.cache_row = -1
+
+    def _masks(
+        self,
+        query_positions: torch.Tensor,
+        key_positions: torch.Tensor,
+        key_real: torch.Tensor | None,
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Additive 4-D masks ``[B, 1, L, K]``: each query sees its row's keys up to its position.
+
+        ``query_positions [B, L]``, ``key_positions [B or 1, K]``; ``key_real``
+        marks the keys that are tokens (None: every key up to the position
+        is). A query that would see nothing (a padding column) sees itself,
+        so that no softmax runs over an empty row.
+        """
+        q = query_positions.unsqueeze(-1)  # [B, L, 1]
+        k = key_positions.unsqueeze(1)  # [B, 1, K]
+        allowed = k <= q
+        if key_real is not None:  # a prefill: its keys are its own queries
+            itself = torch.eye(allowed.shape[-1], dtype=torch.bool, device=q.device)
+            allowed = (allowed & key_real.unsqueeze(1)) | itself
+        full = _additive(allowed, self._dtype())
+        if self._sliding_window is None:
+            return full
+        sliding = _additive(allowed & (q - k < self._sliding_window), self._dtype())
+        return {"full_attention": full, "sliding_attention": sliding}
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
     def routing(self, leases: Sequence[SlotLease | None]) -> AbstractContextManager[Any]:
         """The multi-LoRA routing of one forward over rows holding ``leases``."""
@@ -239,3 +325,22 @@ def _non_finite(row: RowState) -> NonFiniteLogits:
             "the model produced non-finite logits for this request; its adapter may be broken"
         )
     return NonFiniteLogits("the model produced non-finite logits for this request")
+
+
+def _round_up(value: int, block: int) -> int:
+    return -(-value // block) * block
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[B, L, K]`` booleans as an additive ``[B, 1, L, K]`` mask (eager and SDPA both take it)."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+
+def _sliding_window(config: Any) -> int | None:
+    """The window of the model's sliding-attention layers, if it has any."""
+    layer_types = getattr(config, "layer_types", None) or ()
+    window = getattr(config, "sliding_window", None)
+    if "sliding_attention" in layer_types and isinstance(window, int):
+        return window
+    return None
