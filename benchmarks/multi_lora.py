@@ -3,7 +3,8 @@
     python -m benchmarks.multi_lora [--model smollm2-135m-instruct] [--random-weights]
         [--device cpu|cuda] [--dtype float32|bfloat16] [--rank 16] [--batch 64]
         [--prefill-len 64] [--decode-prefix 64] [--adapters 1,8,64] [--repeats 5]
-        [--peft-max-adapters N] [--kernel-time] [--threads N] [--json OUT]
+        [--peft-max-adapters N] [--kernels auto|torch|triton[,...]] [--kernel-time]
+        [--threads N] [--json OUT]
 
 The same inputs for every system, each on its own copy of the same model:
 
@@ -12,6 +13,13 @@ The same inputs for every system, each on its own copy of the same model:
   adapter i mod n; plus every row mixing a shared generalist with its own
   gated specialist (CoMiGS, top-2 of 2);
 - peft: the same adapters through peft's mixed batch (``adapter_names``).
+
+``--kernels torch,triton`` runs ours once per kernel choice of
+``MultiLoraConfig.kernels``, each on its own copy with the same adapters, in
+the same rounds; the table then gives each Triton case's speed against the
+torch case of the same shape and adapters ("vs torch", and "kern vs torch"
+from the kernel times with ``--kernel-time``). The default, ``auto``, is what
+serving runs: Triton on CUDA, torch on the CPU.
 
 Two shapes: prefill (batch x prefill-len tokens; only the last position's
 logits, as serving needs) and one decode step of one new token per row
@@ -37,7 +45,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
@@ -47,6 +55,7 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from adapters.device.multi_lora import MultiLoraModel
+from adapters.device.multi_lora.model import Kernels
 from adapters.lora_weights import TARGET_MODULES, LoraWeights
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -69,6 +78,8 @@ class Case:
     # With --kernel-time on CUDA: the GPU time of one run's kernels, free of
     # launch overhead (about what a CUDA-graph replay of it would take).
     kernel_s: float | None = None
+    # Ours only: what the layers ran ("torch" or "triton"); "" for base and peft.
+    kernels: str = ""
 
     @property
     def median_s(self) -> float:
@@ -82,6 +93,7 @@ class Case:
         return {
             "shape": self.shape,
             "system": self.system,
+            "kernels": self.kernels,
             "adapters": self.adapters,
             "tokens": self.tokens,
             "median_s": self.median_s,
@@ -133,6 +145,7 @@ def shape_cases(
     system: str,
     adapters: int,
     routing: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+    kernels: str = "",
     **forward_kwargs: Any,
 ) -> list[Case]:
     """The prefill and the decode case of one system."""
@@ -150,8 +163,16 @@ def shape_cases(
         return model(inputs.next_ids, past_key_values=cache[0], **forward_kwargs)
 
     return [
-        Case("prefill", system, adapters, batch * prefill_len, prefill, routing=routing),
-        Case("decode", system, adapters, batch, decode, fresh_cache, routing),
+        Case(
+            "prefill",
+            system,
+            adapters,
+            batch * prefill_len,
+            prefill,
+            routing=routing,
+            kernels=kernels,
+        ),
+        Case("decode", system, adapters, batch, decode, fresh_cache, routing, kernels=kernels),
     ]
 
 
@@ -241,27 +262,51 @@ def build_cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
             names = [f"a{row % count}" for row in range(batch)]
             cases += shape_cases(peft_model, inputs, "peft", count, adapter_names=names)
 
-    ours = copy.deepcopy(base)
     generalist_slot = most + 1
-    handle = MultiLoraModel.wrap(ours, num_slots=most + 2, max_rank=args.rank, max_experts=2)
     generator = torch.Generator().manual_seed(1)
     weights = peft_to_weights(peft_model, most, args.rank)
-    for slot, expert in enumerate(weights, start=1):
-        handle.load(slot, with_gate(expert, generator))
-    handle.load(generalist_slot, weights[0])
+    specialists = [with_gate(expert, generator) for expert in weights]
+    done: set[str] = set()
+    for choice in args.kernels:
+        ours = copy.deepcopy(base)
+        handle = MultiLoraModel.wrap(
+            ours, num_slots=most + 2, max_rank=args.rank, max_experts=2, kernels=choice
+        )
+        if handle.kernels in done:  # "auto" and the choice it resolved to
+            continue
+        done.add(handle.kernels)
+        for slot, expert in enumerate(specialists, start=1):
+            handle.load(slot, expert)
+        handle.load(generalist_slot, weights[0])
+        cases += ours_cases(ours, handle, inputs, counts, batch)
+    return cases
+
+
+def ours_cases(
+    ours: nn.Module, handle: MultiLoraModel, inputs: Inputs, counts: list[int], batch: int
+) -> list[Case]:
+    """Our cases on one wrapped copy: slots 1..most hold specialists, most + 1 the generalist."""
+    most = counts[-1]
+    generalist_slot = most + 1
 
     def routing(*indices: list[Any]) -> Callable[[], AbstractContextManager[object]]:
         return lambda: handle.routing(*indices)
 
+    cases = []
     for count in counts:
         # One expert a row: a routing one position wide, no gate.
         slots = [1 + row % count for row in range(batch)]
-        cases += shape_cases(ours, inputs, "ours", count, routing(slots))
+        cases += shape_cases(ours, inputs, "ours", count, routing(slots), handle.kernels)
     # Every row: the shared generalist and its own specialist, mixed per token.
     specialists = [1 + row % most for row in range(batch)]
     mixtures = [[generalist_slot, slot] for slot in specialists]
     cases += shape_cases(
-        ours, inputs, "ours-mixture", min(most, batch), routing(mixtures, specialists)
+        ours,
+        inputs,
+        "ours-mixture",
+        min(most, batch),
+        routing(mixtures, specialists),
+        handle.kernels,
     )
     return cases
 
@@ -297,20 +342,35 @@ def table(cases: list[Case]) -> str:
     cases = sorted(cases, key=lambda c: shapes.index(c.shape))
     base = {c.shape: c.tokens_per_s for c in cases if c.system == "base"}
     peft = {(c.shape, c.adapters): c.tokens_per_s for c in cases if c.system == "peft"}
-    kernels = any(c.kernel_s is not None for c in cases)
-    lines = [
-        f"{'shape':8} {'system':13} {'adapters':>8} {'median s':>9} {'tokens/s':>10} "
-        f"{'vs base':>8} {'ours/peft':>9}" + (f" {'kernel ms':>9}" if kernels else ""),
-    ]
+    # The torch case each Triton case is set against: same shape, system, adapters.
+    torch_cases = {(c.shape, c.system, c.adapters): c for c in cases if c.kernels == "torch"}
+    compare = any(c.kernels == "triton" for c in cases) and bool(torch_cases)
+    timed = any(c.kernel_s is not None for c in cases)
+    header = (
+        f"{'shape':8} {'system':13} {'kernels':7} {'adapters':>8} {'median s':>9} "
+        f"{'tokens/s':>10} {'vs base':>8} {'ours/peft':>9}"
+    )
+    header += f" {'kernel ms':>9}" if timed else ""
+    header += f" {'vs torch':>8}" if compare else ""
+    header += f" {'kern vs torch':>13}" if compare and timed else ""
+    lines = [header]
     for c in cases:
         versus_peft = ""
         if c.system == "ours" and (c.shape, c.adapters) in peft:
             versus_peft = f"{c.tokens_per_s / peft[(c.shape, c.adapters)]:8.1f}x"
-        kernel = "" if c.kernel_s is None else f" {c.kernel_s * 1e3:9.2f}"
-        lines.append(
-            f"{c.shape:8} {c.system:13} {c.adapters:>8} {c.median_s:9.4f} {c.tokens_per_s:10.1f} "
-            f"{c.tokens_per_s / base[c.shape]:8.2f}x {versus_peft:>9}{kernel}"
+        line = (
+            f"{c.shape:8} {c.system:13} {c.kernels or '-':7} {c.adapters:>8} {c.median_s:9.4f} "
+            f"{c.tokens_per_s:10.1f} {c.tokens_per_s / base[c.shape]:8.2f}x {versus_peft:>9}"
         )
+        if timed:
+            line += " " * 10 if c.kernel_s is None else f" {c.kernel_s * 1e3:9.2f}"
+        reference = torch_cases.get((c.shape, c.system, c.adapters))
+        if compare and c.kernels == "triton" and reference is not None:
+            # Above 1: Triton is faster (tokens/s up, kernel time down).
+            line += f" {c.tokens_per_s / reference.tokens_per_s:7.2f}x"
+            if timed and c.kernel_s and reference.kernel_s:
+                line += f" {reference.kernel_s / c.kernel_s:12.2f}x"
+        lines.append(line.rstrip())
     return "\n".join(lines)
 
 
@@ -340,6 +400,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip peft for larger counts (its per-adapter loop is slow)",
     )
     parser.add_argument(
+        "--kernels",
+        type=_kernel_choices,
+        default=["auto"],
+        help="comma-separated MultiLoraConfig.kernels to run ours with, e.g. torch,triton "
+        "(auto: Triton on CUDA, torch on the CPU)",
+    )
+    parser.add_argument(
         "--kernel-time",
         action="store_true",
         help="on CUDA, also profile one run of each case and report its summed kernel time",
@@ -347,6 +414,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     return parser.parse_args(argv)
+
+
+def _kernel_choices(text: str) -> list[str]:
+    choices = [name.strip() for name in text.split(",")]
+    unknown = [name for name in choices if name not in get_args(Kernels)]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown kernels {unknown}; choose from {', '.join(get_args(Kernels))}"
+        )
+    return choices
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -358,6 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{args.model} ({'random' if args.random_weights else 'real'} weights) on {args.device} "
         f"{args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
+        f"kernels {','.join(args.kernels)}; "
         f"rank {args.rank}, batch {args.batch}, prefill {args.prefill_len} tokens, "
         f"decode 1 token after {args.decode_prefix}; median of {args.repeats} rounds"
     )

@@ -13,17 +13,29 @@ matmuls, with experts x rank flattened into one dimension: E experts of rank
 r cost what one adapter of rank E*r costs. No Python loop over rows or slots,
 no host sync, and every shape depends only on (B, L) and the routing width,
 so the same code can be captured in a CUDA graph.
+
+That is the torch path. The Triton path (``kernels="triton"``,
+``triton_kernels.py``) computes the same sum in two fused launches that read
+the slots straight from the pool instead of gathering copies of them; the
+gate's weights are computed here the same way for both. The kernels have no
+backward, so a forward that autograd records takes the torch path.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 
 from adapters.device.multi_lora.gate import gate_weights
 from adapters.device.multi_lora.pool import ModuleKey, ModulePool
+
+# How a layer computes its experts' sum: the index_select + bmm path, or the
+# fused Triton kernels (``MultiLoraConfig.kernels`` resolves "auto" to one).
+LayerKernels = Literal["torch", "triton"]
 
 
 @dataclass(frozen=True)
@@ -84,8 +96,16 @@ class MultiLoraLinear(nn.Module):
         routing: Routing,
         top_k: int,
         key: ModuleKey | None = None,
+        kernels: LayerKernels = "torch",
     ) -> None:
         super().__init__()
+        if kernels not in ("torch", "triton"):
+            raise ValueError(f"kernels must be 'torch' or 'triton', got {kernels!r}")
+        if kernels == "triton":
+            # Imported here, not at the top: Triton is loaded only when used,
+            # and a missing one fails here, at wrap time, with the module's message.
+            importlib.import_module("adapters.device.multi_lora.triton_kernels")
+        self.kernels: LayerKernels = kernels
         self.base_layer = base_layer
         self.key = key
         self.in_features = pool.in_features
@@ -103,7 +123,7 @@ class MultiLoraLinear(nn.Module):
         slots, rank, _ = self.lora_A.shape
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"num_slots={slots}, max_rank={rank}, top_k={self.top_k}"
+            f"num_slots={slots}, max_rank={rank}, top_k={self.top_k}, kernels={self.kernels}"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -125,6 +145,10 @@ class MultiLoraLinear(nn.Module):
         x3 = x.reshape(batch, -1, self.in_features)
         if x3.dtype != dtype:
             x3 = x3.to(dtype)
+        if self.kernels == "triton" and not (
+            torch.is_grad_enabled() and (y.requires_grad or x3.requires_grad)
+        ):
+            return self._forward_triton(x3, y, route)
 
         # Experts x rank flattened into one dimension: [B, E*r, in] and
         # [B, E*r, out], each a view of one gather.
@@ -142,6 +166,22 @@ class MultiLoraLinear(nn.Module):
         out = y.reshape(batch, -1, self.out_features).to(dtype).baddbmm_(h, b)
         return out.view(y.shape).to(y.dtype)
 
+    def _forward_triton(self, x3: torch.Tensor, y: torch.Tensor, route: Route) -> torch.Tensor:
+        """The same sum as the torch path, added into ``y`` by the fused kernels."""
+        from adapters.device.multi_lora.triton_kernels import lora_expand, lora_shrink
+
+        weights = None
+        if route.gate_slots is not None:
+            weights = self._gate_weights(x3, route.expert_slots, route.gate_slots)
+        h = lora_shrink(x3, self.lora_A, route.expert_slots)
+        # The expand adds into y's own memory (any float dtype), as baddbmm_ does.
+        if not y.is_contiguous():
+            y = y.contiguous()
+        lora_expand(
+            y.view(route.batch, -1, self.out_features), h, self.lora_B, route.expert_slots, weights
+        )
+        return y
+
     def _mix(
         self,
         h: torch.Tensor,
@@ -152,13 +192,13 @@ class MultiLoraLinear(nn.Module):
         """``h`` ``[B, L, E*r]`` with each expert's rank block scaled by its gate weight."""
         batch, tokens, _ = h.shape
         width = expert_slots.shape[1]
-        weights = self._gate_weights(x3, expert_slots, gate_slots)
+        weights = self._gate_weights(x3, expert_slots, gate_slots).to(x3.dtype)
         return (h.view(batch, tokens, width, -1) * weights.unsqueeze(-1)).view(batch, tokens, -1)
 
     def _gate_weights(
         self, x3: torch.Tensor, expert_slots: torch.Tensor, gate_slots: torch.Tensor
     ) -> torch.Tensor:
-        """Per-token expert weights ``[B, L, E]``."""
+        """Per-token expert weights ``[B, L, E]``, float32."""
         width = expert_slots.shape[1]
         gate = self.gate.index_select(0, gate_slots)[:, :width]
         # The softmax runs in float32 so that a bf16 pool does not coarsen the
@@ -173,4 +213,4 @@ class MultiLoraLinear(nn.Module):
         # In a module where the gate's slot has no gate tensor, its experts
         # are summed, as without a gate.
         gated = self.has_gate.index_select(0, gate_slots).view(-1, 1, 1)
-        return torch.where(gated, weights, 1.0).to(x3.dtype)
+        return torch.where(gated, weights, 1.0)

@@ -12,20 +12,28 @@ The wrapping happens in place: ``model`` itself now reads the routing; outside
 once, on the device and in the dtype of the base model's layers, so move and
 cast the model before wrapping it, never after.
 
+``kernels`` picks how the layers compute: "torch" (gathers and batched
+matmuls; any device), "triton" (fused kernels that read the pool in place;
+CUDA) or "auto", the default: Triton where the pool is on CUDA and Triton
+imports, else torch. Both compute the same sum; see ``layer`` and
+``triton_kernels``.
+
 Not thread-safe: load and clear slots between forwards, not during one.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
-from adapters.device.multi_lora.layer import MultiLoraLinear, Route, Routing
+from adapters.device.multi_lora.layer import LayerKernels, MultiLoraLinear, Route, Routing
 from adapters.device.multi_lora.pool import AdapterPool, ModuleKey, SlotInfo
 from adapters.lora_weights import TARGET_MODULES, LoraWeights
 
@@ -35,6 +43,9 @@ _MODULE_PATH = re.compile(r"(?:^|\.)layers\.(?P<layer>\d+)\.(?:self_attn|mlp)\.(
 
 # Slot indices as the engine may hold them: a tensor, or plain lists.
 SlotIndices = torch.Tensor | Sequence[int] | Sequence[Sequence[int]]
+
+# How the wrapped layers compute; "auto" resolves to one of the other two at wrap time.
+Kernels = Literal["auto", "torch", "triton"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,9 @@ class MultiLoraConfig:
     # Experts kept per token by a gate (CoMiGS uses 2).
     top_k: int = 2
     target_modules: tuple[str, ...] = TARGET_MODULES
+    # "auto": the Triton kernels where the pool is on CUDA and Triton imports,
+    # else the torch path (see the module docstring).
+    kernels: Kernels = "auto"
 
     def __post_init__(self) -> None:
         # Accept any sequence but keep the frozen config hashable.
@@ -78,19 +92,37 @@ class MultiLoraConfig:
             )
         if len(set(self.target_modules)) != len(self.target_modules):
             raise ValueError(f"target_modules lists a module twice: {list(self.target_modules)}")
+        choices = get_args(Kernels)
+        if not isinstance(self.kernels, str) or self.kernels not in choices:
+            raise ValueError(
+                f"kernels must be one of {', '.join(map(repr, choices))}, got {self.kernels!r}"
+            )
+        # Only looked up, not imported: Triton is imported by a pool that runs
+        # it, never by a config or a torch pool.
+        if self.kernels == "triton" and importlib.util.find_spec("triton") is None:
+            raise ValueError(
+                "kernels='triton' needs the triton package, which is not installed "
+                "(CUDA builds of torch bring it); use kernels='auto' or 'torch'"
+            )
 
 
 class MultiLoraModel:
     """A handle on a model whose target linears read a shared slot pool."""
 
     def __init__(
-        self, model: nn.Module, config: MultiLoraConfig, pool: AdapterPool, routing: Routing
+        self,
+        model: nn.Module,
+        config: MultiLoraConfig,
+        pool: AdapterPool,
+        routing: Routing,
+        kernels: LayerKernels = "torch",
     ) -> None:
         # Use ``wrap``; this only assembles the parts.
         self._model = model
         self._config = config
         self._pool = pool
         self._routing = routing
+        self._kernels: LayerKernels = kernels
 
     @classmethod
     def wrap(
@@ -102,6 +134,7 @@ class MultiLoraModel:
         max_experts: int = 4,
         top_k: int = 2,
         target_modules: Sequence[str] = TARGET_MODULES,
+        kernels: Kernels = "auto",
     ) -> MultiLoraModel:
         """Replace ``model``'s target linears in place and allocate the pool."""
         config = MultiLoraConfig(
@@ -110,6 +143,7 @@ class MultiLoraModel:
             max_experts=max_experts,
             top_k=top_k,
             target_modules=tuple(target_modules),
+            kernels=kernels,
         )
         targets = _find_targets(model, config.target_modules)
         weights = [linear.weight for _, linear in targets.values()]
@@ -119,22 +153,28 @@ class MultiLoraModel:
                 f"the target layers lie on several devices ({sorted(map(str, devices))}); "
                 "a pool serves one device"
             )
+        device = devices.pop()
+        # Resolved before anything is allocated or replaced: a refusal leaves
+        # the model as it was.
+        layer_kernels = _layer_kernels(config.kernels, device)
         shapes = {key: (lin.in_features, lin.out_features) for key, (_, lin) in targets.items()}
         pool = AdapterPool(
             shapes,
             num_slots=config.num_slots,
             max_rank=config.max_rank,
             max_experts=config.max_experts,
-            device=devices.pop(),
+            device=device,
             dtype=_adapter_dtype(model, weights),
         )
         routing = Routing()
         for key, (path, linear) in targets.items():
             parent_path, _, attribute = path.rpartition(".")
             parent = model.get_submodule(parent_path)
-            wrapped = MultiLoraLinear(linear, pool.modules[key], routing, config.top_k, key)
+            wrapped = MultiLoraLinear(
+                linear, pool.modules[key], routing, config.top_k, key, layer_kernels
+            )
             setattr(parent, attribute, wrapped)
-        return cls(model, config, pool, routing)
+        return cls(model, config, pool, routing, layer_kernels)
 
     @property
     def model(self) -> nn.Module:
@@ -163,6 +203,11 @@ class MultiLoraModel:
     @property
     def top_k(self) -> int:
         return self._config.top_k
+
+    @property
+    def kernels(self) -> LayerKernels:
+        """What the layers run: the config's choice, with "auto" resolved for the device."""
+        return self._kernels
 
     @property
     def device(self) -> torch.device:
@@ -340,6 +385,28 @@ def _find_targets(
             f"no {'/'.join(target_modules)} linear layers found under '...layers.N.(self_attn|mlp)'"
         )
     return targets
+
+
+def _layer_kernels(choice: Kernels, device: torch.device) -> LayerKernels:
+    """What the layers of a pool on ``device`` run for the config's ``choice``."""
+    if choice == "torch" or (choice == "auto" and device.type != "cuda"):
+        return "torch"
+    try:
+        # Lazily: this imports Triton, which only a Triton pool needs.
+        from adapters.device.multi_lora import triton_kernels
+    except ImportError:
+        if choice == "auto":
+            return "torch"
+        raise
+    # Compiled Triton kernels take CUDA tensors only; on the CPU only the
+    # interpreter runs them, and that is for tests, not serving.
+    if device.type != "cuda" and not triton_kernels.interpreted():
+        raise ValueError(
+            f"kernels='triton' needs the pool on a CUDA device, not {device} (on the CPU "
+            "Triton runs only under its interpreter, TRITON_INTERPRET=1, for tests); "
+            "use kernels='auto' or 'torch'"
+        )
+    return "triton"
 
 
 def _adapter_dtype(model: nn.Module, weights: list[torch.Tensor]) -> torch.dtype:
