@@ -4,7 +4,7 @@ engine, against the same requests one by one through HF ``generate``, in one run
     python -m benchmarks.engine_throughput [--model-dir var/models/smollm2-135m-instruct]
         [--random-weights] [--device cpu|cuda] [--dtype float32|bfloat16]
         [--requests 64] [--prompt-len 64] [--max-tokens 128] [--adapters 0,64]
-        [--rank 16] [--sequential 8] [--hf-static] [--json OUT]
+        [--rank 16] [--sequential 8] [--hf-static] [--no-cuda-graphs] [--json OUT]
 
 No HTTP: this measures the engine alone. Every request generates exactly
 ``--max-tokens`` tokens (end-of-sequence is ignored), from random prompt
@@ -89,6 +89,8 @@ def run_engine(
             max_queue=len(prompts),
             prefill_budget=len(prompts) * args.prompt_len,
             context_length=args.prompt_len + args.max_tokens + 1,
+            # Passed only when turned off, so this file also drives engines that predate it.
+            **({"cuda_graphs": False} if args.no_cuda_graphs else {}),
         ),
         lora=lora,
         slots=slots,
@@ -206,6 +208,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--sequential", type=int, default=8)
     parser.add_argument("--hf-static", action="store_true")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on CUDA")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     from transformers import AutoTokenizer

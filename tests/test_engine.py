@@ -52,7 +52,7 @@ class Loaded:
         text: str = self.tokenizer.decode(new, skip_special_tokens=True)
         return text
 
-    def engine(self, **config: int) -> Engine:
+    def engine(self, **config: Any) -> Engine:
         engine = Engine(
             model_id="test",
             model=self.model,

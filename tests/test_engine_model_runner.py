@@ -20,6 +20,7 @@ from adapters.base_shapes import BaseModelShapes
 from adapters.device.multi_lora import MultiLoraLinear, MultiLoraModel, Route
 from adapters.device.slot_cache import AdapterSlotCache, SlotLease
 from adapters.expert_sets import ExpertRef, ExpertSet
+from serving.engine.cuda_graphs import DecodeGraphs, column_bucket, row_bucket
 from serving.engine.errors import InvalidSampling, NonFiniteLogits, RequestFailed
 from serving.engine.model_runner import ModelRunner, RowState
 from serving.engine.sampling import MAX_SEED, SamplingParams
@@ -185,13 +186,15 @@ def tiny_gemma3(sliding_window: int) -> torch.nn.Module:
 def test_a_sliding_window_layer_sees_only_its_window_in_prefill_and_decode() -> None:
     model = tiny_gemma3(sliding_window=4)
     runner = ModelRunner(model)
-    # Prompts longer and shorter than the window, decoded past it.
-    a, b = Tracked(runner, [3, 1, 4, 1, 5, 9, 2, 6]), Tracked(runner, [7, 7])
-    prefill = runner.prefill([a.row, b.row])
-    check(model, [a, b], prefill.logits)
-    runner.join(prefill, [0, 1])
+    # Prompts longer and shorter than the window, one of the longer ones padded
+    # (left padding shifts its columns, not its positions), decoded past it.
+    a = Tracked(runner, [3, 1, 4, 1, 5, 9, 2, 6, 5, 3])
+    b, c = Tracked(runner, [7, 7, 2, 8, 1, 8]), Tracked(runner, [7, 7])
+    prefill = runner.prefill([a.row, b.row, c.row])
+    check(model, [a, b, c], prefill.logits)
+    runner.join(prefill, [0, 1, 2])
     for _ in range(6):
-        check(model, [a, b], runner.decode([a.row, b.row]))
+        check(model, [a, b, c], runner.decode([a.row, b.row, c.row]))
     # The window matters here: the same weights with a window wider than the
     # sequence give other logits, so a mask that ignored it would have failed.
     wide = tiny_gemma3(sliding_window=512)
@@ -436,3 +439,24 @@ def test_routing_with_every_gate_slot_0_routes_without_a_gate() -> None:
     with adapted.lora.routing(slots, [0, gated.gate_slot]) as route:
         assert route.gate_slots is not None
         assert route.gate_slots.tolist() == [0, gated.gate_slot]
+
+
+def test_graph_shapes_round_rows_to_buckets_and_columns_to_powers_of_two() -> None:
+    assert [row_bucket(n, 256) for n in (1, 2, 3, 5, 64, 65, 256)] == [1, 2, 4, 8, 64, 128, 256]
+    assert row_bucket(257, 512) is None  # past the largest bucket: eager
+    assert row_bucket(9, 12) is None  # the bucket (16) exceeds the cache's rows: eager
+    assert [column_bucket(n, 2048) for n in (1, 64, 65, 129, 2000)] == [64, 64, 128, 256, 2048]
+    assert column_bucket(300, 256) == 256
+
+
+def test_cuda_graphs_asked_for_on_the_cpu_decode_eagerly() -> None:
+    model = tiny_llama()
+    runner = ModelRunner(model, cuda_graphs=True)
+    one = Tracked(runner, [1, 2, 3])
+    prefill = runner.prefill([one.row])
+    runner.join(prefill, [0])
+    check(model, [one], prefill.logits)
+    check(model, [one], runner.decode([one.row]))
+    assert runner.graphs_recorded == 0
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        DecodeGraphs(lambda inputs, columns: inputs.tokens, torch.device("cpu"))

@@ -23,6 +23,9 @@ class EngineConfig:
     # running requests wait while new ones join.
     prefill_budget: int = 2048
     context_length: int = 2048
+    # Replay decode steps from recorded CUDA graphs (on a CUDA device only;
+    # the KV cache is then reserved whole, max_batch x context_length, at start).
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_queue", "prefill_budget", "context_length"):

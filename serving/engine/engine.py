@@ -114,6 +114,7 @@ class Engine:
             lora=lora,
             max_rows=self.config.max_batch,
             context_length=self.config.context_length,
+            cuda_graphs=self.config.cuda_graphs,
         )
         self._outputs = OutputProcessor(
             name=f"engine-{model_id}-output",

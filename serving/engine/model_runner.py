@@ -34,6 +34,14 @@ from typing import Any, Protocol
 import torch
 
 from adapters.device.slot_cache import SlotLease
+from serving.engine.cuda_graphs import (
+    DecodeGraphs,
+    GraphCaptureFailed,
+    GraphKey,
+    StepInputs,
+    column_bucket,
+    row_bucket,
+)
 from serving.engine.errors import InvalidSampling, NonFiniteLogits, RequestFailed
 from serving.engine.kv_cache import CacheStep, RowKVCache
 from serving.engine.sampling import MAX_SEED, MIN_SEED, SamplingParams, new_generator, sample_token
@@ -83,6 +91,7 @@ class ModelRunner:
         lora: RoutedModel | None = None,
         max_rows: int = 32,
         context_length: int = 2048,
+        cuda_graphs: bool = False,
     ) -> None:
         self.model = model
         self.lora = lora
@@ -98,10 +107,22 @@ class ModelRunner:
         # _rows[i] holds cache row i: a running request, a prefilled one not
         # yet joined, or None (free).
         self._rows: list[RowState | None] = [None] * max_rows
+        # Static index tensors: a decode step's rows and columns are slices of these.
+        self._row_index = torch.arange(max_rows, device=self.device)
+        self._column_index = torch.arange(context_length, device=self.device)
+        self._graphs: DecodeGraphs | None = None
+        if cuda_graphs and self.device.type == "cuda":
+            self._graphs = DecodeGraphs(self._step, self.device)
+            self._cache.reserve()  # a recorded graph holds the cache's addresses
 
     @property
     def cache(self) -> RowKVCache:
         return self._cache
+
+    @property
+    def graphs_recorded(self) -> int:
+        """How many decode steps have a recorded CUDA graph (0 when graphs are off)."""
+        return 0 if self._graphs is None else len(self._graphs)
 
     @property
     def rows_in_use(self) -> int:
@@ -196,8 +217,12 @@ class ModelRunner:
         every row is dropped and the error propagates.
         """
         span = max(row.cache_row for row in rows) + 1
-        columns = _round_up(max(row.kv_length for row in rows) + 1, COLUMN_BLOCK)
-        columns = min(columns, self.context_length)
+        longest = max(row.kv_length for row in rows) + 1
+        bucket = None if self._graphs is None else row_bucket(span, self.max_rows)
+        if bucket is not None:
+            span, columns = bucket, column_bucket(longest, self.context_length)
+        else:
+            columns = min(_round_up(longest, COLUMN_BLOCK), self.context_length)
         tokens = torch.zeros(span, dtype=torch.long)
         positions = torch.zeros(span, dtype=torch.long)
         leases: list[SlotLease | None] = [None] * span
@@ -205,20 +230,27 @@ class ModelRunner:
             tokens[row.cache_row] = row.pending_token
             positions[row.cache_row] = row.kv_length
             leases[row.cache_row] = row.lease
-        positions_d = positions.to(self.device).unsqueeze(1)
+        expert_slots, gate_slots = self._route_tensors(leases)
         self._cache.ensure(span, columns)
-        self._cache.step = CacheStep(
-            rows=torch.arange(span, device=self.device), positions=positions_d, columns=columns
-        )
         try:
-            key_positions = torch.arange(columns, device=self.device).unsqueeze(0)
-            with self.routing(leases):
-                output = self.model(
-                    input_ids=tokens.to(self.device).unsqueeze(1),
-                    attention_mask=self._masks(positions_d, key_positions, None),
-                    position_ids=positions_d,
-                    past_key_values=self._cache,
-                    use_cache=True,
+            all_logits = None
+            if bucket is not None:
+                key = GraphKey(
+                    rows=span,
+                    columns=columns,
+                    width=0 if expert_slots is None else expert_slots.shape[1],
+                    gated=gate_slots is not None,
+                )
+                all_logits = self._replay(key, tokens, positions, expert_slots, gate_slots)
+            if all_logits is None:
+                all_logits = self._step(
+                    StepInputs(
+                        tokens=tokens.to(self.device).unsqueeze(1),
+                        positions=positions.to(self.device).unsqueeze(1),
+                        expert_slots=_on(expert_slots, self.device),
+                        gate_slots=_on(gate_slots, self.device),
+                    ),
+                    columns,
                 )
         except BaseException:
             self.reset()
@@ -228,8 +260,48 @@ class ModelRunner:
         for row in rows:
             row.kv_length += 1
         order = torch.tensor([row.cache_row for row in rows], device=self.device)
-        logits: torch.Tensor = output.logits[:, -1].index_select(0, order)
+        return all_logits.index_select(0, order)
+
+    def _step(self, inputs: StepInputs, columns: int) -> torch.Tensor:
+        """The decode forward over cache rows ``0..rows``: the last logits ``[rows, vocab]``.
+
+        Device tensors in and no host sync inside, so ``DecodeGraphs`` records it as is.
+        """
+        rows = inputs.tokens.shape[0]
+        self._cache.step = CacheStep(
+            rows=self._row_index[:rows], positions=inputs.positions, columns=columns
+        )
+        key_positions = self._column_index[:columns].unsqueeze(0)
+        routing: AbstractContextManager[Any] = nullcontext()
+        if self.lora is not None and inputs.expert_slots is not None:
+            routing = self.lora.routing(inputs.expert_slots, inputs.gate_slots, check=False)
+        with routing:
+            output = self.model(
+                input_ids=inputs.tokens,
+                attention_mask=self._masks(inputs.positions, key_positions, None),
+                position_ids=inputs.positions,
+                past_key_values=self._cache,
+                use_cache=True,
+            )
+        logits: torch.Tensor = output.logits[:, -1]
         return logits
+
+    def _replay(
+        self,
+        key: GraphKey,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        expert_slots: torch.Tensor | None,
+        gate_slots: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """The step from its CUDA graph; None when it cannot be recorded (then never again)."""
+        assert self._graphs is not None
+        try:
+            return self._graphs.run(key, tokens, positions, expert_slots, gate_slots)
+        except GraphCaptureFailed:
+            logger.exception("recording a CUDA graph failed; decoding eagerly from now on")
+            self._graphs = None
+            return None
 
     def retain(self, kept: Sequence[RowState]) -> None:
         """Only the rows ``kept`` go on; every other running row's cache row is freed."""
@@ -276,24 +348,39 @@ class ModelRunner:
 
     def routing(self, leases: Sequence[SlotLease | None]) -> AbstractContextManager[Any]:
         """The multi-LoRA routing of one forward over rows holding ``leases``."""
+        expert_slots, gate_slots = self._route_tensors(leases)
+        if self.lora is None or expert_slots is None:
+            return nullcontext()
+        context: AbstractContextManager[Any] = self.lora.routing(
+            expert_slots, gate_slots, check=False
+        )
+        return context
+
+    def _route_tensors(
+        self, leases: Sequence[SlotLease | None]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The rows' expert slots ``[rows, width]`` and gate slots ``[rows]``, on the host.
+
+        None for the experts when no row has any (the plain base forward);
+        None for the gates when no row has one.
+        """
         # Every expert position costs a rank's worth of compute in every
-        # wrapped layer, so pass only as many as the widest row uses, and no
-        # routing at all (the plain base forward) when no row has experts.
+        # wrapped layer, so pass only as many as the widest row uses.
         width = max(
             (sum(1 for s in lease.expert_slots if s) for lease in leases if lease), default=0
         )
         if self.lora is None or width == 0:
-            return nullcontext()
-        expert_slots = [
-            list(lease.expert_slots[:width]) if lease else [0] * width for lease in leases
-        ]
+            return None, None
+        expert_slots = torch.tensor(
+            [list(lease.expert_slots[:width]) if lease else [0] * width for lease in leases],
+            dtype=torch.long,
+        )
         gate_slots = [lease.gate_slot if lease else 0 for lease in leases]
         # The gated path costs a gate matmul, a mask and a softmax in every
         # wrapped layer: only when some row has a gate (slot 0 = none).
-        context: AbstractContextManager[Any] = self.lora.routing(
-            expert_slots, gate_slots if any(gate_slots) else None, check=False
-        )
-        return context
+        if not any(gate_slots):
+            return expert_slots, None
+        return expert_slots, torch.tensor(gate_slots, dtype=torch.long)
 
     # Sampling ---------------------------------------------------------------------
 
@@ -344,3 +431,7 @@ def _sliding_window(config: Any) -> int | None:
     if "sliding_attention" in layer_types and isinstance(window, int):
         return window
     return None
+
+
+def _on(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(device)
