@@ -119,6 +119,34 @@ def test_greedy_output_in_a_busy_batch_equals_generate_alone(
 
 
 @pytest.mark.slow
+def test_a_long_prompt_is_prefilled_in_chunks_while_the_batch_decodes(smollm: Loaded) -> None:
+    engine = smollm.engine(prefill_budget=16)
+    try:
+        short = smollm.chat_ids("Say hello in Spanish.")
+        long = smollm.chat_ids(" ".join(CHAT_PROMPTS) + " Answer the first question only.")
+        chunks = math.ceil(len(long) / 16)
+        assert chunks >= 4
+        expected = [smollm.reference(short, 40), smollm.reference(long, 8)]
+
+        async def scenario() -> tuple[list[Finished], int]:
+            loop = asyncio.get_running_loop()
+            short_stream = engine.submit(greedy(short, 40, "short"), loop=loop).events()
+            await anext(short_stream)  # running
+            long_stream = engine.submit(greedy(long, 8, "long"), loop=loop).events()
+            steps = engine.stats.steps
+            await anext(long_stream)  # its whole prompt is in the cache
+            between = engine.stats.steps - steps
+            return [await finished(short_stream), await finished(long_stream)], between
+
+        results, between = asyncio.run(asyncio.wait_for(scenario(), 120))
+        assert [r.text for r in results] == expected
+        # The short request kept decoding between the long prompt's chunks.
+        assert between >= chunks - 1
+    finally:
+        engine.stop()
+
+
+@pytest.mark.slow
 def test_gemma_base_model_continues_text_as_generate_does() -> None:
     gemma = Loaded("gemma-3-270m")
     engine = gemma.engine()

@@ -221,6 +221,31 @@ def test_a_row_taken_after_a_broken_request_does_not_inherit_its_non_finite_keys
         check(model, [fresh], runner.decode([fresh.row]))
 
 
+def test_a_prompt_prefilled_in_chunks_between_decode_steps_equals_it_run_alone() -> None:
+    model = tiny_llama()
+    runner = ModelRunner(model)
+    long = Tracked(runner, [(7 * i) % 50 + 1 for i in range(30)])
+    # The first chunk takes row 0; a short request then runs in row 1, and its
+    # decode steps pass over row 0 as a hole while the long prompt is unfinished.
+    first = runner.prefill([long.row], [8])
+    runner.join(first, [0])
+    assert long.row.prefilled == 8 and long.row.cache_row == 0
+    short = Tracked(runner, [4, 2])
+    prefill = runner.prefill([short.row])
+    runner.join(prefill, [0])
+    check(model, [short], prefill.logits)
+    for chunk in (10, 12):
+        check(model, [short], runner.decode([short.row]))
+        more = runner.prefill([long.row], [chunk])
+        runner.join(more, [0])
+    assert long.row.prefilled == 30
+    check(model, [long], more.logits)  # the whole prompt's next-token logits
+    for _ in range(3):
+        check(model, [long, short], runner.decode([long.row, short.row]))
+    with pytest.raises(ValueError, match="goes on alone"):
+        runner.prefill([long.row, short.row], [1, 1])
+
+
 def test_a_full_cache_refuses_a_prefill_and_keeps_its_rows() -> None:
     runner = ModelRunner(tiny_llama(), max_rows=2)
     first = new_row(runner, [1, 2])

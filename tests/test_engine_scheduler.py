@@ -183,10 +183,15 @@ def test_the_batch_and_prefill_budgets_bound_each_admission() -> None:
     # Three rows run: one place is left in the batch.
     assert names(queue.admit(running=3)) == ["r2"]
     assert queue.admit(running=4) == []
-    # A prompt longer than the budget still goes, alone: the first always fits.
+    # A prompt longer than the budget still goes, alone: its first chunk is
+    # the budget's worth, the rest is prefilled a chunk a step.
     queue.add(handle("long", prompt=40))
+    queue.add(handle("after", prompt=10))
     assert names(queue.admit(running=0)) == ["r3", "r4"]
     assert names(queue.admit(running=0)) == ["long"]
+    # With the step's budget partly spent (on a chunk), only what fits the rest goes.
+    assert queue.admit(running=1, budget=9) == []
+    assert names(queue.admit(running=1, budget=10)) == ["after"]
 
 
 def test_the_prefill_budget_counts_padding_to_the_longest_prompt() -> None:

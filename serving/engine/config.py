@@ -20,7 +20,8 @@ class EngineConfig:
     max_batch: int = 32
     max_queue: int = 256
     # Prompt tokens prefilled between two decode steps: bounds how long the
-    # running requests wait while new ones join.
+    # running requests wait while new ones join. A longer prompt is prefilled
+    # this many tokens a step (chunked prefill).
     prefill_budget: int = 2048
     context_length: int = 2048
     # Replay decode steps from recorded CUDA graphs (on a CUDA device only;

@@ -1,10 +1,13 @@
 """The generation engine of one base model: continuous (iteration-level) batching.
 
 One thread owns the model. Between two decode steps it admits waiting
-requests (prefill each, then merge its KV cache into the running batch) and
-retires finished ones, so requests join and leave the batch without waiting
-for each other. Every row carries its own experts through the multi-LoRA
-layers: one forward serves many users' adapters.
+requests (prefill each into its own KV cache row, then let it decode with the
+batch) and retires finished ones, so requests join and leave the batch
+without waiting for each other. A prompt longer than the prefill budget is
+prefilled a budget's worth per step (chunked prefill), so a long prompt
+delays the running requests' next tokens by one chunk, not by itself. Every
+row carries its own experts through the multi-LoRA layers: one forward
+serves many users' adapters.
 
 ``Engine`` is the coordinator of three parts, each in its own module:
 
@@ -106,6 +109,8 @@ class Engine:
         self.slots = slots
         self.stats = EngineStats()
         self._rows: list[_Row] = []
+        # Admitted requests whose prompts are still being prefilled, a chunk a step.
+        self._prefilling: list[_Row] = []
         # Requests the output processor has ended while their rows still run.
         self._aborted: queue.SimpleQueue[RequestHandle] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -168,7 +173,7 @@ class Engine:
     # The loop --------------------------------------------------------------------
 
     def _run(self) -> None:
-        while self._scheduler.wait_for_work(busy=bool(self._rows)):
+        while self._scheduler.wait_for_work(busy=bool(self._rows or self._prefilling)):
             try:
                 with torch.inference_mode():
                     self._retire_aborted()
@@ -207,8 +212,13 @@ class Engine:
         self._retain(keep)
 
     def _admit(self) -> None:
-        """Move the requests the scheduler admits into the batch, prefilling them together."""
-        admissions = self._scheduler.admit(len(self._rows))
+        """Prefill within the step's budget: a chunk of a long prompt, then new requests."""
+        budget = self.config.prefill_budget
+        if self._prefilling:
+            budget -= self._prefill_more(self._prefilling[0], budget)
+        if budget <= 0:
+            return
+        admissions = self._scheduler.admit(self._held_rows(), budget)
         rows: list[_Row] = []
         started = 0
         try:
@@ -229,6 +239,10 @@ class Engine:
                 self._fail_row(row, RequestFailed(message), exc)
             raise
 
+    def _held_rows(self) -> int:
+        """Cache rows held: the running requests and those still prefilling."""
+        return len(self._rows) + len(self._prefilling)
+
     def _new_row(self, admission: Admission) -> _Row | None:
         """The admitted request's row, or None when it cannot start (it has failed then)."""
         handle = admission.handle
@@ -248,14 +262,16 @@ class Engine:
         return _Row(handle, state)
 
     def _prefill(self, rows: list[_Row]) -> None:
-        """One forward over the new prompts, then merge them into the batch.
+        """One forward over the new prompts' first chunks; the complete ones start decoding.
 
-        A batch of prompts that fails is retried one prompt at a time (each
-        merged on its own), so that only a prompt that cannot be run fails.
+        A batch of prompts that fails is retried one prompt at a time, so
+        that only a prompt that cannot be run fails.
         """
+        budget = self.config.prefill_budget
+        lengths = [min(len(row.handle.request.prompt_ids), budget) for row in rows]
         prefill: Prefill | None = None
         try:
-            prefill = self._runner.prefill([row.state for row in rows])
+            prefill = self._runner.prefill([row.state for row in rows], lengths)
         except Exception as exc:
             if len(rows) == 1:
                 logger.exception("the prefill of %s failed", rows[0].handle.request.request_id)
@@ -274,11 +290,51 @@ class Engine:
             for row in rows:
                 self._prefill([row])
             return
-        self.stats.prefilled_tokens += sum(row.state.kv_length for row in rows)
-        keep = self._accept_tokens(rows, prefill.logits)
+        self.stats.prefilled_tokens += sum(lengths)
+        self._start_decoding(rows, prefill)
+
+    def _prefill_more(self, row: _Row, budget: int) -> int:
+        """The next chunk of a long prompt (or its end, if cancelled or late); the tokens spent."""
+        handle = row.handle
+        if handle.cancelled or past(handle.request.deadline):
+            self._prefilling.remove(row)
+            self._release(row)
+            self._runner.retain(self._held_states())
+            self._outputs.finish_unstarted(handle, "cancelled" if handle.cancelled else "timeout")
+            return 0
+        length = min(len(handle.request.prompt_ids) - row.state.prefilled, budget)
+        try:
+            prefill = self._runner.prefill([row.state], [length])
+        except Exception as exc:
+            logger.exception("a prefill chunk of %s failed", handle.request.request_id)
+            self._prefilling.remove(row)
+            self._fail_row(row, RequestFailed("the model failed on this request's prompt"), exc)
+            return length
+        self.stats.prefilled_tokens += length
+        self._prefilling.remove(row)
+        self._start_decoding([row], prefill)
+        return length
+
+    def _start_decoding(self, rows: list[_Row], prefill: Prefill) -> None:
+        """Rows whose prompts are in the cache take their first token and join the batch.
+
+        Rows with prompt left stay in ``_prefilling``; the others' cache rows
+        are freed (a row ends at its first token, or its token failed).
+        """
+        complete = [
+            i for i, row in enumerate(rows) if row.state.prefilled == len(row.state.prompt_ids)
+        ]
+        partial = [i for i in range(len(rows)) if i not in set(complete)]
+        accepted = (
+            self._accept_tokens([rows[i] for i in complete], prefill.logits[complete])
+            if complete
+            else []
+        )
+        keep = [complete[i] for i in accepted] + partial
         self._runner.join(prefill, keep)
-        self._rows.extend(rows[index] for index in keep)
-        self.stats.running = len(self._rows)
+        self._rows.extend(rows[complete[i]] for i in accepted)
+        self._prefilling.extend(rows[i] for i in partial)
+        self.stats.running = self._held_rows()
 
     def _decode_step(self) -> None:
         rows = self._rows
@@ -297,8 +353,11 @@ class Engine:
     def _retain(self, keep: Sequence[int]) -> None:
         """Keep the rows ``keep`` of the batch (their slots are the caller's business)."""
         self._rows = [self._rows[index] for index in keep]
-        self._runner.retain([row.state for row in self._rows])
-        self.stats.running = len(self._rows)
+        self._runner.retain(self._held_states())
+        self.stats.running = self._held_rows()
+
+    def _held_states(self) -> list[RowState]:
+        return [row.state for row in (*self._rows, *self._prefilling)]
 
     def _accept_tokens(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
         """Take each row's next token from ``logits [rows, vocab]``; the indices that go on.
@@ -362,7 +421,8 @@ class Engine:
         self, message: str, cause: BaseException | None, *, stopped: bool = False
     ) -> None:
         """Fail every running request (and, when the engine stops, every waiting one)."""
-        rows, self._rows = self._rows, []
+        rows, self._rows = [*self._rows, *self._prefilling], []
+        self._prefilling = []
         self._runner.reset()
         self.stats.running = 0
         for row in rows:

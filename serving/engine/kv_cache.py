@@ -17,11 +17,15 @@ What a forward reads and writes is set per forward by the runner
   padding column is written past the prompt's end, where the row's own decode
   steps overwrite it before any query can see it) and attends over the
   prompts' own keys, so no other row is read;
+- a prompt longer than the prefill budget is prefilled in chunks: its later
+  chunks run alone, written after its prefix and attending over its own row;
 - a *decode* step runs over rows ``0..n`` of the cache, holes included (a
-  hole is a row no request holds: it computes a token nobody reads), writes
-  each row's new token at its position and attends over the first
-  ``columns`` columns of every row, the mask hiding what lies past each
-  row's position.
+  hole is a row that decodes nothing: free, or a prompt still being
+  prefilled), writes each row's new token at its position and attends over
+  the first ``columns`` columns of every row, the mask hiding what lies past
+  each row's position. A hole writes in the last column of the capacity,
+  which no row has written yet (the runner keeps a column spare): whatever
+  it leaves there, the row's own writes replace before the row reads it.
 
 Invariants: a row's columns ``0..kv_length`` are its request's tokens and
 nothing else writes them while it runs; its other columns are zeros or its
@@ -49,13 +53,16 @@ class CacheStep:
 
     ``rows [B]`` are the cache rows of the forward's batch rows and
     ``positions [B, L]`` the column each input token is written to. With
-    ``columns`` None (a prefill) attention reads the forward's own keys; else
-    (a decode step over cache rows ``0..B``) the first ``columns`` columns.
+    ``columns`` None (new prompts) attention reads the forward's own keys;
+    else it reads the first ``columns`` columns of the cache rows
+    ``read_rows`` (a decode step: rows ``0..B``; a prompt's later chunk: its
+    own row, prefix included).
     """
 
     rows: torch.Tensor
     positions: torch.Tensor
     columns: int | None
+    read_rows: slice | None = None
 
 
 class RowLayer(DynamicLayer):  # type: ignore[no-untyped-call]
@@ -96,10 +103,10 @@ class RowLayer(DynamicLayer):  # type: ignore[no-untyped-call]
             self.key_rows[step.rows, :, width:] = 0
             self.value_rows[step.rows, :, width:] = 0
             return key_states, value_states
-        batch = step.rows.shape[0]
+        read = slice(0, step.rows.shape[0]) if step.read_rows is None else step.read_rows
         return (
-            self.key_rows[:batch, :, : step.columns],
-            self.value_rows[:batch, :, : step.columns],
+            self.key_rows[read, :, : step.columns],
+            self.value_rows[read, :, : step.columns],
         )
 
     def get_seq_length(self) -> int:

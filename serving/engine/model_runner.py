@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 # Decode steps attend over a multiple of this many columns: the attention's
 # shape changes once every this many tokens, not at every one.
 COLUMN_BLOCK = 64
+# Columns kept free past every row's writes: a hole writes in the last one.
+SPARE_COLUMNS = 1
 
 
 class RoutedModel(Protocol):
@@ -70,8 +72,9 @@ class RowState:
     lease: SlotLease | None  # None: no adapters, or given back
     # The request asked for experts: non-finite logits then blame its adapter.
     adapted: bool
-    kv_length: int  # this row's real tokens in the cache
+    kv_length: int  # this row's tokens in the cache once its prompt is prefilled
     pending_token: int = -1  # sampled, not yet fed to the model
+    prefilled: int = 0  # prompt tokens in the cache (less than the prompt while chunked)
     cache_row: int = -1  # its row of the KV cache, from its prefill on
 
 
@@ -159,9 +162,20 @@ class ModelRunner:
 
     # Forwards ---------------------------------------------------------------------
 
-    def prefill(self, rows: Sequence[RowState]) -> Prefill:
-        """The prompts, left-padded to one width, into free cache rows: their last logits."""
-        lengths = [row.kv_length for row in rows]
+    def prefill(self, rows: Sequence[RowState], lengths: Sequence[int] | None = None) -> Prefill:
+        """Each row's next ``lengths[i]`` prompt tokens (all the rest when None): last logits.
+
+        New prompts go together, left-padded to one width, into free cache
+        rows. A prompt already partly prefilled (chunked: longer than the
+        engine's prefill budget) goes on alone, after its prefix. A row whose
+        ``prefilled`` reaches its prompt's length is ready to decode.
+        """
+        if lengths is None:
+            lengths = [len(row.prompt_ids) - row.prefilled for row in rows]
+        if any(row.prefilled for row in rows):
+            if len(rows) != 1:
+                raise ValueError("a partly prefilled prompt goes on alone")
+            return self._prefill_more(rows[0], lengths[0])
         width = max(lengths)
         free = [index for index, held in enumerate(self._rows) if held is None]
         if len(free) < len(rows):
@@ -170,14 +184,15 @@ class ModelRunner:
         ids = torch.zeros((len(rows), width), dtype=torch.long)
         real = torch.zeros((len(rows), width), dtype=torch.bool)
         for index, row in enumerate(rows):
-            ids[index, width - lengths[index] :] = torch.tensor(row.prompt_ids)
+            chunk = row.prompt_ids[: lengths[index]]
+            ids[index, width - lengths[index] :] = torch.tensor(chunk)
             real[index, width - lengths[index] :] = True
         positions = real.long().cumsum(dim=-1) - 1  # -1 on the padding
-        # A padding column is written past its prompt's end (length + its
-        # column), where the row's decode steps overwrite it before it is seen.
-        lengths_t = torch.tensor(lengths).unsqueeze(1)
+        # A padding column is written past its chunk's end (length + its
+        # column), where the row's own later writes replace it before it is seen.
+        lengths_t = torch.tensor(list(lengths)).unsqueeze(1)
         write = torch.where(real, positions, lengths_t + torch.arange(width))
-        self._cache.ensure(max(taken) + 1, width)
+        self._cache.ensure(max(taken) + 1, width + SPARE_COLUMNS)
         self._cache.step = CacheStep(
             rows=torch.tensor(taken, device=self.device),
             positions=write.to(self.device),
@@ -203,7 +218,43 @@ class ModelRunner:
             raise
         finally:
             self._cache.step = None
+        for row, length in zip(rows, lengths, strict=True):
+            row.prefilled = length
         return Prefill(output.logits[:, -1], tuple(rows))
+
+    def _prefill_more(self, row: RowState, length: int) -> Prefill:
+        """The next ``length`` tokens of a partly prefilled prompt, attending over its row."""
+        start, end = row.prefilled, row.prefilled + length
+        if length < 1 or end > len(row.prompt_ids):
+            raise ValueError(f"{length} more tokens of a prompt with {len(row.prompt_ids)}")
+        ids = torch.tensor([row.prompt_ids[start:end]], device=self.device)
+        positions = torch.arange(start, end, device=self.device).unsqueeze(0)
+        self._cache.ensure(row.cache_row + 1, end + SPARE_COLUMNS)
+        self._cache.step = CacheStep(
+            rows=torch.tensor([row.cache_row], device=self.device),
+            positions=positions,
+            columns=end,
+            read_rows=slice(row.cache_row, row.cache_row + 1),
+        )
+        try:
+            with self.routing([row.lease]):
+                output = self.model(
+                    input_ids=ids,
+                    attention_mask=self._masks(
+                        positions, self._column_index[:end].unsqueeze(0), None
+                    ),
+                    position_ids=positions,
+                    past_key_values=self._cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+        except BaseException:
+            self._free([row])
+            raise
+        finally:
+            self._cache.step = None
+        row.prefilled = end
+        return Prefill(output.logits[:, -1], (row,))
 
     def join(self, prefill: Prefill, keep: Sequence[int]) -> None:
         """The rows ``keep`` of a prefill start running; the others' cache rows are freed."""
@@ -223,15 +274,16 @@ class ModelRunner:
             span, columns = bucket, column_bucket(longest, self.context_length)
         else:
             columns = min(_round_up(longest, COLUMN_BLOCK), self.context_length)
+        self._cache.ensure(span, max(columns, longest + SPARE_COLUMNS))
         tokens = torch.zeros(span, dtype=torch.long)
-        positions = torch.zeros(span, dtype=torch.long)
+        # A hole writes in the last column, which no row has written (kv_cache.py).
+        positions = torch.full((span,), self._cache.column_capacity - 1, dtype=torch.long)
         leases: list[SlotLease | None] = [None] * span
         for row in rows:
             tokens[row.cache_row] = row.pending_token
             positions[row.cache_row] = row.kv_length
             leases[row.cache_row] = row.lease
         expert_slots, gate_slots = self._route_tensors(leases)
-        self._cache.ensure(span, columns)
         try:
             all_logits = None
             if bucket is not None:

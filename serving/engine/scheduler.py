@@ -153,20 +153,28 @@ class Scheduler:
 
     # Admission --------------------------------------------------------------------
 
-    def admit(self, running: int) -> list[Admission]:
-        """The waiting requests that join a batch of ``running`` rows now, best first."""
+    def admit(self, running: int, budget: int | None = None) -> list[Admission]:
+        """The waiting requests that join a batch of ``running`` rows now, best first.
+
+        Their first prompt chunks, left-padded to one width, fit ``budget``
+        tokens (the config's prefill budget when None); a prompt longer than
+        the budget is prefilled a budget's worth at a time, so the first
+        request is always admitted when a row is free and the budget is not spent.
+        """
+        budget = self.config.prefill_budget if budget is None else budget
         admitted: list[Admission] = []
         taken: RequestHandle | None = None  # out of the queue, not yet admitted nor ended
         longest = 0
         try:
-            while running + len(admitted) < self.config.max_batch:
+            while running + len(admitted) < self.config.max_batch and budget > 0:
                 with self._wake:
                     if not self._waiting:
                         break
                     entry = self._waiting[0]
                     prompt_length = len(entry.handle.request.prompt_ids)
-                    padded = (len(admitted) + 1) * max(longest, prompt_length)
-                    if admitted and padded > self.config.prefill_budget:
+                    chunk = min(prompt_length, self.config.prefill_budget)
+                    padded = (len(admitted) + 1) * max(longest, chunk)
+                    if padded > budget and (admitted or budget < chunk):
                         break
                     heapq.heappop(self._waiting)
                     self.stats.waiting = len(self._waiting)
@@ -195,7 +203,7 @@ class Scheduler:
                     continue
                 admitted.append(Admission(taken, lease))
                 taken = None
-                longest = max(longest, prompt_length)
+                longest = max(longest, chunk)
         except BaseException as exc:
             # Whatever escaped, no request taken from the queue holds slots or
             # is left without an end (ending one twice is harmless: the first wins).
