@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from serving.api_docs import install_api_docs
 from serving.dashboard import pages
 from serving.dashboard.sessions import SessionSigner
 from serving.errors import install_error_handlers
@@ -68,6 +69,9 @@ def create_app(
         version="0.1.0",
         description="Personalised LLM serving: routed base models and per-user LoRA experts.",
         lifespan=lifespan,
+        # Served by install_api_docs from installed files: FastAPI's own pages use a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.services = services
     app.state.runtime = runtime
@@ -99,6 +103,7 @@ def create_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     install_error_handlers(app)
+    install_api_docs(app)
     app.mount("/admin/static", StaticFiles(directory=DASHBOARD_STATIC), name="dashboard-static")
     # Before the admin API: a browser asking for /admin/users gets the page.
     app.include_router(pages.pages_router)

@@ -465,6 +465,38 @@ def test_router_page_explains_recent_decisions(page: Page, server: RunningServer
     expect(page.locator("#notice")).to_contain_text("now ignores router-traffic's feedback")
 
 
+def test_the_api_docs_render_with_the_network_off(browser: Browser, server: RunningServer) -> None:
+    context = browser.new_context(base_url=server.url, viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(20_000)
+    elsewhere: list[str] = []
+
+    def only_this_server(route: Any) -> None:
+        if route.request.url.startswith(server.url):
+            route.continue_()
+        else:  # as a machine without internet would: nothing else answers
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_this_server)
+    page = context.new_page()
+    try:
+        page.goto("/docs")
+        expect(page.locator(".swagger-ui .info .title")).to_contain_text("Tailor")
+        expect(
+            page.locator(".swagger-ui").get_by_text("/v1/chat/completions").first
+        ).to_be_visible()
+        screenshot(page, "api-docs-swagger")
+        page.goto("/redoc")
+        expect(page.get_by_role("heading", name=re.compile("^Tailor"))).to_be_visible()
+        expect(page.get_by_text("/v1/chat/completions").first).to_be_attached()
+        screenshot(page, "api-docs-redoc")
+        # Only ReDoc's script itself reaches out, for its "powered by" logo,
+        # which then shows as a missing image: the docs do not need it.
+        assert [url for url in elsewhere if "cdn.redoc.ly" not in url] == []
+    finally:
+        context.close()
+
+
 def test_overview_charts_update_live(page: Page, server: RunningServer, tmp_path: Path) -> None:
     # Last in the module, so that the jobs and adapters above show in its charts.
     user = new_user(server, "overview-traffic")

@@ -64,6 +64,7 @@ def page_html(page: Page, *, csrf_token: str) -> str:
 <a class="brand" href="/admin/">Tailor</a>
 <nav>
 {links}
+<a href="/docs" target="_blank" rel="noopener">API docs</a>
 </nav>
 <form method="post" action="/admin/logout">
 <input type="hidden" name="csrf_token" value="{token}">
