@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
@@ -37,6 +38,9 @@ def test_the_openai_client_chats_plain_and_streamed(server: RunningServer) -> No
     _, key = new_user(server, "openai-client")
     client = OpenAI(base_url=f"{server.url}/v1", api_key=key)
     assert {m.id for m in client.models.list()} == {SMOL, "gemma-3-270m", "auto"}
+    assert client.models.retrieve(SMOL).id == SMOL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
 
     messages: list[ChatCompletionMessageParam] = [
         {"role": "user", "content": "What is the capital of France?"}

@@ -189,6 +189,8 @@ def test_every_route_answers_as_its_schema_says(client: TestClient, tmp_path: Pa
 
     # The caller's data: models, examples, feedback, routing ------------------------------
     api.get("/v1/models", headers=ada_key)
+    api.get("/v1/models/auto", headers=ada_key)
+    api.get("/v1/models/no-such-model", 404, headers=ada_key)
     examples = [
         {
             "messages": [

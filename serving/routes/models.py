@@ -1,4 +1,4 @@
-"""``GET /v1/models``: the base models a request can name, plus ``auto``."""
+"""``GET /v1/models`` and ``GET /v1/models/{id}``: the models a request can name."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
 from serving.deps import PrincipalDep, SessionDep, SettingsDep
+from serving.errors import ApiError
 from serving.model_host import enforced_context_length
 from serving.schemas import AUTO_MODEL_ID, ListPublic, ModelPublic
 from serving.settings import Settings
@@ -44,3 +45,14 @@ def list_models(
     # "auto" lets the router pick among the models above for each request.
     entries.append(ModelPublic(id=AUTO_MODEL_ID, created=created))
     return ListPublic(data=entries)
+
+
+@router.get("/models/{model_id}")
+def get_model(
+    model_id: str, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> ModelPublic:
+    """One entry of the list above, as OpenAI's ``models.retrieve`` asks for it."""
+    for entry in list_models(principal, session, settings).data:
+        if entry.id == model_id:
+            return entry
+    raise ApiError(404, f"the model {model_id!r} does not exist", code="model_not_found")
