@@ -1,8 +1,8 @@
 """Request and response bodies of the OpenAI-compatible endpoints.
 
-Unknown fields are ignored, as OpenAI clients send options Tailor does not
-use; options that would change the meaning of a request and that Tailor does
-not support (``n`` > 1) are refused by the route with 400.
+A completion body keeps its undeclared fields (``model_extra``): which of
+them change nothing and which are refused with 400 naming them is decided in
+``serving.completions.parameters``; ``n`` > 1 is refused by the route too.
 
 Every schema derives from ``RequestBody`` (no NUL, no lone surrogate), and
 numbers and strings are bounded so that nothing reaching the tokenizer, the
@@ -62,7 +62,8 @@ class ChatMessage(RequestBody):
 
 
 class SamplingFields(RequestBody):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    # Undeclared fields are kept for serving.completions.parameters to judge.
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: str = Field(min_length=1, max_length=MAX_MODEL_ID_CHARACTERS)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)

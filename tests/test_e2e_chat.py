@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -73,6 +74,33 @@ def test_the_openai_client_chats_plain_and_streamed(server: RunningServer) -> No
         temperature=0,
     )
     assert completion.model == "gemma-3-270m" and completion.choices[0].text
+
+
+def test_fields_tailor_cannot_honour_are_refused_by_name(server: RunningServer) -> None:
+    _, key = new_user(server, "honest-parameters")
+    client = OpenAI(base_url=f"{server.url}/v1", api_key=key)
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hi."}]
+    refused: list[tuple[str, dict[str, Any]]] = [
+        ("tools", {"tools": [{"type": "function", "function": {"name": "f"}}]}),
+        ("logprobs", {"logprobs": True}),
+        ("response_format", {"response_format": {"type": "json_object"}}),
+        ("top_k", {"extra_body": {"top_k": 40}}),
+    ]
+    for name, kwargs in refused:
+        with pytest.raises(openai.BadRequestError) as error:
+            client.chat.completions.create(model=SMOL, messages=messages, max_tokens=4, **kwargs)
+        assert repr(name) in str(error.value), (name, error.value)
+    # Values that ask for nothing, and bookkeeping fields, are answered as usual.
+    answer = client.chat.completions.create(
+        model=SMOL,
+        messages=messages,
+        max_tokens=4,
+        presence_penalty=0,
+        response_format={"type": "text"},
+        user="someone",
+        stream_options=None,
+    )
+    assert answer.choices[0].message.content is not None
 
 
 def test_responses_are_logged_for_feedback(server: RunningServer) -> None:

@@ -22,6 +22,7 @@ from adapters.expert_sets import ExpertSet
 from models import chat_format
 from router import BudgetNotMet, ExpertEvidence, NoRoute, RouteRequest, RoutingDecision
 from serving.auth import Principal
+from serving.completions.parameters import UnsupportedParameter, check_parameters
 from serving.engine.requests import GenerationRequest
 from serving.engine.sampling import SamplingParams
 from serving.errors import ApiError
@@ -75,15 +76,21 @@ def prepare(
     """The request ready to submit, or an ``ApiError`` saying why it cannot be served."""
     assert caller.user_id is not None  # completions need a user's key (serving.deps)
     user_id = caller.user_id
+    # What the request asks for is checked first: a field Tailor cannot honour
+    # is the caller's to fix, whatever state the models are in.
+    if body.n != 1:
+        raise ApiError(
+            400, "n must be 1: Tailor returns one choice per request", code="unsupported"
+        )
+    try:
+        check_parameters(body.model_extra or {})
+    except UnsupportedParameter as exc:
+        raise ApiError(400, str(exc), code="unsupported_parameter") from None
     if runtime.load_error is not None:
         raise ApiError(503, "the models failed to load; see the server log", code="not_ready")
     if not runtime.loaded.is_set():
         raise ApiError(
             503, "the models are still loading", code="not_ready", headers={"Retry-After": "5"}
-        )
-    if body.n != 1:
-        raise ApiError(
-            400, "n must be 1: Tailor returns one choice per request", code="unsupported"
         )
     requested = None if body.model == "auto" else body.model
     if requested is not None and requested not in runtime.models:
