@@ -116,6 +116,16 @@ class SamplingFields(RequestBody):
 
 class ChatCompletionCreate(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    # Each generated token's log-probability; with top_logprobs, that many alternatives.
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @property
+    def logprobs_asked(self) -> int | None:
+        """How many alternatives come with each token's log-probability; None: none asked."""
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @field_validator("messages")
     @classmethod
@@ -138,6 +148,12 @@ class ChatCompletionCreate(SamplingFields):
 
 class CompletionCreate(SamplingFields):
     prompt: str | list[str]
+    # The legacy form: this many alternatives with each token's log-probability.
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+
+    @property
+    def logprobs_asked(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt")
     @classmethod
@@ -203,18 +219,45 @@ class AssistantMessagePublic(_Strict):
     content: str
 
 
+class TopLogprobPublic(_Strict):
+    token: str
+    # Natural log; -9999.0 stands for a probability that underflows to zero.
+    logprob: float
+    bytes: list[int]  # the token's text as UTF-8
+
+
+class TokenLogprobPublic(TopLogprobPublic):
+    top_logprobs: list[TopLogprobPublic]
+
+
+class ChatLogprobsPublic(_Strict):
+    """A chat choice's ``logprobs`` (``"logprobs": true``)."""
+
+    content: list[TokenLogprobPublic]
+    refusal: None
+
+
+class TextLogprobsPublic(_Strict):
+    """A text completion's ``logprobs`` (``"logprobs": N``), OpenAI's legacy form."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class ChatChoicePublic(_Strict):
     index: int
     message: AssistantMessagePublic
     finish_reason: FinishReason
-    logprobs: None
+    logprobs: ChatLogprobsPublic | None
 
 
 class TextChoicePublic(_Strict):
     index: int
     text: str
     finish_reason: FinishReason
-    logprobs: None
+    logprobs: TextLogprobsPublic | None
 
 
 class ChatCompletionPublic(_Strict):

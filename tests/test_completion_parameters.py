@@ -23,8 +23,6 @@ ASKING = {
     "tool_choice": "auto",
     "functions": [{"name": "f"}],
     "function_call": "auto",
-    "logprobs": True,
-    "top_logprobs": 3,
     "response_format": {"type": "json_object"},
     "logit_bias": {"50256": -100},
     "presence_penalty": 0.5,
@@ -42,8 +40,6 @@ ASKING = {
 NOTHING_ASKED = {
     "tools": [],
     "tool_choice": "none",
-    "logprobs": False,
-    "top_logprobs": 0,
     "response_format": {"type": "text"},
     "logit_bias": {},
     "presence_penalty": 0,

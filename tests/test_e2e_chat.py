@@ -82,7 +82,6 @@ def test_fields_tailor_cannot_honour_are_refused_by_name(server: RunningServer) 
     messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hi."}]
     refused: list[tuple[str, dict[str, Any]]] = [
         ("tools", {"tools": [{"type": "function", "function": {"name": "f"}}]}),
-        ("logprobs", {"logprobs": True}),
         ("response_format", {"response_format": {"type": "json_object"}}),
         ("top_k", {"extra_body": {"top_k": 40}}),
     ]
@@ -101,6 +100,50 @@ def test_fields_tailor_cannot_honour_are_refused_by_name(server: RunningServer) 
         stream_options=None,
     )
     assert answer.choices[0].message.content is not None
+
+
+def test_log_probabilities_through_the_openai_client(server: RunningServer) -> None:
+    _, key = new_user(server, "logprobs")
+    client = OpenAI(base_url=f"{server.url}/v1", api_key=key)
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "Count from 1 to 30, separated by commas."}
+    ]
+    asked: dict[str, Any] = {"max_tokens": 6, "temperature": 0, "logprobs": True, "top_logprobs": 2}
+    answer = client.chat.completions.create(model=SMOL, messages=messages, **asked)
+    choice = answer.choices[0]
+    assert choice.finish_reason == "length" and choice.logprobs is not None
+    content = choice.logprobs.content
+    assert content is not None and answer.usage is not None
+    assert len(content) == answer.usage.completion_tokens == 6
+    assert "".join(t.token for t in content) == choice.message.content
+    for token in content:
+        # Greedy: the chosen token is the likeliest one.
+        assert len(token.top_logprobs) == 2 and token.top_logprobs[0].token == token.token
+        assert token.logprob == pytest.approx(token.top_logprobs[0].logprob) and token.logprob <= 0
+        assert token.bytes == list(token.token.encode("utf-8"))
+
+    stream = client.chat.completions.create(model=SMOL, messages=messages, stream=True, **asked)
+    streamed = [
+        t.token
+        for c in stream
+        if c.choices and c.choices[0].logprobs and c.choices[0].logprobs.content
+        for t in c.choices[0].logprobs.content
+    ]
+    assert streamed == [t.token for t in content]
+
+    text = client.completions.create(
+        model="gemma-3-270m",
+        prompt="The Eiffel Tower is in",
+        max_tokens=4,
+        temperature=0,
+        logprobs=2,
+    )
+    legacy = text.choices[0].logprobs
+    assert legacy is not None and legacy.tokens is not None and len(legacy.tokens) == 4
+    assert legacy.top_logprobs is not None and all(
+        1 <= len(top) <= 2 for top in legacy.top_logprobs
+    )
+    assert legacy.text_offset == [sum(map(len, legacy.tokens[:i])) for i in range(4)]
 
 
 def test_responses_are_logged_for_feedback(server: RunningServer) -> None:

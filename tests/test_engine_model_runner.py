@@ -485,3 +485,25 @@ def test_cuda_graphs_asked_for_on_the_cpu_decode_eagerly() -> None:
     assert runner.graphs_recorded == 0
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         DecodeGraphs(lambda inputs, columns: inputs.tokens, torch.device("cpu"))
+
+
+def test_scores_are_the_models_log_probabilities_for_the_rows_that_ask() -> None:
+    runner = ModelRunner(tiny_llama())
+    logits = torch.randn(3, VOCAB, generator=torch.Generator().manual_seed(1))
+    rows = [
+        new_row(runner, [1], params=SamplingParams(temperature=0, logprobs=3)),
+        new_row(runner, [1]),
+        new_row(runner, [1], params=SamplingParams(temperature=0, logprobs=0)),
+    ]
+    tokens: list[int | RequestFailed] = [5, 6, 7]
+    measured = model_runner.scores(rows, logits, tokens)
+    expected = torch.log_softmax(logits, dim=-1)
+    first, second, third = measured
+    assert first is not None and third is not None and second is None
+    assert first.logprob == pytest.approx(float(expected[0, 5]), abs=1e-6)
+    assert [t for t, _ in first.top] == expected[0].topk(3).indices.tolist()
+    assert [lp for _, lp in first.top] == pytest.approx(expected[0].topk(3).values.tolist())
+    assert third.logprob == pytest.approx(float(expected[2, 7]), abs=1e-6) and third.top == ()
+    # A row whose token failed has no score.
+    failed = model_runner.scores(rows[:1], logits[:1], [RequestFailed("no token")])
+    assert failed == [None]

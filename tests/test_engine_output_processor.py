@@ -31,6 +31,7 @@ from serving.engine.requests import (
     GenerationRequest,
     RequestHandle,
     TextDelta,
+    TokenScores,
 )
 from serving.engine.sampling import SamplingParams
 from tests.adapter_factory import random_lora
@@ -125,6 +126,37 @@ def test_tokens_become_text_deltas_and_one_final_event(processor: Processor) -> 
     assert two[-1] == Finished("stop", prompt_tokens=3, completion_tokens=3, text="b")
     assert (processor.stats.finished, processor.stats.failed) == (2, 0)
     assert processor.aborted == []
+
+
+def test_log_probabilities_travel_with_the_text_they_made(processor: Processor) -> None:
+    outputs = processor.outputs
+    params = SamplingParams(max_tokens=64, temperature=0, stop=("bc",), logprobs=1)
+    asked = RequestHandle(GenerationRequest("asked", (1,), params))
+    plain = handle("plain")
+
+    def scores(token: int, logprob: float) -> TokenScores:
+        return TokenScores(logprob, ((token, logprob),))
+
+    outputs.step([TokenOutput(asked, A, scores=scores(A, -0.1)), TokenOutput(plain, A)])
+    # "b" may start the stop sequence "bc": its text is held back, its score waits with it.
+    outputs.step([TokenOutput(asked, B, scores=scores(B, -0.2)), TokenOutput(plain, B, "length")])
+    outputs.step([TokenOutput(asked, C, scores=scores(C, -0.3))])
+    seen = events(asked)
+    deltas = [event for event in seen if isinstance(event, TextDelta)]
+    # The tokens of the stop sequence made no text: their scores come in a last, empty delta.
+    assert [d.text for d in deltas] == ["a", ""]
+    assert [[t.token for t in d.logprobs] for d in deltas] == [["a"], ["b", "c"]]
+    finished = seen[-1]
+    assert isinstance(finished, Finished) and finished.text == "a"
+    # Every token the answer consumed, the one that completed the stop included.
+    assert finished.logprobs is not None
+    assert [(t.token, t.logprob, t.top) for t in finished.logprobs] == [
+        ("a", -0.1, (("a", -0.1),)),
+        ("b", -0.2, (("b", -0.2),)),
+        ("c", -0.3, (("c", -0.3),)),
+    ]
+    plain_end = events(plain)[-1]
+    assert isinstance(plain_end, Finished) and plain_end.logprobs is None
 
 
 def test_a_stop_sequence_finishes_the_request_and_aborts_its_row(processor: Processor) -> None:

@@ -2,15 +2,16 @@
 
 OpenAI clients may send any field of OpenAI's API. A field Tailor quietly
 dropped would give an answer that is not what the caller asked for (tools
-never called, no log-probabilities, free text where JSON was asked for), so
+never called, penalties not applied, free text where JSON was asked for), so
 every field of a chat or text completion is one of:
 
-- implemented: a declared field of ``serving.openai_schemas`` (or Tailor's own);
+- implemented: a declared field of ``serving.openai_schemas`` (or Tailor's own),
+  ``logprobs`` and ``top_logprobs`` included;
 - without effect here, accepted (``WITHOUT_EFFECT``): bookkeeping that does not
   change the answer (``user``, ``metadata``, ``store``, ...), and
   ``stream_options``, whose usage the stream's last chunk always carries;
 - not supported (``NOT_SUPPORTED``): refused with 400 naming the field, unless
-  its value asks for nothing (``tools: []``, ``logprobs: false``,
+  its value asks for nothing (``tools: []``, ``tool_choice: "none"``,
   ``presence_penalty: 0``, ``response_format: {"type": "text"}``...);
 - unknown: any other name, refused with 400 (a misspelt ``temprature`` would
   otherwise be a silent default).
@@ -65,8 +66,6 @@ NOT_SUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tool_choice": (_no_tool, "Tailor's models do not call tools"),
     "functions": (_absent, "Tailor's models do not call functions"),
     "function_call": (_no_tool, "Tailor's models do not call functions"),
-    "logprobs": (_absent, "log-probabilities are not returned yet"),
-    "top_logprobs": (_absent, "log-probabilities are not returned yet"),
     "response_format": (
         _text_format,
         "only plain text is generated: JSON output (json_object, json_schema) "

@@ -239,7 +239,9 @@ def _expert_evidence(
     return tuple(found)
 
 
-def sampling(body: SamplingFields, defaults: GenerationDefaults, max_tokens: int) -> SamplingParams:
+def sampling(
+    body: ChatCompletionCreate | CompletionCreate, defaults: GenerationDefaults, max_tokens: int
+) -> SamplingParams:
     """The request's sampling; what it leaves out, the model's defaults."""
     stop = body.stop_sequences
     return SamplingParams(
@@ -248,6 +250,7 @@ def sampling(body: SamplingFields, defaults: GenerationDefaults, max_tokens: int
         top_p=defaults.top_p if body.top_p is None else body.top_p,
         stop=defaults.stop if stop is None else stop,
         seed=body.seed,
+        logprobs=body.logprobs_asked,
     )
 
 
@@ -260,6 +263,7 @@ def _logged_params(body: SamplingFields, params: SamplingParams) -> dict[str, An
         "top_p": params.top_p,
         "stop": list(params.stop),
         "seed": body.seed,
+        "logprobs": params.logprobs,
         "personalize": body.personalize,
         "max_price": body.max_price,
         "strict_budget": body.strict_budget,

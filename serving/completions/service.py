@@ -139,7 +139,10 @@ class CompletionService:
                 if isinstance(event, TextDelta):
                     if first_token is None:
                         first_token = time.perf_counter() - started
-                    yield wire.sse(wire.chunk(prepared, event.text, None))
+                    tokens = (
+                        event.logprobs if prepared.request.params.logprobs is not None else None
+                    )
+                    yield wire.sse(wire.chunk(prepared, event.text, None, tokens=tokens))
                 elif isinstance(event, Finished):
                     finished = event
                     total = time.perf_counter() - started

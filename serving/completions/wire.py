@@ -8,10 +8,11 @@ models (``serving.openai_schemas``) by the routes and by ``tests/test_openapi_co
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from serving.completions.preparation import PreparedCompletion
-from serving.engine.requests import Finished
+from serving.engine.requests import Finished, TokenLogprob
 
 
 def finish_reason(finished: Finished) -> str:
@@ -59,7 +60,7 @@ def final_body(prepared: PreparedCompletion, finished: Finished) -> dict[str, An
     else:
         choice = {"index": 0, "text": finished.text, "finish_reason": reason}
         kind = "text_completion"
-    choice["logprobs"] = None
+    choice["logprobs"] = logprobs(prepared, finished.logprobs)
     body = _envelope(prepared, kind, choice)
     body["usage"] = usage(finished)
     body["tailor"] = tailor_extra(prepared, finished)
@@ -67,9 +68,17 @@ def final_body(prepared: PreparedCompletion, finished: Finished) -> dict[str, An
 
 
 def chunk(
-    prepared: PreparedCompletion, delta: str | None, reason: str | None, *, role: bool = False
+    prepared: PreparedCompletion,
+    delta: str | None,
+    reason: str | None,
+    *,
+    role: bool = False,
+    tokens: Sequence[TokenLogprob] | None = None,
 ) -> dict[str, Any]:
-    """One streamed piece: a chat delta (the first carries the role) or a text piece."""
+    """One streamed piece: a chat delta (the first carries the role) or a text piece.
+
+    ``tokens``: the log-probabilities of the tokens the piece was made of, when asked for.
+    """
     if prepared.endpoint == "chat.completions":
         body: dict[str, Any] = {"role": "assistant"} if role else {}
         if delta is not None:
@@ -79,8 +88,55 @@ def chunk(
     else:
         choice = {"index": 0, "text": delta or ""}
         kind = "text_completion"
-    choice.update(finish_reason=reason, logprobs=None)
+    choice.update(finish_reason=reason, logprobs=logprobs(prepared, tokens))
     return _envelope(prepared, kind, choice)
+
+
+def logprobs(
+    prepared: PreparedCompletion, tokens: Sequence[TokenLogprob] | None
+) -> dict[str, Any] | None:
+    """The ``logprobs`` of a choice in its endpoint's form; None when not asked for.
+
+    Chat: ``{"content": [{token, logprob, bytes, top_logprobs}], "refusal": None}``.
+    Text completions (the legacy form): parallel lists ``tokens``,
+    ``token_logprobs``, ``top_logprobs`` (a dict per token) and ``text_offset``.
+    """
+    if tokens is None:
+        return None
+    if prepared.endpoint == "chat.completions":
+        return {
+            "content": [
+                {
+                    **_token(t.token, t.logprob),
+                    "top_logprobs": [_token(piece, lp) for piece, lp in t.top],
+                }
+                for t in tokens
+            ],
+            "refusal": None,
+        }
+    offsets, offset = [], 0
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t.token)
+    return {
+        "tokens": [t.token for t in tokens],
+        "token_logprobs": [_finite(t.logprob) for t in tokens],
+        "top_logprobs": [{piece: _finite(lp) for piece, lp in t.top} for t in tokens],
+        "text_offset": offsets,
+    }
+
+
+def _token(piece: str, logprob: float) -> dict[str, Any]:
+    return {"token": piece, "logprob": _finite(logprob), "bytes": list(piece.encode("utf-8"))}
+
+
+# JSON has no -Infinity: a probability that underflows to zero is reported as
+# OpenAI does, with this floor.
+LOGPROB_FLOOR = -9999.0
+
+
+def _finite(logprob: float) -> float:
+    return logprob if logprob > LOGPROB_FLOOR else LOGPROB_FLOOR
 
 
 def last_chunk(prepared: PreparedCompletion, finished: Finished) -> dict[str, Any]:

@@ -59,7 +59,7 @@ from serving.engine.errors import (
     NonFiniteLogits,
     RequestFailed,
 )
-from serving.engine.model_runner import ModelRunner, Prefill, RoutedModel, RowState
+from serving.engine.model_runner import ModelRunner, Prefill, RoutedModel, RowState, scores
 from serving.engine.output_processor import OutputProcessor, TokenOutput
 from serving.engine.requests import GenerationRequest, RequestHandle
 from serving.engine.scheduler import Admission, Scheduler, past, release_lease
@@ -365,7 +365,9 @@ class Engine:
         The step's tokens go to the output processor in one message. A row
         whose token could not be sampled fails alone.
         """
-        sampled = self._runner.sample([row.state for row in rows], logits)
+        states = [row.state for row in rows]
+        sampled = self._runner.sample(states, logits)
+        measured = scores(states, logits, sampled)
         outputs: list[TokenOutput] = []
         keep: list[int] = []
         for index, (row, token) in enumerate(zip(rows, sampled, strict=True)):
@@ -381,7 +383,7 @@ class Engine:
                 keep.append(index)
             else:
                 self._release(row)
-            outputs.append(TokenOutput(row.handle, token, reason, eos))
+            outputs.append(TokenOutput(row.handle, token, reason, eos, measured[index]))
         if outputs:
             self._outputs.step(outputs)
         return keep

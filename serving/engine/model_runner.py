@@ -44,6 +44,7 @@ from serving.engine.cuda_graphs import (
 )
 from serving.engine.errors import InvalidSampling, NonFiniteLogits, RequestFailed
 from serving.engine.kv_cache import CacheStep, RowKVCache
+from serving.engine.requests import TokenScores
 from serving.engine.sampling import MAX_SEED, MIN_SEED, SamplingParams, new_generator, sample_token
 
 logger = logging.getLogger(__name__)
@@ -456,6 +457,40 @@ class ModelRunner:
                     failed.__cause__ = exc
                     tokens.append(failed)
         return tokens
+
+
+def scores(
+    rows: Sequence[RowState], logits: torch.Tensor, tokens: Sequence[int | RequestFailed]
+) -> list[TokenScores | None]:
+    """Each sampled token's log-probability and its row's top alternatives, for rows that ask.
+
+    Log-probabilities of the model's own distribution (before temperature and
+    top-p), as OpenAI reports them; one log-softmax and one top-k for every
+    asking row of the step at once.
+    """
+    asking = [
+        i
+        for i, row in enumerate(rows)
+        if row.params.logprobs is not None and isinstance(tokens[i], int)
+    ]
+    out: list[TokenScores | None] = [None] * len(rows)
+    if not asking:
+        return out
+    index = torch.tensor(asking, device=logits.device)
+    logprobs = torch.log_softmax(logits.index_select(0, index).float(), dim=-1)
+    chosen_ids = torch.tensor([tokens[i] for i in asking], device=logits.device).unsqueeze(1)
+    chosen: list[float] = logprobs.gather(1, chosen_ids).squeeze(1).tolist()
+    k = max(rows[i].params.logprobs or 0 for i in asking)
+    top_values: list[list[float]] = [[] for _ in asking]
+    top_ids: list[list[int]] = [[] for _ in asking]
+    if k:
+        values, ids = logprobs.topk(k, dim=-1)
+        top_values, top_ids = values.tolist(), ids.tolist()
+    for j, i in enumerate(asking):
+        wanted = rows[i].params.logprobs or 0
+        top = tuple(zip(top_ids[j][:wanted], top_values[j][:wanted], strict=True))
+        out[i] = TokenScores(chosen[j], top)
+    return out
 
 
 def _non_finite(row: RowState) -> NonFiniteLogits:

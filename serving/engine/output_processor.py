@@ -34,12 +34,20 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from serving.engine.config import EngineStats
 from serving.engine.detokenize import Decoder, IncrementalDetokenizer
 from serving.engine.errors import RequestFailed
-from serving.engine.requests import Event, Failed, Finished, RequestHandle, TextDelta
+from serving.engine.requests import (
+    Event,
+    Failed,
+    Finished,
+    RequestHandle,
+    TextDelta,
+    TokenLogprob,
+    TokenScores,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +63,8 @@ class TokenOutput:
     finish: str | None = None
     # An end-of-sequence token: it counts as generated but is never shown.
     eos: bool = False
+    # The token's log-probabilities, when its request asked for them.
+    scores: TokenScores | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,10 @@ class _Stream:
     handle: RequestHandle
     detokenizer: IncrementalDetokenizer
     tokens: int = 0  # generated so far, end-of-sequence included
+    # Log-probabilities (requests that asked): every shown token's, and those
+    # not yet carried by a published delta.
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    unsent: list[TokenLogprob] = field(default_factory=list)
 
 
 class OutputProcessor:
@@ -212,9 +226,13 @@ class OutputProcessor:
             stream.tokens += 1
             reason = output.finish
             if not output.eos:
+                if output.scores is not None:
+                    entry = self._logprob(output.token, output.scores)
+                    stream.logprobs.append(entry)
+                    stream.unsent.append(entry)
                 delta = stream.detokenizer.add(output.token)
                 if delta:
-                    self._publish(handle, TextDelta(delta, output.token))
+                    self._publish(handle, TextDelta(delta, output.token, _take(stream.unsent)))
                 if stream.detokenizer.stopped:
                     if reason is None:
                         self._abort(handle)
@@ -234,8 +252,8 @@ class OutputProcessor:
     def _end_finished(self, stream: _Stream, reason: str) -> None:
         handle = stream.handle
         rest = stream.detokenizer.flush()
-        if rest:
-            self._publish(handle, TextDelta(rest, -1))
+        if rest or stream.unsent:
+            self._publish(handle, TextDelta(rest, -1, _take(stream.unsent)))
         self._streams.pop(id(handle), None)
         self.stats.finished += 1
         self._publish(
@@ -245,8 +263,22 @@ class OutputProcessor:
                 prompt_tokens=len(handle.request.prompt_ids),
                 completion_tokens=stream.tokens,
                 text=stream.detokenizer.emitted,
+                logprobs=(
+                    tuple(stream.logprobs) if handle.request.params.logprobs is not None else None
+                ),
             ),
         )
+
+    def _logprob(self, token: int, scores: TokenScores) -> TokenLogprob:
+        return TokenLogprob(
+            token=self._piece(token),
+            logprob=scores.logprob,
+            top=tuple((self._piece(t), lp) for t, lp in scores.top),
+        )
+
+    def _piece(self, token: int) -> str:
+        text: str = self.tokenizer.decode([token], skip_special_tokens=False)
+        return text
 
     def _end_unstarted(self, handle: RequestHandle, reason: str) -> None:
         if handle.ended:
@@ -272,3 +304,9 @@ class OutputProcessor:
                 exc_info=True,
             )
             handle.cancel()
+
+
+def _take(entries: list[TokenLogprob]) -> tuple[TokenLogprob, ...]:
+    taken = tuple(entries)
+    entries.clear()
+    return taken

@@ -34,9 +34,28 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class TokenScores:
+    """What the model thread measured of a sampled token: ids and log-probabilities."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # the likeliest token ids, best first
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability under the model, and its likeliest alternatives."""
+
+    token: str  # the token's own text (a piece of a character decodes as U+FFFD)
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TextDelta:
     text: str
     token_id: int
+    # The tokens this delta's text was made of, when the request asked for them.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,6 +64,8 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     text: str
+    # Every generated token's, when the request asked for log-probabilities.
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)

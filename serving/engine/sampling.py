@@ -18,6 +18,8 @@ MAX_STOP_SEQUENCES = 4
 # seeded from the low 32 bits only: seeds equal modulo 2**32 sample alike.
 MIN_SEED = -(2**63)
 MAX_SEED = 2**63 - 1
+# OpenAI's bound on top_logprobs.
+MAX_TOP_LOGPROBS = 20
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,9 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # Return each generated token's log-probability and this many of the most
+    # likely alternatives (0-20); None: none.
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -47,6 +52,12 @@ class SamplingParams:
             or not MIN_SEED <= self.seed <= MAX_SEED
         ):
             raise ValueError(f"seed must be an integer from {MIN_SEED} to {MAX_SEED}")
+        if self.logprobs is not None and (
+            isinstance(self.logprobs, bool)
+            or not isinstance(self.logprobs, int)
+            or not 0 <= self.logprobs <= MAX_TOP_LOGPROBS
+        ):
+            raise ValueError(f"logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}")
 
     @property
     def greedy(self) -> bool:
