@@ -209,7 +209,7 @@ def test_graph_replayed_steps_equal_eager_steps_as_rows_come_and_go(name: str) -
 
     def decode(runner: ModelRunner) -> torch.Tensor:
         mine = rows[id(runner)]
-        logits = runner.decode([t.row for t in mine])
+        logits = runner.decode([t.row for t in mine]).ordered()
         for t, token in zip(mine, logits.argmax(-1).tolist(), strict=True):
             t.row.pending_token = token
         return logits

@@ -22,7 +22,7 @@ from adapters.device.slot_cache import AdapterSlotCache, SlotLease
 from adapters.expert_sets import ExpertRef, ExpertSet
 from serving.engine.cuda_graphs import DecodeGraphs, column_bucket, row_bucket
 from serving.engine.errors import InvalidSampling, NonFiniteLogits, RequestFailed
-from serving.engine.model_runner import ModelRunner, RowState
+from serving.engine.model_runner import Logits, ModelRunner, RowState
 from serving.engine.sampling import MAX_SEED, SamplingParams
 from storage.tables import AdapterKind
 from tests.adapter_factory import random_lora
@@ -94,7 +94,7 @@ def test_rows_joining_and_leaving_keep_the_logits_of_each_row_alone() -> None:
     runner.join(prefill, [0, 1])
     batch = [a, b]
     for _ in range(3):
-        check(model, batch, runner.decode([t.row for t in batch]))
+        check(model, batch, runner.decode([t.row for t in batch]).ordered())
     assert [a.row.kv_length, b.row.kv_length] == [len(a.ids) - 1, len(b.ids) - 1]
 
     # Two more prompts, of which only the second joins (the first ended at once).
@@ -105,14 +105,14 @@ def test_rows_joining_and_leaving_keep_the_logits_of_each_row_alone() -> None:
     assert c.row.cache_row == -1 and runner.rows_in_use == 3
     batch = [a, b, d]
     for _ in range(2):
-        check(model, batch, runner.decode([t.row for t in batch]))
+        check(model, batch, runner.decode([t.row for t in batch]).ordered())
 
     # b leaves; a and d go on, d in its own row after b's freed one (a hole).
     batch = [a, d]
     runner.retain([t.row for t in batch])
     assert d.row.cache_row == 3 and runner.rows_in_use == 2
     for _ in range(2):
-        check(model, batch, runner.decode([t.row for t in batch]))
+        check(model, batch, runner.decode([t.row for t in batch]).ordered())
     runner.retain([])
     assert runner.rows_in_use == 0
 
@@ -128,7 +128,7 @@ def test_a_row_keeps_its_place_and_a_new_one_fills_a_hole_without_moving_memory(
     runner.join(prefill, [0, 1, 2])
     addresses = [tensor.data_ptr() for tensor in runner.cache.tensors()]
     assert addresses  # the first forward allocated them
-    check(model, [long, short, third], runner.decode([long.row, short.row, third.row]))
+    check(model, [long, short, third], runner.decode([long.row, short.row, third.row]).ordered())
 
     # The long row leaves; a new prompt takes its row (the lowest free one).
     runner.retain([short.row, third.row])
@@ -139,7 +139,7 @@ def test_a_row_keeps_its_place_and_a_new_one_fills_a_hole_without_moving_memory(
     assert new.row.cache_row == 0
     batch = [short, third, new]
     for _ in range(3):
-        check(model, batch, runner.decode([t.row for t in batch]))
+        check(model, batch, runner.decode([t.row for t in batch]).ordered())
     # Nothing was reallocated or copied: the rows stayed where they were written.
     assert [tensor.data_ptr() for tensor in runner.cache.tensors()] == addresses
 
@@ -157,7 +157,7 @@ def test_the_cache_grows_by_doubling_only_when_a_row_or_a_sequence_needs_it() ->
     check(model, [longer], prefill.logits)
     runner.join(prefill, [0])
     assert (runner.cache.row_capacity, runner.cache.column_capacity) == (8, 128)
-    check(model, [*rows, longer], runner.decode([t.row for t in [*rows, longer]]))
+    check(model, [*rows, longer], runner.decode([t.row for t in [*rows, longer]]).ordered())
     with pytest.raises(ValueError, match="at most 16 rows of 512 columns"):
         runner.cache.ensure(17, 10)
 
@@ -194,7 +194,7 @@ def test_a_sliding_window_layer_sees_only_its_window_in_prefill_and_decode() -> 
     check(model, [a, b, c], prefill.logits)
     runner.join(prefill, [0, 1, 2])
     for _ in range(6):
-        check(model, [a, b, c], runner.decode([a.row, b.row, c.row]))
+        check(model, [a, b, c], runner.decode([a.row, b.row, c.row]).ordered())
     # The window matters here: the same weights with a window wider than the
     # sequence give other logits, so a mask that ignored it would have failed.
     wide = tiny_gemma3(sliding_window=512)
@@ -218,7 +218,7 @@ def test_a_row_taken_after_a_broken_request_does_not_inherit_its_non_finite_keys
     assert fresh.row.cache_row == 0
     check(model, [fresh], prefill.logits)
     for _ in range(3):  # decode reads columns past the prompt, hidden by the mask
-        check(model, [fresh], runner.decode([fresh.row]))
+        check(model, [fresh], runner.decode([fresh.row]).ordered())
 
 
 def test_a_prompt_prefilled_in_chunks_between_decode_steps_equals_it_run_alone() -> None:
@@ -235,13 +235,13 @@ def test_a_prompt_prefilled_in_chunks_between_decode_steps_equals_it_run_alone()
     runner.join(prefill, [0])
     check(model, [short], prefill.logits)
     for chunk in (10, 12):
-        check(model, [short], runner.decode([short.row]))
+        check(model, [short], runner.decode([short.row]).ordered())
         more = runner.prefill([long.row], [chunk])
         runner.join(more, [0])
     assert long.row.prefilled == 30
     check(model, [long], more.logits)  # the whole prompt's next-token logits
     for _ in range(3):
-        check(model, [long, short], runner.decode([long.row, short.row]))
+        check(model, [long, short], runner.decode([long.row, short.row]).ordered())
     with pytest.raises(ValueError, match="goes on alone"):
         runner.prefill([long.row, short.row], [1, 1])
 
@@ -296,13 +296,13 @@ def test_sampling_fails_only_the_rows_that_cannot_sample() -> None:
         new_row(runner, [1], params=seeded),
         new_row(runner, [1], params=seeded),
     ]
-    tokens = runner.sample(rows, logits)
+    tokens = runner.sample(rows, Logits.dense(logits))
     assert tokens[0] == int(logits[0].argmax())
     assert isinstance(tokens[1], NonFiniteLogits) and "adapter may be broken" in str(tokens[1])
     assert isinstance(tokens[2], NonFiniteLogits) and "adapter" not in str(tokens[2])
     # The same seed over the same logits draws the same token, whatever the batch.
     assert isinstance(tokens[3], int) and tokens[3] == tokens[4]
-    again = runner.sample([new_row(runner, [1], params=seeded)], logits[3:4])
+    again = runner.sample([new_row(runner, [1], params=seeded)], Logits.dense(logits[3:4]))
     assert again == [tokens[3]]
 
 
@@ -314,11 +314,13 @@ def test_a_sampler_that_raises_fails_its_row_with_the_cause(
     def broken(*_args: object) -> int:
         raise RuntimeError("simulated sampler failure")
 
-    monkeypatch.setattr(model_runner, "sample_token", broken)
+    monkeypatch.setattr(model_runner, "sample_rows", broken)
     sampled = SamplingParams(temperature=0.7, seed=1)
     logits = torch.zeros(2, VOCAB)
     logits[0, 5] = 1.0
-    tokens = runner.sample([new_row(runner, [1]), new_row(runner, [1], params=sampled)], logits)
+    tokens = runner.sample(
+        [new_row(runner, [1]), new_row(runner, [1], params=sampled)], Logits.dense(logits)
+    )
     assert tokens[0] == 5
     failed = tokens[1]
     assert isinstance(failed, RequestFailed)
@@ -387,7 +389,7 @@ class Adapted:
         for _ in range(steps):
             for row, logits in zip(rows, steps_logits[-1], strict=True):
                 row.pending_token = int(logits.argmax())
-            steps_logits.append(self.runner.decode(rows))
+            steps_logits.append(self.runner.decode(rows).ordered())
         self.runner.reset()
         for row in rows:
             if row.lease is not None:
@@ -481,7 +483,7 @@ def test_cuda_graphs_asked_for_on_the_cpu_decode_eagerly() -> None:
     prefill = runner.prefill([one.row])
     runner.join(prefill, [0])
     check(model, [one], prefill.logits)
-    check(model, [one], runner.decode([one.row]))
+    check(model, [one], runner.decode([one.row]).ordered())
     assert runner.graphs_recorded == 0
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         DecodeGraphs(lambda inputs, columns: inputs.tokens, torch.device("cpu"))
@@ -496,7 +498,7 @@ def test_scores_are_the_models_log_probabilities_for_the_rows_that_ask() -> None
         new_row(runner, [1], params=SamplingParams(temperature=0, logprobs=0)),
     ]
     tokens: list[int | RequestFailed] = [5, 6, 7]
-    measured = model_runner.scores(rows, logits, tokens)
+    measured = model_runner.scores(rows, Logits.dense(logits), tokens)
     expected = torch.log_softmax(logits, dim=-1)
     first, second, third = measured
     assert first is not None and third is not None and second is None
@@ -505,5 +507,5 @@ def test_scores_are_the_models_log_probabilities_for_the_rows_that_ask() -> None
     assert [lp for _, lp in first.top] == pytest.approx(expected[0].topk(3).values.tolist())
     assert third.logprob == pytest.approx(float(expected[2, 7]), abs=1e-6) and third.top == ()
     # A row whose token failed has no score.
-    failed = model_runner.scores(rows[:1], logits[:1], [RequestFailed("no token")])
+    failed = model_runner.scores(rows[:1], Logits.dense(logits[:1]), [RequestFailed("no token")])
     assert failed == [None]

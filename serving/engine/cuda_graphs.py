@@ -20,9 +20,9 @@ up). That run is a real decode step on the real inputs: it writes the very
 keys and values the replay then writes again, so it changes nothing.
 
 Invariants: a replay reads only the static inputs; the logits it returns are
-the graph's own output tensor, valid until the next replay (the runner
-copies the rows it needs at once). Only CUDA: on the CPU the runner runs
-its steps eagerly.
+the graph's own output tensor, valid until the next replay (the engine
+samples from it before the next step). Only CUDA: on the CPU the runner
+runs its steps eagerly.
 """
 
 from __future__ import annotations
@@ -52,6 +52,14 @@ class StepInputs:
     positions: torch.Tensor  # [rows, 1]
     expert_slots: torch.Tensor | None  # [rows, width]
     gate_slots: torch.Tensor | None  # [rows]
+
+    def to(self, device: torch.device) -> StepInputs:
+        return StepInputs(
+            tokens=self.tokens.to(device),
+            positions=self.positions.to(device),
+            expert_slots=None if self.expert_slots is None else self.expert_slots.to(device),
+            gate_slots=None if self.gate_slots is None else self.gate_slots.to(device),
+        )
 
 
 class GraphCaptureFailed(RuntimeError):
@@ -99,26 +107,19 @@ class DecodeGraphs:
     def __len__(self) -> int:
         return len(self._graphs)
 
-    def run(
-        self,
-        key: GraphKey,
-        tokens: torch.Tensor,
-        positions: torch.Tensor,
-        expert_slots: torch.Tensor | None,
-        gate_slots: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """The step's logits ``[rows, vocab]``: host inputs copied in, the key's graph replayed."""
+    def run(self, key: GraphKey, step: StepInputs) -> torch.Tensor:
+        """The step's logits ``[rows, vocab]``: ``step`` (host tensors) copied in, replayed."""
         graph = self._graphs.get(key)
         if graph is None:
             inputs = self._static_inputs(key)
-            _fill(inputs, tokens, positions, expert_slots, gate_slots)
+            _fill(inputs, step)
             try:
                 graph = self._record(key, inputs)
             except Exception as exc:
                 raise GraphCaptureFailed(f"recording the decode step {key} failed") from exc
             self._graphs[key] = graph
         else:
-            _fill(graph.inputs, tokens, positions, expert_slots, gate_slots)
+            _fill(graph.inputs, step)
         graph.graph.replay()
         return graph.logits
 
@@ -146,16 +147,10 @@ class DecodeGraphs:
         return _Graph(inputs, graph, logits)
 
 
-def _fill(
-    inputs: StepInputs,
-    tokens: torch.Tensor,
-    positions: torch.Tensor,
-    expert_slots: torch.Tensor | None,
-    gate_slots: torch.Tensor | None,
-) -> None:
-    inputs.tokens.copy_(tokens.view(-1, 1), non_blocking=True)
-    inputs.positions.copy_(positions.view(-1, 1), non_blocking=True)
-    if inputs.expert_slots is not None and expert_slots is not None:
-        inputs.expert_slots.copy_(expert_slots, non_blocking=True)
-    if inputs.gate_slots is not None and gate_slots is not None:
-        inputs.gate_slots.copy_(gate_slots, non_blocking=True)
+def _fill(inputs: StepInputs, step: StepInputs) -> None:
+    inputs.tokens.copy_(step.tokens, non_blocking=True)
+    inputs.positions.copy_(step.positions, non_blocking=True)
+    if inputs.expert_slots is not None and step.expert_slots is not None:
+        inputs.expert_slots.copy_(step.expert_slots, non_blocking=True)
+    if inputs.gate_slots is not None and step.gate_slots is not None:
+        inputs.gate_slots.copy_(step.gate_slots, non_blocking=True)

@@ -59,7 +59,14 @@ from serving.engine.errors import (
     NonFiniteLogits,
     RequestFailed,
 )
-from serving.engine.model_runner import ModelRunner, Prefill, RoutedModel, RowState, scores
+from serving.engine.model_runner import (
+    Logits,
+    ModelRunner,
+    Prefill,
+    RoutedModel,
+    RowState,
+    scores,
+)
 from serving.engine.output_processor import OutputProcessor, TokenOutput
 from serving.engine.requests import GenerationRequest, RequestHandle
 from serving.engine.scheduler import Admission, Scheduler, past, release_lease
@@ -326,7 +333,9 @@ class Engine:
         ]
         partial = [i for i in range(len(rows)) if i not in set(complete)]
         accepted = (
-            self._accept_tokens([rows[i] for i in complete], prefill.logits[complete])
+            self._accept_tokens(
+                [rows[i] for i in complete], Logits(prefill.logits, tuple(complete))
+            )
             if complete
             else []
         )
@@ -359,8 +368,8 @@ class Engine:
     def _held_states(self) -> list[RowState]:
         return [row.state for row in (*self._rows, *self._prefilling)]
 
-    def _accept_tokens(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
-        """Take each row's next token from ``logits [rows, vocab]``; the indices that go on.
+    def _accept_tokens(self, rows: list[_Row], logits: Logits) -> list[int]:
+        """Take each row's next token from its ``logits``; the indices that go on.
 
         The step's tokens go to the output processor in one message. A row
         whose token could not be sampled fails alone.

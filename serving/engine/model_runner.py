@@ -6,7 +6,8 @@ model. It prefills new prompts together (left-padded to one width, written
 straight into the rows they take), decodes one token for every row at once,
 each row routed through its own experts (``MultiLoraModel.routing``), and
 turns the last logits into tokens: one batched finiteness check and argmax
-per step, a per-request seeded sampler for the others. It knows token ids
+per step, and one batched draw for the rows that sample, each with one
+number from its own seeded generator (``sampling.sample_rows``). It knows token ids
 only, never text: detokenizing and stop sequences are the output processor's.
 
 The attention masks are built here, not by transformers: a 4-D mask (or one
@@ -45,7 +46,14 @@ from serving.engine.cuda_graphs import (
 from serving.engine.errors import InvalidSampling, NonFiniteLogits, RequestFailed
 from serving.engine.kv_cache import CacheStep, RowKVCache
 from serving.engine.requests import TokenScores
-from serving.engine.sampling import MAX_SEED, MIN_SEED, SamplingParams, new_generator, sample_token
+from serving.engine.sampling import (
+    MAX_SEED,
+    MIN_SEED,
+    SamplingParams,
+    draw,
+    new_generator,
+    sample_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +85,38 @@ class RowState:
     pending_token: int = -1  # sampled, not yet fed to the model
     prefilled: int = 0  # prompt tokens in the cache (less than the prompt while chunked)
     cache_row: int = -1  # its row of the KV cache, from its prefill on
+
+
+@dataclass(frozen=True)
+class Logits:
+    """The last logits of some rows: row ``i``'s are ``table[at[i]]``.
+
+    A decode step's table has a row per cache row (holes included) and is
+    the step's own output, valid until the next decode: the rows are read
+    where they lie instead of being copied into the batch's order, which
+    for a batch of 256 would copy 50 MB a step.
+    """
+
+    table: torch.Tensor
+    at: tuple[int, ...]
+
+    @classmethod
+    def dense(cls, table: torch.Tensor) -> Logits:
+        """Rows in the table's own order."""
+        return cls(table, tuple(range(table.shape[0])))
+
+    def ordered(self) -> torch.Tensor:
+        """``[rows, vocab]`` in the rows' order (a copy, unless already so)."""
+        if self.at == tuple(range(len(self.at))):
+            return self.table[: len(self.at)]
+        return self.table.index_select(0, self._index(self.at))
+
+    def select(self, rows: Sequence[int]) -> torch.Tensor:
+        """``[len(rows), vocab]``: the logits of the rows ``rows`` (indices into ``at``)."""
+        return self.table.index_select(0, self._index([self.at[i] for i in rows]))
+
+    def _index(self, positions: Sequence[int]) -> torch.Tensor:
+        return torch.tensor(positions, dtype=torch.long, device=self.table.device)
 
 
 @dataclass(frozen=True)
@@ -204,15 +244,12 @@ class ModelRunner:
             self._rows[index] = row
         try:
             with self.routing([row.lease for row in rows]):
-                output = self.model(
-                    input_ids=ids.to(self.device),
-                    attention_mask=self._masks(
-                        positions.to(self.device), positions.to(self.device), real.to(self.device)
-                    ),
-                    position_ids=positions.clamp(min=0).to(self.device),
-                    past_key_values=self._cache,
-                    use_cache=True,
-                    logits_to_keep=1,
+                on_device = positions.to(self.device)
+                logits = self._forward(
+                    ids.to(self.device),
+                    on_device.clamp(min=0),
+                    self._masks(on_device, on_device, real.to(self.device)),
+                    prompt=True,
                 )
         except BaseException:
             self._free(rows)
@@ -221,7 +258,7 @@ class ModelRunner:
             self._cache.step = None
         for row, length in zip(rows, lengths, strict=True):
             row.prefilled = length
-        return Prefill(output.logits[:, -1], tuple(rows))
+        return Prefill(logits, tuple(rows))
 
     def _prefill_more(self, row: RowState, length: int) -> Prefill:
         """The next ``length`` tokens of a partly prefilled prompt, attending over its row."""
@@ -239,15 +276,11 @@ class ModelRunner:
         )
         try:
             with self.routing([row.lease]):
-                output = self.model(
-                    input_ids=ids,
-                    attention_mask=self._masks(
-                        positions, self._column_index[:end].unsqueeze(0), None
-                    ),
-                    position_ids=positions,
-                    past_key_values=self._cache,
-                    use_cache=True,
-                    logits_to_keep=1,
+                logits = self._forward(
+                    ids,
+                    positions,
+                    self._masks(positions, self._column_index[:end].unsqueeze(0), None),
+                    prompt=True,
                 )
         except BaseException:
             self._free([row])
@@ -255,15 +288,15 @@ class ModelRunner:
         finally:
             self._cache.step = None
         row.prefilled = end
-        return Prefill(output.logits[:, -1], (row,))
+        return Prefill(logits, (row,))
 
     def join(self, prefill: Prefill, keep: Sequence[int]) -> None:
         """The rows ``keep`` of a prefill start running; the others' cache rows are freed."""
         kept = set(keep)
         self._free([row for index, row in enumerate(prefill.rows) if index not in kept])
 
-    def decode(self, rows: Sequence[RowState]) -> torch.Tensor:
-        """One step: every row's pending token in, its next logits ``[rows, vocab]`` out.
+    def decode(self, rows: Sequence[RowState]) -> Logits:
+        """One step: every row's pending token in, its next logits out (valid until the next).
 
         On success each row's ``kv_length`` counts the token fed; on failure
         every row is dropped and the error propagates.
@@ -276,15 +309,23 @@ class ModelRunner:
         else:
             columns = min(_round_up(longest, COLUMN_BLOCK), self.context_length)
         self._cache.ensure(span, max(columns, longest + SPARE_COLUMNS))
-        tokens = torch.zeros(span, dtype=torch.long)
+        # Built as lists, then one tensor each: a Python loop of tensor item
+        # writes costs microseconds a row, a step's worth at a batch of 256.
+        tokens = [0] * span
         # A hole writes in the last column, which no row has written (kv_cache.py).
-        positions = torch.full((span,), self._cache.column_capacity - 1, dtype=torch.long)
+        positions = [self._cache.column_capacity - 1] * span
         leases: list[SlotLease | None] = [None] * span
         for row in rows:
             tokens[row.cache_row] = row.pending_token
             positions[row.cache_row] = row.kv_length
             leases[row.cache_row] = row.lease
         expert_slots, gate_slots = self._route_tensors(leases)
+        inputs = StepInputs(
+            tokens=torch.tensor(tokens).unsqueeze(1),
+            positions=torch.tensor(positions).unsqueeze(1),
+            expert_slots=expert_slots,
+            gate_slots=gate_slots,
+        )
         try:
             all_logits = None
             if bucket is not None:
@@ -294,17 +335,9 @@ class ModelRunner:
                     width=0 if expert_slots is None else expert_slots.shape[1],
                     gated=gate_slots is not None,
                 )
-                all_logits = self._replay(key, tokens, positions, expert_slots, gate_slots)
+                all_logits = self._replay(key, inputs)
             if all_logits is None:
-                all_logits = self._step(
-                    StepInputs(
-                        tokens=tokens.to(self.device).unsqueeze(1),
-                        positions=positions.to(self.device).unsqueeze(1),
-                        expert_slots=_on(expert_slots, self.device),
-                        gate_slots=_on(gate_slots, self.device),
-                    ),
-                    columns,
-                )
+                all_logits = self._step(inputs.to(self.device), columns)
         except BaseException:
             self.reset()
             raise
@@ -312,8 +345,7 @@ class ModelRunner:
             self._cache.step = None
         for row in rows:
             row.kv_length += 1
-        order = torch.tensor([row.cache_row for row in rows], device=self.device)
-        return all_logits.index_select(0, order)
+        return Logits(all_logits, tuple(row.cache_row for row in rows))
 
     def _step(self, inputs: StepInputs, columns: int) -> torch.Tensor:
         """The decode forward over cache rows ``0..rows``: the last logits ``[rows, vocab]``.
@@ -329,28 +361,41 @@ class ModelRunner:
         if self.lora is not None and inputs.expert_slots is not None:
             routing = self.lora.routing(inputs.expert_slots, inputs.gate_slots, check=False)
         with routing:
-            output = self.model(
-                input_ids=inputs.tokens,
-                attention_mask=self._masks(inputs.positions, key_positions, None),
-                position_ids=inputs.positions,
-                past_key_values=self._cache,
-                use_cache=True,
+            return self._forward(
+                inputs.tokens,
+                inputs.positions,
+                self._masks(inputs.positions, key_positions, None),
+                prompt=False,
             )
+
+    def _forward(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        masks: torch.Tensor | dict[str, torch.Tensor],
+        *,
+        prompt: bool,
+    ) -> torch.Tensor:
+        """The model over ``ids [B, L]`` into the cache's step: the last logits ``[B, vocab]``.
+
+        ``prompt``: a prefill, whose logits are kept for its last position only.
+        """
+        output = self.model(
+            input_ids=ids,
+            attention_mask=masks,
+            position_ids=positions,
+            past_key_values=self._cache,
+            use_cache=True,
+            **({"logits_to_keep": 1} if prompt else {}),
+        )
         logits: torch.Tensor = output.logits[:, -1]
         return logits
 
-    def _replay(
-        self,
-        key: GraphKey,
-        tokens: torch.Tensor,
-        positions: torch.Tensor,
-        expert_slots: torch.Tensor | None,
-        gate_slots: torch.Tensor | None,
-    ) -> torch.Tensor | None:
+    def _replay(self, key: GraphKey, inputs: StepInputs) -> torch.Tensor | None:
         """The step from its CUDA graph; None when it cannot be recorded (then never again)."""
         assert self._graphs is not None
         try:
-            return self._graphs.run(key, tokens, positions, expert_slots, gate_slots)
+            return self._graphs.run(key, inputs)
         except GraphCaptureFailed:
             logger.exception("recording a CUDA graph failed; decoding eagerly from now on")
             self._graphs = None
@@ -437,30 +482,53 @@ class ModelRunner:
 
     # Sampling ---------------------------------------------------------------------
 
-    def sample(self, rows: Sequence[RowState], logits: torch.Tensor) -> list[int | RequestFailed]:
-        """Each row's next token from ``logits [rows, vocab]``, or why it has none."""
-        # One check and one argmax for the batch, not one per row.
-        finite: list[bool] = torch.isfinite(logits).all(dim=-1).tolist()
-        greedy: list[int] = logits.argmax(dim=-1).tolist()
-        tokens: list[int | RequestFailed] = []
-        for index, row in enumerate(rows):
-            if not finite[index]:
-                tokens.append(_non_finite(row))
-            elif row.params.greedy:
-                tokens.append(greedy[index])
-            else:
-                try:
-                    tokens.append(sample_token(logits[index], row.params, row.generator))
-                except Exception as exc:
-                    logger.exception("sampling a token of %s failed", row.request_id)
-                    failed = RequestFailed("generating this request's next token failed")
-                    failed.__cause__ = exc
-                    tokens.append(failed)
+    def sample(self, rows: Sequence[RowState], logits: Logits) -> list[int | RequestFailed]:
+        """Each row's next token from its ``logits``, or why it has none."""
+        table = logits.table
+        # One pass each over the whole table for the batch, not one per row: a
+        # row's sum is finite only if all its logits are (and no float32 sum
+        # of real logits overflows), and the greedy token.
+        finite: list[bool] = torch.isfinite(table.sum(dim=-1, dtype=torch.float32)).tolist()
+        greedy: list[int] = table.argmax(dim=-1).tolist()
+        tokens: list[int | RequestFailed] = [
+            greedy[at] if finite[at] else _non_finite(row)
+            for row, at in zip(rows, logits.at, strict=True)
+        ]
+        sampling = [
+            i for i, row in enumerate(rows) if finite[logits.at[i]] and not row.params.greedy
+        ]
+        if not sampling:
+            return tokens
+        # Each row's one random number, drawn once: a retry below reuses it.
+        uniforms = [_draw(rows[i]) for i in sampling]
+        try:
+            drawn: list[int | RequestFailed] = list(
+                sample_rows(logits.select(sampling), [rows[i].params for i in sampling], uniforms)
+            )
+        except Exception:
+            logger.warning("sampling a batch of %d rows failed; row by row", len(sampling))
+            drawn = [
+                self._sample_one(rows[i], logits.select([i]), uniform)
+                for i, uniform in zip(sampling, uniforms, strict=True)
+            ]
+        for i, token in zip(sampling, drawn, strict=True):
+            tokens[i] = token
         return tokens
+
+    @staticmethod
+    def _sample_one(row: RowState, logits: torch.Tensor, uniform: float) -> int | RequestFailed:
+        """One row's token alone, or the failure that is its own."""
+        try:
+            return sample_rows(logits, [row.params], [uniform])[0]
+        except Exception as exc:
+            logger.exception("sampling a token of %s failed", row.request_id)
+            failed = RequestFailed("generating this request's next token failed")
+            failed.__cause__ = exc
+            return failed
 
 
 def scores(
-    rows: Sequence[RowState], logits: torch.Tensor, tokens: Sequence[int | RequestFailed]
+    rows: Sequence[RowState], logits: Logits, tokens: Sequence[int | RequestFailed]
 ) -> list[TokenScores | None]:
     """Each sampled token's log-probability and its row's top alternatives, for rows that ask.
 
@@ -476,9 +544,8 @@ def scores(
     out: list[TokenScores | None] = [None] * len(rows)
     if not asking:
         return out
-    index = torch.tensor(asking, device=logits.device)
-    logprobs = torch.log_softmax(logits.index_select(0, index).float(), dim=-1)
-    chosen_ids = torch.tensor([tokens[i] for i in asking], device=logits.device).unsqueeze(1)
+    logprobs = torch.log_softmax(logits.select(asking).float(), dim=-1)
+    chosen_ids = torch.tensor([tokens[i] for i in asking], device=logprobs.device).unsqueeze(1)
     chosen: list[float] = logprobs.gather(1, chosen_ids).squeeze(1).tolist()
     k = max(rows[i].params.logprobs or 0 for i in asking)
     top_values: list[list[float]] = [[] for _ in asking]
@@ -491,6 +558,11 @@ def scores(
         top = tuple(zip(top_ids[j][:wanted], top_values[j][:wanted], strict=True))
         out[i] = TokenScores(chosen[j], top)
     return out
+
+
+def _draw(row: RowState) -> float:
+    assert row.generator is not None  # every sampling row has one (new_row)
+    return draw(row.generator)
 
 
 def _non_finite(row: RowState) -> NonFiniteLogits:
@@ -518,7 +590,3 @@ def _sliding_window(config: Any) -> int | None:
     if "sliding_attention" in layer_types and isinstance(window, int):
         return window
     return None
-
-
-def _on(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    return None if tensor is None else tensor.to(device)

@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from serving.engine.config import EngineStats
-from serving.engine.detokenize import Decoder, IncrementalDetokenizer
+from serving.engine.detokenize import Decoder, IncrementalDetokenizer, fast_decoder
 from serving.engine.errors import RequestFailed
 from serving.engine.requests import (
     Event,
@@ -110,6 +110,7 @@ class OutputProcessor:
     ) -> None:
         self.name = name
         self.tokenizer = tokenizer
+        self._decoder = fast_decoder(tokenizer)
         self.stats = stats
         self._abort = abort
         self._queue: queue.SimpleQueue[_Message] = queue.SimpleQueue()
@@ -220,7 +221,7 @@ class OutputProcessor:
             if stream is None:
                 request = handle.request
                 detokenizer = IncrementalDetokenizer(
-                    self.tokenizer, request.params.stop + request.turn_markers, request.answer_lead
+                    self._decoder, request.params.stop + request.turn_markers, request.answer_lead
                 )
                 stream = self._streams[id(handle)] = _Stream(handle, detokenizer)
             stream.tokens += 1
@@ -277,7 +278,7 @@ class OutputProcessor:
         )
 
     def _piece(self, token: int) -> str:
-        text: str = self.tokenizer.decode([token], skip_special_tokens=False)
+        text: str = self._decoder.decode([token], skip_special_tokens=False)
         return text
 
     def _end_unstarted(self, handle: RequestHandle, reason: str) -> None:

@@ -7,6 +7,7 @@ engine thread meets is always something it can sample with: a seed out of
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,8 @@ MIN_SEED = -(2**63)
 MAX_SEED = 2**63 - 1
 # OpenAI's bound on top_logprobs.
 MAX_TOP_LOGPROBS = 20
+# How many of a row's most likely tokens the nucleus is looked for in first (_nucleus).
+NUCLEUS_CANDIDATES = 64
 
 
 @dataclass(frozen=True)
@@ -77,25 +80,69 @@ def new_generator(params: SamplingParams) -> torch.Generator | None:
     return generator
 
 
-def sample_token(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
-) -> int:
-    """The next token of one row from its last-position logits ``[vocab]``."""
-    if params.greedy:
-        return int(torch.argmax(logits))
-    # Shifting the maximum to 0 first keeps a tiny temperature from turning
-    # the logits into inf - inf (NaN): the best token's weight stays exp(0).
-    logits = logits.float().cpu()
-    scaled = (logits - logits.max()) / params.temperature
-    probabilities = torch.softmax(scaled, dim=-1)
-    if params.top_p < 1.0:
-        sorted_probs, sorted_ids = torch.sort(probabilities, descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (always the first token).
-        outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= params.top_p
-        probabilities = probabilities.clone()
-        probabilities[sorted_ids[outside]] = 0.0
-    # Draw over the vocabulary in token-id order, not in sorted order: near-equal
-    # probabilities swap places in a sort under tiny numeric noise (a batch
-    # computes logits a few ulps differently), which would change a seeded
-    # request's tokens depending on who else is in its batch.
-    return int(torch.multinomial(probabilities, 1, generator=generator))
+def draw(generator: torch.Generator) -> float:
+    """The row's uniform number in [0, 1) for this step, from its own generator."""
+    return float(torch.rand((), generator=generator))
+
+
+def sample_rows(
+    logits: torch.Tensor, params: Sequence[SamplingParams], uniforms: Sequence[float]
+) -> list[int]:
+    """Each row's next token from its last logits ``[rows, vocab]``, for rows that sample.
+
+    One pass for the whole batch on the logits' device: temperature, the
+    nucleus (top-p), then an inverse-CDF draw of the row's ``uniforms[i]``
+    over the vocabulary in token-id order. Drawing in id order, not in sorted
+    order, keeps a seeded request's tokens independent of its batch:
+    near-equal probabilities swap places in a sort under a few ulps of noise
+    (a batch computes logits a little differently). Each row's randomness is
+    its one uniform, drawn by the caller from the row's generator, so no row
+    consumes another's random numbers.
+    """
+    if not len(params) == len(uniforms) == logits.shape[0]:
+        raise ValueError("one SamplingParams and one uniform per row of logits")
+    device = logits.device
+    scores = logits.float()
+    temperatures = torch.tensor([p.temperature for p in params], device=device)
+    # Shifting each row's maximum to 0 first keeps a tiny temperature from
+    # turning the logits into inf - inf (NaN): the best token's weight stays exp(0).
+    scores = (scores - scores.max(dim=-1, keepdim=True).values) / temperatures.unsqueeze(1)
+    probabilities = torch.softmax(scores, dim=-1)
+    top_p = [p.top_p for p in params]
+    if any(p < 1.0 for p in top_p):
+        probabilities = _nucleus(probabilities, top_p)
+    cdf = probabilities.cumsum(dim=-1)
+    total = cdf[:, -1:]
+    targets = torch.tensor(uniforms, device=device, dtype=cdf.dtype).unsqueeze(1) * total
+    # Below the total mass even where u * total rounds up to it (u near 1).
+    targets = torch.minimum(targets, torch.nextafter(total, torch.zeros_like(total)))
+    # The first token whose cumulative mass exceeds the target: never one of
+    # zero probability, whose cumulative mass equals the token's before it.
+    tokens = torch.searchsorted(cdf, targets, right=True).squeeze(1)
+    return [int(t) for t in tokens.tolist()]
+
+
+def _nucleus(probabilities: torch.Tensor, top_p: Sequence[float]) -> torch.Tensor:
+    """``probabilities`` with every token outside each row's nucleus set to 0.
+
+    The nucleus is the smallest prefix of the tokens by falling probability
+    whose mass reaches top_p (always the first token). It is looked for among
+    the ``NUCLEUS_CANDIDATES`` most likely tokens first, which is where it
+    lies at the temperatures people use; only a row whose candidates hold
+    less than its top_p sorts its whole vocabulary.
+    """
+    vocab = probabilities.shape[-1]
+    limits = torch.tensor(top_p, device=probabilities.device)
+    # A row without a nucleus (top_p 1) keeps every token, whatever the rounding.
+    unlimited = limits >= 1.0
+    limits = torch.where(unlimited, torch.full_like(limits, 2.0), limits).unsqueeze(1)
+    values, ids = probabilities.topk(min(NUCLEUS_CANDIDATES, vocab), dim=-1)
+    inside = values.cumsum(dim=-1) - values < limits
+    keep = torch.zeros_like(probabilities, dtype=torch.bool).scatter_(1, ids, inside)
+    beyond = (inside[:, -1] & ~unlimited).nonzero().flatten()
+    if beyond.numel():
+        values, ids = probabilities.index_select(0, beyond).sort(dim=-1, descending=True)
+        inside = values.cumsum(dim=-1) - values < limits.index_select(0, beyond)
+        keep[beyond] = torch.zeros_like(inside).scatter_(1, ids, inside)
+    keep |= unlimited.unsqueeze(1)
+    return probabilities.masked_fill(~keep, 0.0)
