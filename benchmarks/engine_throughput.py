@@ -3,8 +3,9 @@ engine, against the same requests one by one through HF ``generate``, in one run
 
     python -m benchmarks.engine_throughput [--model-dir var/models/smollm2-135m-instruct]
         [--random-weights] [--device cpu|cuda] [--dtype float32|bfloat16]
-        [--requests 64] [--prompt-len 64] [--max-tokens 128] [--adapters 0,64]
-        [--rank 16] [--sequential 8] [--hf-static] [--no-cuda-graphs] [--json OUT]
+        [--requests 64] [--prompt-len 64] [--max-tokens 128] [--adapters 0,64,64g]
+        [--rank 16] [--sequential 8] [--hf-static] [--no-cuda-graphs]
+        [--kernels auto|torch|triton] [--rounds 1] [--json OUT]
 
 No HTTP: this measures the engine alone. Every request generates exactly
 ``--max-tokens`` tokens (end-of-sequence is ignored), from random prompt
@@ -12,7 +13,14 @@ tokens, greedy. With ``--adapters N`` the requests use N distinct random
 rank-r LoRA adapters (all 7 modules) through the multi-LoRA slot pool; the
 sequential baseline then runs peft with each request's adapter. The
 sequential figure is measured on the first ``--sequential`` requests and is
-per token, so it compares with the engine's per token figure.
+per token, so it compares with the engine's per token figure. ``Ng`` is the
+gated mixture: N specialists, each mixed with one shared generalist by its
+CoMiGS gate. ``--rounds R`` measures every engine case R times, the cases
+alternated, and reports each one's median, so no case gains from its place.
+
+Beside each engine figure: the wall time per decode step, and on CUDA with
+graphs the GPU's time per step (the largest recorded step graph replayed
+back to back), so that the host's share of a step shows.
 
 ``--hf-static`` adds the baseline a GPU user tries first: HF ``generate``
 over the whole batch at once with a static cache (which ``generate`` compiles
@@ -24,7 +32,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,21 +73,63 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+@dataclass(frozen=True)
+class Case:
+    adapters: int  # distinct specialists, one per request in turn (0: the base model)
+    gated: bool  # each specialist mixed with one shared generalist by its gate
+
+    @classmethod
+    def parse(cls, text: str) -> Case:
+        gated = text.endswith("g")
+        return cls(int(text.removesuffix("g")), gated)
+
+    @property
+    def name(self) -> str:
+        return f"{self.adapters}{'g' if self.gated else ''}"
+
+
+@dataclass
+class EngineFigures:
+    tokens_per_s: float
+    step_ms: float  # wall time per decode step
+    gpu_step_ms: float | None  # GPU time per step of the largest graph; None: not measured
+
+
+GENERALIST = "generalist"
+
+
 def run_engine(
-    model: Any, tokenizer: Any, prompts: list[list[int]], args: argparse.Namespace, adapters: int
-) -> float:
-    """Output tokens per second of the engine serving every prompt at once."""
+    model: Any, tokenizer: Any, prompts: list[list[int]], args: argparse.Namespace, case: Case
+) -> EngineFigures:
+    """The engine serving every prompt at once: output tokens per second, time per step."""
     lora = slots = None
     loras: dict[str, LoraWeights] = {}
+    adapters = case.adapters
     if adapters:
         shapes = BaseModelShapes.from_config(model.config.to_dict())
+        gate = (GENERALIST,) if case.gated else ()
         loras = {
             f"adp_{i}": random_lora(
-                shapes, base_model_id="bench", rank=args.rank, seed=i, target_modules=TARGET_MODULES
+                shapes,
+                base_model_id="bench",
+                rank=args.rank,
+                seed=i,
+                target_modules=TARGET_MODULES,
+                gate_experts=gate,
             )
             for i in range(adapters)
         }
-        lora = MultiLoraModel.wrap(model, num_slots=adapters + 1, max_rank=args.rank)
+        if case.gated:
+            loras[GENERALIST] = random_lora(
+                shapes,
+                base_model_id="bench",
+                rank=args.rank,
+                seed=-1,
+                target_modules=TARGET_MODULES,
+            )
+        lora = MultiLoraModel.wrap(
+            model, num_slots=len(loras) + 1, max_rank=args.rank, kernels=args.kernels
+        )
         slots = AdapterSlotCache(lora, fetch=lambda ref: loras[ref.adapter_id])
     engine = Engine(
         model_id="bench",
@@ -103,21 +155,24 @@ def run_engine(
             return None
         name = f"adp_{index % adapters}"
         ref = ExpertRef(name, f"{name}-v1", 1, AdapterKind.SPECIALIST, "0" * 64, "bench")
-        return ExpertSet("bench", specialist=ref)
+        if not case.gated:
+            return ExpertSet("bench", specialist=ref)
+        shared = ExpertRef(
+            GENERALIST, f"{GENERALIST}-v1", 1, AdapterKind.GENERALIST, "0" * 64, "bench"
+        )
+        return ExpertSet("bench", generalists=(shared,), specialist=ref)
 
     try:
-        # Warm up kernels and, with adapters, fill the slots.
+        # Warm up with the measured requests themselves: kernels, the slots and,
+        # on CUDA, a graph for every shape the measured run takes.
         warm = [
-            engine.submit(
-                GenerationRequest(
-                    f"w{i}", tuple(p), SamplingParams(max_tokens=4, temperature=0), experts(i)
-                )
-            )
+            engine.submit(GenerationRequest(f"w{i}", tuple(p), params, experts(i)))
             for i, p in enumerate(prompts)
         ]
         for handle in warm:
             handle.wait(600)
         synchronize(args.device)
+        steps = engine.stats.steps
         started = time.perf_counter()
         handles = [
             engine.submit(GenerationRequest(f"r{i}", tuple(p), params, experts(i)))
@@ -125,9 +180,39 @@ def run_engine(
         ]
         tokens = sum(h.wait(600).completion_tokens for h in handles)
         synchronize(args.device)
-        return tokens / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        steps = engine.stats.steps - steps
+        return EngineFigures(
+            tokens_per_s=tokens / elapsed,
+            step_ms=elapsed / max(steps, 1) * 1000,
+            gpu_step_ms=gpu_step_ms(engine),
+        )
     finally:
         engine.stop()
+
+
+def gpu_step_ms(engine: Engine) -> float | None:
+    """The GPU's time for the largest recorded decode step, its graph replayed back to back.
+
+    Replays queue up with no host work between them, so this is the GPU's
+    own time per step; None without recorded graphs (CPU, or eager).
+    """
+    graphs = getattr(getattr(engine, "_runner", None), "_graphs", None)
+    recorded = getattr(graphs, "_graphs", None)
+    if not recorded:
+        return None
+    key = max(recorded, key=lambda k: (k.rows, k.columns))
+    graph = recorded[key].graph
+    start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+    end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+    for _ in range(3):
+        graph.replay()
+    start.record()
+    for _ in range(20):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return float(start.elapsed_time(end)) / 20
 
 
 def run_sequential(
@@ -209,6 +294,8 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=8)
     parser.add_argument("--hf-static", action="store_true")
     parser.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on CUDA")
+    parser.add_argument("--kernels", choices=("auto", "torch", "triton"), default="auto")
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     from transformers import AutoTokenizer
@@ -220,38 +307,67 @@ def main() -> None:
         for _ in range(args.requests)
     ]
     figures: list[dict[str, Any]] = []
-    import tempfile
+    cases = [Case.parse(text) for text in args.adapters.split(",")]
 
-    for adapters in (int(a) for a in args.adapters.split(",")):
-        model = load_model(
+    def fresh_model() -> Any:
+        return load_model(
             args.model_dir,
             random_weights=args.random_weights,
             device=args.device,
             dtype=DTYPES[args.dtype],
         )
-        with tempfile.TemporaryDirectory() as scratch:
-            sequential = run_sequential(
-                model, prompts[: args.sequential], args, adapters, Path(scratch)
-            )
-        model = load_model(
-            args.model_dir,
-            random_weights=args.random_weights,
-            device=args.device,
-            dtype=DTYPES[args.dtype],
-        )
-        engine = run_engine(model, tokenizer, prompts, args, adapters)
-        row = {
-            "adapters": adapters,
+
+    sequential: dict[Case, float] = {}
+    if args.sequential:
+        for case in cases:
+            if case.gated:
+                continue  # peft has no gated mixture to compare with
+            with tempfile.TemporaryDirectory() as scratch:
+                sequential[case] = run_sequential(
+                    fresh_model(), prompts[: args.sequential], args, case.adapters, Path(scratch)
+                )
+    measured: dict[Case, list[EngineFigures]] = {case: [] for case in cases}
+    for round_ in range(args.rounds):
+        # Every other round in reverse: no case always runs first or last.
+        for case in cases if round_ % 2 == 0 else cases[::-1]:
+            measured[case].append(run_engine(fresh_model(), tokenizer, prompts, args, case))
+    base = next((c for c in cases if c.adapters == 0), None)
+    base_tokens = (
+        statistics.median(f.tokens_per_s for f in measured[base]) if base is not None else None
+    )
+    for case in cases:
+        tokens_per_s = statistics.median(f.tokens_per_s for f in measured[case])
+        step_ms = statistics.median(f.step_ms for f in measured[case])
+        gpu = [f.gpu_step_ms for f in measured[case] if f.gpu_step_ms is not None]
+        gpu_ms = statistics.median(gpu) if gpu else None
+        row: dict[str, Any] = {
+            "case": case.name,
+            "adapters": case.adapters,
+            "gated": case.gated,
             "requests": args.requests,
-            "engine_tokens_per_s": engine,
-            "sequential_generate_tokens_per_s": sequential,
-            "speedup": engine / sequential,
+            "engine_tokens_per_s": tokens_per_s,
+            "step_ms": step_ms,
+            "gpu_step_ms": gpu_ms,
+            "rounds": [f.tokens_per_s for f in measured[case]],
         }
+        line = (
+            f"{case.name:>5} adapters: engine {tokens_per_s:9.1f} tok/s, "
+            f"{step_ms:6.2f} ms/step" + (f" (GPU {gpu_ms:5.2f} ms)" if gpu_ms is not None else "")
+        )
+        if base_tokens is not None and case != base:
+            row["vs_base"] = tokens_per_s / base_tokens
+            line += f", {tokens_per_s / base_tokens:4.2f}x base"
+        if case in sequential:
+            row["sequential_generate_tokens_per_s"] = sequential[case]
+            row["speedup"] = tokens_per_s / sequential[case]
+            line += (
+                f", HF generate{' + peft' if case.adapters else ''} one by one "
+                f"{sequential[case]:7.1f} tok/s, {tokens_per_s / sequential[case]:6.1f}x"
+            )
         figures.append(row)
         print(
-            f"adapters {adapters:3d}: engine {engine:9.1f} tok/s, HF generate one by one "
-            f"{sequential:7.1f} tok/s, {engine / sequential:5.1f}x ({args.requests} requests, "
-            f"{args.prompt_len} prompt + {args.max_tokens} new tokens, {args.device} {args.dtype})",
+            line + f" ({args.requests} requests, {args.prompt_len} prompt + "
+            f"{args.max_tokens} new tokens, {args.device} {args.dtype})",
             flush=True,
         )
     if args.hf_static:
@@ -262,11 +378,8 @@ def main() -> None:
             dtype=DTYPES[args.dtype],
         )
         hf_static = run_hf_static(model, prompts, args)
-        base = next((row for row in figures if row["adapters"] == 0), None)
         ratio = (
-            ""
-            if base is None
-            else f", engine base / this {base['engine_tokens_per_s'] / hf_static:.3f}x"
+            "" if base_tokens is None else f", engine base / this {base_tokens / hf_static:.3f}x"
         )
         print(
             f"HF generate, batch {args.requests}, static cache + compile: "
