@@ -86,8 +86,8 @@ def test_the_fast_decoder_is_the_rust_decode_and_gives_the_same_text(tokenizer: 
     assert "".join(deltas) == TEXTS[1]
 
 
-def test_a_tokenizer_that_cleans_up_spaces_keeps_its_own_decode(tokenizer: Any) -> None:
+def test_a_tokenizer_that_cleans_up_spaces_keeps_its_own_decode() -> None:
     cleaning: Any = AutoTokenizer.from_pretrained(
-        tokenizer.name_or_path, clean_up_tokenization_spaces=True
+        prepared_model_store() / "smollm2-135m-instruct", clean_up_tokenization_spaces=True
     )
     assert fast_decoder(cleaning) is cleaning
