@@ -15,14 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from adapters.lora_weights import TARGET_MODULES
-
-# Decoder-only models whose attention and MLP projections are named and shaped
-# like llama's (q/k/v/o + gate/up/down). Their peft tensor names match
-# ``lora_weights.TENSOR_NAME`` when loaded as ``*ForCausalLM``.
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
-
-# Multimodal wrappers whose language model's config is nested under this key.
-_NESTED_TEXT_CONFIG = {"gemma3": "text_config"}
+from models.architectures import NESTED_TEXT_CONFIG, language_model_type
 
 # A config.json is a few KB; anything far larger is not one.
 _MAX_CONFIG_BYTES = 1 << 20
@@ -61,23 +54,16 @@ class BaseModelShapes:
         Raises ``ValueError`` naming the model type or field when the config
         is of an unsupported architecture or lacks a size.
         """
-        outer_type = config.get("model_type")
+        # The supported families name and shape their projections like llama's; peft's
+        # tensor names then match ``lora_weights.TENSOR_NAME`` when loaded as
+        # ``*ForCausalLM``. Which families those are is models.architectures' decision.
         architecture = _architecture(config)
-        nested_key = _NESTED_TEXT_CONFIG.get(str(outer_type))
+        model_type = language_model_type(config)
+        nested_key = NESTED_TEXT_CONFIG.get(str(config.get("model_type")))
         if nested_key is not None:
-            text_config = config.get(nested_key)
-            if not isinstance(text_config, Mapping):
-                raise ValueError(f"{outer_type} config has no {nested_key} object")
-            config = text_config
-            # A nested text config may omit its own model_type.
-            model_type = config.get("model_type", f"{outer_type}_text")
-        else:
-            model_type = outer_type
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                f"unsupported base model architecture {model_type!r}; "
-                f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-            )
+            nested = config[nested_key]
+            assert isinstance(nested, Mapping)  # language_model_type checked it
+            config = nested
         hidden = _positive_int(config, "hidden_size")
         intermediate = _positive_int(config, "intermediate_size")
         heads = _positive_int(config, "num_attention_heads")

@@ -111,3 +111,43 @@ class CachedExpertSets:
         """Forget every resolved set (usable directly as an invalidation handler)."""
         with self._lock:
             self._entries.clear()
+
+
+class CachedPinnedSets:
+    """A replica's memory of the expert sets that fine-tuned model ids pin
+    (``adapters.fine_tuned_models``), kept as ``CachedExpertSets`` keeps its sets.
+
+    Only ids that name a model are remembered: an unknown id is asked again, so that
+    made-up ids cannot fill the memory and a model promoted a moment ago is found.
+    """
+
+    def __init__(
+        self,
+        resolve: Callable[[str, str], ExpertSet | None],
+        *,
+        ttl_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._resolve = resolve
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._entries: dict[tuple[str, str], tuple[float, ExpertSet]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, *, model_id: str, user_id: str) -> ExpertSet | None:
+        key = (model_id, user_id)
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] > now:
+                return entry[1]
+        resolved = self._resolve(model_id, user_id)
+        if resolved is not None:
+            with self._lock:
+                self._entries[key] = (now + self._ttl, resolved)
+        return resolved
+
+    def clear(self, _event: object = None) -> None:
+        """Forget every pinned set (usable directly as an invalidation handler)."""
+        with self._lock:
+            self._entries.clear()

@@ -432,16 +432,7 @@ def resolve_expert_set(
     generalists: list[ExpertRef] = []
     specialist: ExpertRef | None = None
     for adapter, version in session.execute(query):
-        assert version.sha256 is not None  # an active version always has weights
-        ref = ExpertRef(
-            adapter_id=adapter.id,
-            version_id=version.id,
-            version=version.version,
-            kind=adapter.kind,
-            sha256=version.sha256,
-            base_model_id=base_model_id,
-            **_measured_gain(version.eval_metrics),
-        )
+        ref = expert_ref(adapter, version)
         if adapter.kind is AdapterKind.GENERALIST:
             generalists.append(ref)
         elif specialist is None or adapter.name == "default":
@@ -450,6 +441,20 @@ def resolve_expert_set(
             specialist = ref
     return ExpertSet(
         base_model_id=base_model_id, generalists=tuple(generalists), specialist=specialist
+    )
+
+
+def expert_ref(adapter: Adapter, version: AdapterVersion) -> ExpertRef:
+    """A version with weights as the expert a request runs with."""
+    assert version.sha256 is not None  # a version that answers always has weights
+    return ExpertRef(
+        adapter_id=adapter.id,
+        version_id=version.id,
+        version=version.version,
+        kind=adapter.kind,
+        sha256=version.sha256,
+        base_model_id=adapter.base_model_id,
+        **_measured_gain(version.eval_metrics),
     )
 
 

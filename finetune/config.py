@@ -1,9 +1,9 @@
 """How one fine-tune job trains: the knobs, validated when built.
 
 A job's ``hyperparameters`` (``steps`` or ``epochs``, ``batch_size``,
-``learning_rate``, ``rank`` from the API) override the defaults and are used
-as given; what the job leaves out is sized to its data by
-``finetune.training_plan``.
+``learning_rate`` or ``learning_rate_multiplier``, ``rank``, ``seed`` from the
+API) override the defaults and are used as given; what the job leaves out is
+sized to its data by ``finetune.training_plan``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,16 @@ Quantization = Literal["nf4", "none"]
 SERVED_TOP_K: int = MultiLoraConfig.top_k
 
 # What the API may set; anything else in a job's hyperparameters is refused.
-API_HYPERPARAMETERS = ("steps", "epochs", "batch_size", "learning_rate", "rank")
+# ``learning_rate_multiplier`` and ``seed`` come from OpenAI's fine-tuning API.
+API_HYPERPARAMETERS = (
+    "steps",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "learning_rate_multiplier",
+    "rank",
+    "seed",
+)
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,8 @@ class TrainingConfig:
     epochs: int | None = None
     # The rate at a batch of 8; a plan scales it with the batch it picks.
     learning_rate: float = 1e-3
+    # OpenAI's knob: a factor on the rate a plan picks (not on a rate given as such).
+    learning_rate_multiplier: float = 1.0
     # A sized run: at least this many optimiser steps, this many examples seen (OpenAI's
     # rule of 3 epochs raised to see ~100 examples, here more: 24 steps at a batch of 8
     # were the fewest that showed a style on SmolLM2-135M), at most this many epochs.
@@ -88,7 +99,13 @@ class TrainingConfig:
             raise ValueError("give steps or epochs, not both")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
-        for name in ("alpha", "learning_rate", "gate_learning_rate", "max_grad_norm"):
+        for name in (
+            "alpha",
+            "learning_rate",
+            "learning_rate_multiplier",
+            "gate_learning_rate",
+            "max_grad_norm",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")

@@ -138,3 +138,26 @@ def split_by_time(
         validation=items[n_train : n_train + n_validation],
         test=items[n_train + n_validation :],
     )
+
+
+def split_for_file(
+    conversations: Sequence[TokenizedConversation],
+    validation: Sequence[TokenizedConversation] | None = None,
+    *,
+    minimum: int = MIN_CONVERSATIONS,
+) -> TimeSplit:
+    """A training file's split: its last lines are the newest. With a validation file,
+    that file validates and the training file gives train and test (the newest 10%, at
+    least ``MIN_TEST_CONVERSATIONS``); without, as ``split_by_time``."""
+    if validation is None:
+        return split_by_time(conversations, minimum=minimum)
+    if not validation:
+        raise DatasetError("the validation file has no conversation the model can take")
+    total = len(conversations)
+    if total < minimum:
+        raise DatasetError(f"{total} conversation(s) to learn from; at least {minimum} are needed")
+    n_test = max(MIN_TEST_CONVERSATIONS, round(total * 0.1))
+    items = list(conversations)
+    return TimeSplit(
+        train=items[: total - n_test], validation=list(validation), test=items[total - n_test :]
+    )

@@ -1,4 +1,5 @@
-"""A user's training data from SQL: their examples and the chat answers they liked."""
+"""A user's training data from SQL: their examples and the chat answers they liked,
+or, for a job of the OpenAI-shaped API, the uploaded file it names."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from finetune.errors import DatasetError
 from models.chat_format import Message
-from storage.repositories import ExampleRepository, FeedbackRepository
+from storage.errors import NotFound
+from storage.repositories import ExampleRepository, FeedbackRepository, TrainingFileRepository
 from storage.tables import TrainingExample
 
 
@@ -47,3 +50,24 @@ def _all_examples(session: Session, user_id: str) -> list[TrainingExample]:
     ):
         examples += page
     return examples
+
+
+def file_conversations(
+    session: Session, *, user_id: str, file_id: str, source: str
+) -> list[Conversation]:
+    """The conversations of one of the user's uploaded files, in the order of its lines
+    (a file has no time order of its own: its last lines are the newest)."""
+    repository = TrainingFileRepository(session)
+    try:
+        training_file = repository.get_for_user(file_id=file_id, user_id=user_id)
+    except NotFound:
+        raise DatasetError(f"the {source.replace('_', ' ')} {file_id} was deleted") from None
+    created = training_file.created_at
+    return [
+        Conversation(
+            [{"role": str(m["role"]), "content": str(m["content"])} for m in messages],
+            created,
+            source,
+        )
+        for messages in training_file.conversations
+    ]

@@ -57,6 +57,10 @@ class ClaimedJob:
     base_model_id: str
     target_key: str
     hyperparameters: dict[str, Any]
+    # Set for a job of the OpenAI-shaped API: it trains on this uploaded file (and
+    # validates on the other) instead of the user's examples and liked answers.
+    training_file_id: str | None = None
+    validation_file_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,8 @@ class JobQueue:
                     base_model_id=job.base_model_id,
                     target_key=job.target_key,
                     hyperparameters=dict(job.hyperparameters),
+                    training_file_id=job.training_file_id,
+                    validation_file_id=job.validation_file_id,
                 )
         return None
 

@@ -21,7 +21,8 @@ steps, so a plan fixes those and derives the rest:
   (``finetune.training``).
 
 Whatever the caller set (``steps`` or ``epochs``, ``batch_size``,
-``learning_rate``) is used as given. Pure arithmetic: no torch, no I/O.
+``learning_rate``) is used as given; ``learning_rate_multiplier`` (OpenAI's)
+scales the rate the plan picks. Pure arithmetic: no torch, no I/O.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def plan_training(config: TrainingConfig, *, train_conversations: int) -> Traini
             ("epochs", config.epochs is not None),
             ("batch_size", "batch_size" in config.set_by_caller),
             ("learning_rate", "learning_rate" in config.set_by_caller),
+            ("learning_rate_multiplier", "learning_rate_multiplier" in config.set_by_caller),
         )
         if given
     )
@@ -93,7 +95,11 @@ def plan_training(config: TrainingConfig, *, train_conversations: int) -> Traini
     if "learning_rate" in config.set_by_caller:
         rate = config.learning_rate
     else:
-        rate = config.learning_rate * math.sqrt(batch / REFERENCE_BATCH)
+        rate = (
+            config.learning_rate
+            * math.sqrt(batch / REFERENCE_BATCH)
+            * config.learning_rate_multiplier
+        )
     return TrainingPlan(
         batch_size=batch,
         steps=steps,

@@ -5,7 +5,8 @@ One job, start to end:
 1. claim it with a lease; a heartbeat thread renews the lease and notices a
    cancel request or a lost lease;
 2. build the data set (the user's examples and liked answers, or every user's
-   for a generalist), tokenized as served and split by time;
+   for a generalist, or the uploaded file a job of the OpenAI-shaped API names),
+   tokenized as served and split by time;
 3. train the expert on a freshly loaded NF4 base: for a specialist, beside
    the frozen active generalists, with the CoMiGS gate (``finetune.training``);
 4. refuse weights no healthy training produces (``check_magnitudes``: a run
@@ -49,10 +50,11 @@ from finetune.conversations import (
     TimeSplit,
     TokenizedConversation,
     split_by_time,
+    split_for_file,
     tokenize_conversation,
 )
 from finetune.crash_points import WEIGHTS_WRITTEN, crash_point
-from finetune.dataset import Conversation, collect_conversations
+from finetune.dataset import Conversation, collect_conversations, file_conversations
 from finetune.errors import ConversationTooLong, DatasetError, JobCancelled, LeaseLost
 from finetune.evaluation import (
     BaseScoreCache,
@@ -482,22 +484,47 @@ class FinetuneWorker:
             return BaseModelRepository(session).get(model_id=base_model_id)
 
     def _prepare_data(self, claim: ClaimedJob, tokenizer: Any, *, max_length: int) -> PreparedData:
+        validation: list[Conversation] | None = None
         with self.database.session() as session:
             if claim.kind is AdapterKind.SPECIALIST:
                 assert claim.user_id is not None
                 if session.get(User, claim.user_id) is None:
                     raise DatasetError(f"the user {claim.user_id} no longer exists")
-                conversations = collect_conversations(session, user_id=claim.user_id)
+                if claim.training_file_id is not None:
+                    # A job of the OpenAI-shaped API learns from its file alone.
+                    conversations = file_conversations(
+                        session,
+                        user_id=claim.user_id,
+                        file_id=claim.training_file_id,
+                        source="training_file",
+                    )
+                    if claim.validation_file_id is not None:
+                        validation = file_conversations(
+                            session,
+                            user_id=claim.user_id,
+                            file_id=claim.validation_file_id,
+                            source="validation_file",
+                        )
+                else:
+                    conversations = collect_conversations(session, user_id=claim.user_id)
             else:
                 conversations = _pooled_conversations(session)
         if not conversations:
             raise DatasetError("there is no data to learn from: upload examples or rate answers")
         tokenized, too_long = _tokenize_all(tokenizer, conversations, max_length=max_length)
         sources: dict[str, int] = {}
-        for conversation in conversations:
+        for conversation in [*conversations, *(validation or [])]:
             sources[conversation.source] = sources.get(conversation.source, 0) + 1
+        validating = None
+        if validation is not None:
+            validating, also_too_long = _tokenize_all(tokenizer, validation, max_length=max_length)
+            too_long += also_too_long
         try:
-            split = split_by_time(tokenized)
+            split = (
+                split_by_time(tokenized)
+                if claim.training_file_id is None
+                else split_for_file(tokenized, validating)
+            )
         except DatasetError as error:
             if not too_long:
                 raise

@@ -3,8 +3,12 @@
 - ``models.store``: the packaged GGUF base models, converted once to safetensors
   (``tailor models prepare``) and listed at every start; beside them the sentence
   embedder and the router's int8 ONNX query encoder.
+- ``models.store.add``: an operator's own model (a safetensors directory or a GGUF
+  file) added to the store beside them, or removed (``tailor models add`` / ``remove``).
 - ``models.catalog``: the prepared models registered as ``base_models`` rows, and
-  their prices.
+  their prices; adding and removing a model with its row.
+- ``models.architectures``: the model families Tailor serves, one list for the store
+  and adapter validation.
 - ``models.device``: what a device setting (``auto``...) means, for serving's model
   host, the fine-tune worker and Ray Serve's resource request alike.
 - ``models.chat_format``: how a conversation becomes a model's prompt tokens, the same

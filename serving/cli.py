@@ -494,12 +494,158 @@ def models_list() -> None:
         settings = load_settings()
         prepared = load_prepared(settings.storage.model_store_dir)
     for model in prepared:
-        price = price_per_million_tokens(model.id, model.parameter_count, settings.router.prices)
+        price = price_per_million_tokens(
+            model.id, model.parameter_count, settings.router.prices, model.price
+        )
         typer.echo(
             f"{model.id}\t{model.architecture}\t{model.parameter_count / 1e6:.0f}M params\t"
             f"ctx {model.context_length}\t{'chat' if model.chat_template else 'base'}\t"
             f"{price:.4f}/1M tokens\t{model.size_bytes / 1e6:.0f} MB"
         )
+
+
+@models_app.command("add")
+def models_add(
+    name: Annotated[str, typer.Argument(help="The model id requests will name.")],
+    source: Annotated[
+        Path,
+        typer.Option(
+            "--from",
+            help="A directory of a Hugging Face model (safetensors weights, config.json, "
+            "tokenizer) or a .gguf file.",
+        ),
+    ],
+    price: Annotated[
+        float | None,
+        typer.Option(help="Per 1M tokens; default: TAILOR_COST_PER_BILLION_PARAMETERS' rule."),
+    ] = None,
+    context_length: Annotated[
+        int | None, typer.Option(help="At most the model's own; default: the model's own.")
+    ] = None,
+    chat_template: Annotated[
+        Path | None,
+        typer.Option(help="A Jinja chat template file to use instead of the model's own."),
+    ] = None,
+    no_chat_template: Annotated[
+        bool,
+        typer.Option(
+            "--no-chat-template", help="Store it without a chat template (it continues text)."
+        ),
+    ] = False,
+    temperature: Annotated[
+        float | None, typer.Option(help="Its default sampling temperature (0 to 2).")
+    ] = None,
+    top_p: Annotated[
+        float | None, typer.Option(help="Its default top_p (above 0, up to 1).")
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="Its default answer length, in tokens.")
+    ] = None,
+    exist_ok: Annotated[
+        bool,
+        typer.Option(
+            "--exist-ok",
+            help="Succeed without copying when NAME was already added from this source "
+            "(a deployment hook that runs at every upgrade).",
+        ),
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            help="Only the progress bar; library output goes to <data dir>/log/tailor.log.",
+        ),
+    ] = False,
+) -> None:
+    """Add your own base model to the model store and register it; `tailor serve` serves it."""
+    from models.catalog import add_base_model
+    from models.errors import ModelRefused
+    from models.store.add import AddOptions, check_model_id
+    from models.store.prepare import NO_CHAT_TEMPLATE, ChatTemplateChoice
+    from serving.model_host import check_serves
+    from serving.settings import load_settings
+    from storage.database import Database
+    from storage.migrate import upgrade
+
+    with _one_line_errors():
+        settings = load_settings()
+        check_model_id(name)  # before any database is opened
+        if no_chat_template and chat_template is not None:
+            raise ModelRefused("give --chat-template or --no-chat-template, not both")
+        template = ChatTemplateChoice()
+        if no_chat_template:
+            template = NO_CHAT_TEMPLATE
+        elif chat_template is not None:
+            try:
+                text = chat_template.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ModelRefused(f"--chat-template {chat_template}: {exc}") from None
+            template = ChatTemplateChoice(keep_own=False, text=text)
+        options = AddOptions(
+            chat_template=template,
+            context_length=context_length,
+            price=price,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+        )
+    output = quiet_console(log_path(settings)) if quiet else nullcontext(loud_console())
+    with _one_line_errors(), output as console:
+        database = Database(settings.storage.resolved_database_url)
+        try:
+            upgrade(database)
+            row = add_base_model(
+                database,
+                settings.storage.model_store_dir,
+                name,
+                source,
+                options,
+                prices=settings.router.prices,
+                progress=console.step,
+                verify=lambda model_id, path, context: check_serves(
+                    model_id, path, context, settings
+                ),
+                exist_ok=exist_ok,
+            )
+        finally:
+            database.dispose()
+        console.say(
+            f"tailor: added {row.id} ({row.architecture}, {row.parameter_count / 1e6:.1f}M "
+            f"params, ctx {row.context_length}, {'chat' if row.chat_template else 'base'}, "
+            f"{row.cost_per_million_tokens:.4f}/1M tokens); `tailor serve` serves it"
+        )
+        if settings.engine.models is not None and row.id not in settings.engine.models:
+            console.say(f"tailor: note: TAILOR_MODELS leaves {row.id} out, so it is not served")
+
+
+@models_app.command("remove")
+def models_remove(
+    name: Annotated[str, typer.Argument(help="The id of a model added with `tailor models add`.")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Remove it although adapters exist for it: they stay in the database, "
+            "unserved, until a model of this name is added again.",
+        ),
+    ] = False,
+) -> None:
+    """Remove a model added with `tailor models add` (refused while adapters exist, or jobs
+    are queued or running, for it)."""
+    from models.catalog import remove_base_model
+    from serving.settings import load_settings
+    from storage.database import Database
+    from storage.migrate import upgrade
+
+    with _one_line_errors():
+        settings = load_settings()
+        database = Database(settings.storage.resolved_database_url)
+        try:
+            upgrade(database)
+            remove_base_model(database, settings.storage.model_store_dir, name, force=force)
+        finally:
+            database.dispose()
+    typer.echo(f"tailor: removed {name}; a running `tailor serve` serves it until restarted")
 
 
 @db_app.command("upgrade")

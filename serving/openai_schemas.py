@@ -37,8 +37,9 @@ MAX_STOP_CHARACTERS = 1_000
 MAX_TOKENS_LIMIT = 2**31 - 1
 SEED_MIN = -(2**63)
 SEED_MAX = 2**63 - 1
-# Base model ids are String(100) in storage; `auto` is shorter.
-MAX_MODEL_ID_CHARACTERS = 100
+# Base model ids are String(100) in storage; a fine-tuned model's id adds a suffix of
+# at most 64 characters and a version id (ft:<base>:<suffix>:<adv_...>); `auto` is shorter.
+MAX_MODEL_ID_CHARACTERS = 200
 
 
 class ContentPart(RequestBody):

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.errors import BodyTooLarge, error_response
 from serving.request_text import printable, text_problem
-from serving.routes import examples
+from serving.routes import examples, files
 from serving.services import Services
 
 # The multipart framing and text fields of an adapter upload, beyond its files.
@@ -109,6 +109,7 @@ def install_request_limits(app: FastAPI, services: Services) -> None:
         max_body_bytes=services.settings.server.max_request_bytes,
         route_body_bytes={
             ("POST", "/v1/examples"): lambda: examples.MAX_BODY_BYTES,
+            ("POST", "/v1/files"): lambda: files.MAX_UPLOAD_BYTES,
             ("POST", "/admin/adapters"): lambda: adapter_upload_bytes(
                 registry.limits.max_file_bytes
             ),

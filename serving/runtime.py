@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.expert_sets import CachedExpertSets, ExpertSet
+from adapters.expert_sets import CachedExpertSets, CachedPinnedSets, ExpertSet
+from adapters.fine_tuned_models import find_fine_tuned_model, pinned_expert_set
 from adapters.invalidation import InvalidationListener
 from adapters.invalidation_event import InvalidationEvent
 from models.catalog import served_models
@@ -92,8 +93,11 @@ class ModelRuntime:
         self.loaded = threading.Event()
         self.load_error: str | None = None
         self.expert_sets = CachedExpertSets(self._resolve)
+        # The sets fine-tuned model ids (ft:...) pin, one SQL read per id and TTL.
+        self.pinned_sets = CachedPinnedSets(self._resolve_pinned)
         self._listener = InvalidationListener(
-            services.cache, [self.expert_sets.clear, self._invalidate_slots]
+            services.cache,
+            [self.expert_sets.clear, self.pinned_sets.clear, self._invalidate_slots],
         )
         self._loader: threading.Thread | None = None
         self._syncer: threading.Thread | None = None
@@ -103,6 +107,8 @@ class ModelRuntime:
         self._sync_lock = threading.Lock()
         self._reset_epoch: str | None = None
         self._snapshot_at = 0
+        # Serialises models added or removed while serving (the admin routes).
+        self._models_lock = threading.Lock()
 
     @property
     def learning_router(self) -> EagleRouter | None:
@@ -113,6 +119,11 @@ class ModelRuntime:
         return self.services.adapters.expert_set(
             base_model_id=base_model_id, user_id=user_id, personalize=personalize
         )
+
+    def _resolve_pinned(self, model_id: str, user_id: str) -> ExpertSet | None:
+        with self.services.database.session() as session:
+            model = find_fine_tuned_model(session, name=model_id, user_id=user_id)
+            return None if model is None else pinned_expert_set(session, model)
 
     def _invalidate_slots(self, event: InvalidationEvent | None) -> None:
         for hosted in list(self.local.values()):
@@ -279,6 +290,61 @@ class ModelRuntime:
                 record.id, path, settings.engine.generation_defaults
             ),
         )
+
+    def serve_added(self, record: BaseModelRow) -> bool:
+        """Start serving a base model added while this process runs; whether it does now.
+
+        False where it cannot: the models are not loaded yet (or failed to), this
+        deployment leaves the model out (``TAILOR_MODELS``), or the engines are remote
+        (Ray Serve's deployments are fixed when it starts: the model is served once the
+        application is deployed again). Raises what loading the model raises.
+        """
+        settings = self.services.settings
+        if (
+            self._remote is not None
+            or not self.loaded.is_set()
+            or not served_models([record], settings.engine.models)
+        ):
+            return False
+        with self._models_lock:
+            if record.id in self.models:
+                return True
+            served = self._load_one(record)
+            # New containers, not changed ones: requests read these without a lock.
+            self.models = {**self.models, record.id: served}
+            self.candidates = [
+                *self.candidates,
+                Candidate(
+                    model=record.id,
+                    cost_per_million_tokens=record.cost_per_million_tokens,
+                    chat=record.chat_template is not None,
+                ),
+            ]
+            self._route_over_models()
+        logger.info("now serving the added base model %s", record.id)
+        return True
+
+    def stop_serving(self, model_id: str) -> None:
+        """Stop serving a base model that is being removed: requests still running on it
+        end with an error, and the router forgets it."""
+        with self._models_lock:
+            if model_id not in self.models:
+                return
+            self.models = {key: value for key, value in self.models.items() if key != model_id}
+            self.candidates = [c for c in self.candidates if c.model != model_id]
+            self._route_over_models()
+            hosted = self.local.pop(model_id, None)
+            self._engines.pop(model_id, None)
+        if hosted is not None:
+            hosted.engine.stop()
+        logger.info("stopped serving the base model %s", model_id)
+
+    def _route_over_models(self) -> None:
+        """A learning router over the models served now (its state is per model set:
+        rebuilt from the snapshot or the feedback, as at start)."""
+        if self._build_router:
+            with self._sync_lock:
+                self.router = self._learning_router(list(self.models))
 
     def stop(self) -> None:
         self._stopping.set()

@@ -199,6 +199,70 @@ class ModelPublic(BaseModel):
     context_length: int | None = None
     chat: bool | None = None
     cost_per_million_tokens: float | None = None
+    # A fine-tuned model's base model (ft:...); null for the others.
+    parent: str | None = None
+
+
+class BaseModelCreate(RequestBody):
+    """``POST /admin/models``: a model of the server's file system to add to the store.
+
+    The ranges of the numbers are checked where the model is added
+    (``models.store.add.AddOptions``), so that the CLI and the API refuse alike.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=100)  # base_models.id is String(100)
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="A directory of a Hugging Face model (safetensors) or a .gguf file, "
+        "as the server sees it.",
+    )
+    price: float | None = Field(default=None, description="Per 1M tokens.")
+    context_length: int | None = None
+    chat_template: str | None = Field(
+        default=None,
+        max_length=1_000_000,
+        description="A Jinja chat template to use instead of the model's own.",
+    )
+    no_chat_template: bool = Field(
+        default=False, description="Store it without a chat template (a text-continuing model)."
+    )
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        # Relative to what? The server's working directory means nothing to a client.
+        if not path.startswith("/"):
+            raise ValueError("must be an absolute path on the server")
+        return path
+
+    @model_validator(mode="after")
+    def _one_template_choice(self) -> BaseModelCreate:
+        if self.no_chat_template and self.chat_template is not None:
+            raise ValueError("give chat_template or no_chat_template, not both")
+        return self
+
+
+class BaseModelAdded(ModelPublic):
+    """A model just added: its entry, where it came from, and whether this process serves
+    it already (false under Ray Serve, before the models are loaded, or when
+    ``TAILOR_MODELS`` leaves it out)."""
+
+    source: str
+    served: bool
+
+
+class BaseModelDeleted(BaseModel):
+    """``DELETE /admin/models/{model_id}``, in OpenAI's shape of a deleted model."""
+
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool = True
 
 
 # Adapters --------------------------------------------------------------------

@@ -142,6 +142,9 @@ class FineTunePublic(BaseModel):
     # Once it succeeded: "promoted" (the user is served the new version) or "held_back".
     outcome: Literal["promoted", "held_back"] | None = None
     outcome_reason: str | None = None
+    # A job of /v1/fine_tuning/jobs trains on an uploaded file (null: the user's data).
+    training_file: str | None = None
+    validation_file: str | None = None
 
 
 class AdminJobPublic(FineTunePublic):

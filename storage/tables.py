@@ -424,6 +424,12 @@ class FineTuneJob(Base):
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # A job of the OpenAI-shaped API trains on these uploaded files (``TrainingFile``)
+    # instead of the user's examples; plain ids, not keys: a job keeps naming its file
+    # after the file is deleted, as OpenAI's jobs do. ``suffix`` names its model (ft:...).
+    training_file_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    validation_file_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    suffix: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class JobEvent(Base):
@@ -437,6 +443,29 @@ class JobEvent(Base):
     attempt: Mapped[int] = mapped_column(Integer)
     kind: Mapped[str] = mapped_column(String(20))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+
+
+class TrainingFile(Base):
+    """A JSON Lines file of chat conversations a user uploaded to fine-tune on
+    (``POST /v1/files``), validated line by line before it is stored.
+
+    ``content`` is the file as uploaded (what ``/content`` returns); ``conversations``
+    the same lines parsed, what a job's worker trains on. Both are deferred: listing
+    files never reads them.
+    """
+
+    __tablename__ = "training_files"
+    __table_args__ = (Index("ix_training_files_user_created", "user_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(20))
+    filename: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    conversation_count: Mapped[int] = mapped_column(Integer)
+    content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    conversations: Mapped[list[list[dict[str, Any]]]] = mapped_column(JSONValue, deferred=True)
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
 
 

@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import secrets
 import tempfile
@@ -148,7 +149,7 @@ def _redis_url(db: int) -> str:
 
 
 def _with_hand_read_bodies(spec: dict[str, Any]) -> dict[str, Any]:
-    """The schema plus the request bodies of the two routes that read their
+    """The schema plus the request bodies of the three routes that read their
     body by hand (so FastAPI cannot describe it): without them schemathesis
     would only ever send those routes an empty body."""
     spec = copy.deepcopy(spec)
@@ -193,6 +194,21 @@ def _with_hand_read_bodies(spec: dict[str, Any]) -> dict[str, Any]:
                         "adapter_model": {"type": "string", "format": "binary"},
                     },
                     "required": ["base_model", "adapter_config", "adapter_model"],
+                }
+            }
+        },
+    }
+    spec["paths"]["/v1/files"]["post"]["requestBody"] = {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "purpose": {"type": "string"},
+                        "file": {"type": "string", "format": "binary"},
+                    },
+                    "required": ["purpose", "file"],
                 }
             }
         },
@@ -276,6 +292,34 @@ def _seeded(schema: Any, client: asgi.ASGIClient, admin_key: str) -> FuzzTarget:
     )
     job = ok(client.post("/v1/fine-tunes", json={"model": FUZZ_MODEL}, headers=user_auth))
     version = _uploaded_adapter(client, admin, user_id=user["id"])
+    lines = "".join(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"q{i}"},
+                    {"role": "assistant", "content": f"a{i}"},
+                ]
+            }
+        )
+        + "\n"
+        for i in range(12)
+    )
+    training_file = ok(
+        client.post(
+            "/v1/files",
+            data={"purpose": "fine-tune"},
+            files=[("file", ("train.jsonl", lines.encode()))],
+            headers=user_auth,
+        )
+    )
+    openai_job = ok(
+        client.post(
+            "/v1/fine_tuning/jobs",
+            json={"model": FUZZ_MODEL, "training_file": training_file["id"]},
+            headers=user_auth,
+        )
+    )
+    fine_tuned = f"ft:{FUZZ_MODEL}:tailor:{version['id']}"
     answers = [
         ok(
             client.post(
@@ -298,9 +342,13 @@ def _seeded(schema: Any, client: asgi.ASGIClient, admin_key: str) -> FuzzTarget:
         known_ids={
             "user_id": [user["id"]],
             "key_id": [spare["id"]],
-            "job_id": [job["id"]],
+            "job_id": [job["id"], openai_job["id"]],
             "target_id": [version["id"], version["adapter_id"]],
-            "model": [FUZZ_MODEL, "auto"],
+            "model": [FUZZ_MODEL, "auto", fine_tuned],
+            "model_id": [FUZZ_MODEL, fine_tuned],
+            "file_id": [training_file["id"]],
+            "training_file": [training_file["id"]],
+            "validation_file": [training_file["id"]],
             "base_model": [FUZZ_MODEL],
             "response_id": answers,
             "preferred_over": answers[::-1],

@@ -12,7 +12,9 @@ shows that they agree, including in the case where the old copies drifted apart:
 - the safetensors header reader (``models.safetensors_header``): adapter validation and
   the model store;
 - the device an ``auto`` setting means (``models.device``): the model host,
-  the fine-tune worker and Ray Serve's replica resources.
+  the fine-tune worker and Ray Serve's replica resources;
+- the base model architectures served (``models.architectures``): adapter validation
+  and the model store's ``tailor models add``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 import serving.model_host
+from adapters.base_shapes import BaseModelShapes
 from adapters.device.multi_lora.gate import gate_weights
 from adapters.device.multi_lora.layer import MultiLoraLinear, Route, Routing
 from adapters.device.multi_lora.pool import ModulePool
@@ -37,8 +40,11 @@ from adapters.errors import InvalidAdapter
 from adapters.validation import ValidationLimits, read_container
 from finetune.experts import GatedExperts
 from finetune.worker import WorkerConfig
+from models.architectures import SUPPORTED_MODEL_TYPES
 from models.device import device_name, pick_device
+from models.errors import ModelRefused
 from models.safetensors_header import MAX_HEADER_BYTES, NotSafetensors, parse_header, read_header
+from models.store.add import AddOptions, add_model
 from models.store.prepare import _count_parameters
 from router import Candidate, DefaultModelRouter, EagleRouter, RouteRequest
 from router.default_model import cheapest, default_model
@@ -347,3 +353,33 @@ def test_host_worker_and_ray_agree_on_the_device(
 
 def test_explicit_devices_are_kept_as_written() -> None:
     assert [device_name(s) for s in ("cpu", "cuda", "cuda:1")] == ["cpu", "cuda", "cuda:1"]
+
+
+# --- the architectures served ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "model_type", ["llama", "mistral", "qwen3", "gemma3_text", "gpt2", "bert", "phi3", "falcon"]
+)
+def test_adapter_validation_and_the_model_store_take_the_same_architectures(
+    model_type: str, tmp_path: Path
+) -> None:
+    sizes = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4}
+    config = {"model_type": model_type, "num_hidden_layers": 2, **sizes}
+    try:
+        BaseModelShapes.from_config(config)
+        adapters_take = True
+    except ValueError as exc:
+        assert "unsupported base model architecture" in str(exc)
+        adapters_take = False
+    source = tmp_path / "model"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps(config))
+    # The architecture is checked before anything else: a config the store takes gets
+    # as far as its missing weights.
+    with pytest.raises(ModelRefused) as refused:
+        add_model(tmp_path / "store", "m", source, AddOptions(), progress=lambda step: None)
+    store_takes = "unsupported base model architecture" not in str(refused.value)
+    if store_takes:
+        assert "holds no .safetensors weights" in str(refused.value)
+    assert store_takes == adapters_take == (model_type in SUPPORTED_MODEL_TYPES)

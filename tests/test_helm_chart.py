@@ -87,7 +87,30 @@ CUSTOM_VALUES: dict[str, Any] = {
     "podAnnotations": {"example.com/scrape": "true"},
 }
 
-VALUE_SETS = {"default": None, "ci": CI_VALUES, "custom": CUSTOM_VALUES}
+# A model of the operator's own, from a volume, beside a packaged one.
+OWN_MODEL_VALUES: dict[str, Any] = {
+    "models": [
+        {"id": "smollm2-135m-instruct"},
+        {
+            "id": "my-llama",
+            "from": "llama-3.2-1b",
+            "price": 0.2,
+            "contextLength": 4096,
+            "chatTemplate": "none",
+            "temperature": 0,
+            "topP": 0.9,
+            "maxTokens": 128,
+        },
+    ],
+    "modelSources": {"existingClaim": "team-models"},
+}
+
+VALUE_SETS = {
+    "default": None,
+    "ci": CI_VALUES,
+    "custom": CUSTOM_VALUES,
+    "own-models": OWN_MODEL_VALUES,
+}
 
 # The fields of KubeRay's ray.io/v1 RayService, from its API reference
 # (ray-project/kuberay docs/reference/api.md: RayServiceSpec, RayClusterSpec,
@@ -633,3 +656,54 @@ def test_the_defaults_match_the_image_and_the_packaged_models() -> None:
     assert f"TAILOR_DATA_DIR={DEFAULT_VALUES['persistence']['mountPath']}\n" in dockerfile
     user = DEFAULT_VALUES["podSecurityContext"]["runAsUser"]
     assert f"USER {user}:{user}\n" in dockerfile
+
+
+def test_models_from_a_volume_are_added_by_the_heads_init_container() -> None:
+    documents = render(OWN_MODEL_VALUES)
+    # Their store copies live on the shared data volume, with the packaged models.
+    assert only(documents, "ConfigMap")["data"]["TAILOR_MODEL_STORE"] == "/var/lib/tailor/models"
+    cluster = only(documents, "RayService")["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    (init,) = head["initContainers"]
+    assert init["command"][:2] == ["/bin/sh", "-ec"]
+    assert init["command"][2].splitlines() == [
+        "tailor models prepare --quiet",
+        "tailor models add 'my-llama' --from '/opt/tailor/model-sources/llama-3.2-1b' "
+        "--exist-ok --quiet --price 0.2 --context-length 4096 --no-chat-template "
+        "--temperature 0 --top-p 0.9 --max-tokens 128",
+    ]
+    assert {"name": "data", "mountPath": "/var/lib/tailor"} in init["volumeMounts"]
+    assert {
+        "name": "model-sources",
+        "mountPath": "/opt/tailor/model-sources",
+        "readOnly": True,
+    } in init["volumeMounts"]
+    assert {
+        "name": "model-sources",
+        "persistentVolumeClaim": {"claimName": "team-models", "readOnly": True},
+    } in head["volumes"]
+    # Only the head reads the sources; the GPU workers load the copies from the data volume.
+    for group in cluster["workerGroupSpecs"]:
+        assert "initContainers" not in group["template"]["spec"]
+        assert all(v["name"] != "model-sources" for v in group["template"]["spec"]["volumes"])
+    # The hook runs before the release's claim exists: it leaves the store to the head.
+    (hook,) = [doc for doc in documents if doc["kind"] == "Job"]
+    script = hook["spec"]["template"]["spec"]["containers"][0]["command"][2]
+    assert script.split() == ["tailor", "db", "upgrade"]
+
+    packaged_only = render(None)
+    assert only(packaged_only, "ConfigMap")["data"]["TAILOR_MODEL_STORE"] == "/opt/tailor/models"
+    spec = only(packaged_only, "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]
+    assert "initContainers" not in spec["template"]["spec"]
+
+
+def test_a_model_from_a_volume_needs_the_claims() -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"needs modelSources\.existingClaim"):
+        render({**OWN_MODEL_VALUES, "modelSources": {"existingClaim": ""}})
+    with pytest.raises(helm.HelmRenderError, match=r"needs persistence\.enabled"):
+        render({**OWN_MODEL_VALUES, "persistence": {"enabled": False}})
+    refused = assert_refused({**OWN_MODEL_VALUES, "models": [{"id": "x", "from": "/abs"}]})
+    assert "from" in refused
+    # An id `tailor models add` would refuse, refused at install rather than in a crash loop.
+    refused = assert_refused({**OWN_MODEL_VALUES, "models": [{"id": "My-Llama", "from": "a"}]})
+    assert "id" in refused

@@ -11,6 +11,7 @@ its properties and does not say otherwise) and none of the required ones missing
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from tests.app_client import ADMIN, DEPLOYMENTS, app_client, bearer
 from tests.logged_responses import log_response
 from tests.test_api_adapters import peft_files, weights
 from tests.test_router_eagle import TopicEmbedder
+from tests.tiny_models import build_tiny_model
 
 SMOL, GEMMA = "smollm2-135m-instruct", "gemma-3-270m"
 CHAT = {"model": SMOL, "messages": [{"role": "user", "content": "Name a colour."}]}
@@ -186,6 +188,17 @@ def test_every_route_answers_as_its_schema_says(client: TestClient, tmp_path: Pa
     key = api.post(f"/admin/users/{bob}/keys", 201, json={"scopes": ["user"]}, headers=ADMIN)
     api.delete(f"/admin/keys/{key['id']}", headers=ADMIN)
     api.get("/admin/models", headers=ADMIN)
+    # Models are added to a store of their own, never to the prepared one.
+    (tmp_path / "own-models").mkdir()
+    with app_client("sqlite+memory", tmp_path / "own-models", real_models=False) as own:
+        models_api = Api(own, api.contract)
+        tiny = {"id": "tiny", "path": str(build_tiny_model("llama", tmp_path / "tiny"))}
+        models_api.post("/admin/models", 201, json=tiny, headers=ADMIN)
+        models_api.post("/admin/models", 409, json=tiny, headers=ADMIN)
+        nothing = {"id": "none", "path": str(tmp_path / "nothing")}
+        models_api.post("/admin/models", 422, json=nothing, headers=ADMIN)
+        models_api.delete("/admin/models/tiny", headers=ADMIN)
+        models_api.delete("/admin/models/tiny", 404, headers=ADMIN)
 
     # The caller's data: models, examples, feedback, routing ------------------------------
     api.get("/v1/models", headers=ada_key)
@@ -244,6 +257,37 @@ def test_every_route_answers_as_its_schema_says(client: TestClient, tmp_path: Pa
     api.post(f"/v1/fine-tunes/{job['id']}/cancel", 409, headers=ada_key)
     api.get(f"/v1/fine-tunes/{job['id']}", 404, headers=bob_key)
 
+    # OpenAI's files and fine-tuning jobs ---------------------------------------------------
+    lines = "".join(json.dumps(example) + "\n" for example in examples).encode()
+    form = {"purpose": "fine-tune"}
+    file = api.post(
+        "/v1/files", 201, files={"file": ("t.jsonl", lines)}, data=form, headers=ada_key
+    )
+    api.post("/v1/files", 422, files={"file": ("t.jsonl", b"{}")}, data=form, headers=ada_key)
+    api.get("/v1/files?limit=5", headers=ada_key)
+    api.get(f"/v1/files/{file['id']}", headers=ada_key)
+    api.get(f"/v1/files/{file['id']}/content", headers=ada_key)
+    api.get(f"/v1/files/{file['id']}", 404, headers=bob_key)
+    openai_job = {"model": SMOL, "training_file": file["id"], "suffix": "contract"}
+    ft_job = api.post("/v1/fine_tuning/jobs", 201, json=openai_job, headers=ada_key)
+    api.post(
+        "/v1/fine_tuning/jobs",
+        400,
+        json={**openai_job, "hyperparameters": {"warmup": 1}},
+        headers=ada_key,
+    )
+    api.get("/v1/fine_tuning/jobs?limit=1", headers=ada_key)
+    api.get(f"/v1/fine_tuning/jobs/{ft_job['id']}", headers=ada_key)
+    with database.session() as session:
+        JobRepository(session).add_event(
+            job_id=ft_job["id"], attempt=1, kind="progress", payload={"step": 1, "loss": 2.5}
+        )
+        session.commit()
+    api.get(f"/v1/fine_tuning/jobs/{ft_job['id']}/events", headers=ada_key)
+    api.delete(f"/v1/files/{file['id']}", 409, headers=ada_key)
+    api.post(f"/v1/fine_tuning/jobs/{ft_job['id']}/cancel", headers=ada_key)
+    api.delete(f"/v1/files/{file['id']}", headers=ada_key)
+
     generalist_job = api.post("/admin/jobs", 201, json={"model": SMOL}, headers=ADMIN)
     api.post("/admin/jobs", 201, json={"model": SMOL, "user_id": ada}, headers=ADMIN)
     api.get("/admin/jobs", headers=ADMIN)
@@ -271,6 +315,12 @@ def test_every_route_answers_as_its_schema_says(client: TestClient, tmp_path: Pa
     api.delete(f"/admin/adapters/{second['id']}", headers=ADMIN)
     api.delete(f"/admin/adapters/{shared['adapter_id']}", headers=ADMIN)
     api.get("/admin/adapters", headers=ADMIN)
+    # Promoted versions are the caller's fine-tuned models (ft:...), listed and retrieved.
+    listed = api.get("/v1/models", headers=ada_key)["data"]
+    fine_tuned = [m["id"] for m in listed if m["id"].startswith("ft:")]
+    assert fine_tuned, listed
+    api.get(f"/v1/models/{fine_tuned[0]}", headers=ada_key)
+    api.get(f"/v1/models/{fine_tuned[0]}", 404, headers=bob_key)
 
     # The router, without one and with the learning one -----------------------------------
     api.get("/admin/router?window_hours=1", headers=ADMIN)

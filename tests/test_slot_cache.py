@@ -15,7 +15,7 @@ from adapters.base_shapes import BaseModelShapes
 from adapters.device.multi_lora import MultiLoraModel
 from adapters.device.slot_cache import AdapterSlotCache
 from adapters.errors import SlotsExhausted
-from adapters.expert_sets import CachedExpertSets, ExpertRef, ExpertSet
+from adapters.expert_sets import CachedExpertSets, CachedPinnedSets, ExpertRef, ExpertSet
 from adapters.invalidation import InvalidationListener
 from adapters.invalidation_event import INVALIDATION_CHANNEL, InvalidationEvent
 from adapters.lora_weights import LoraWeights
@@ -228,6 +228,29 @@ def test_resolved_sets_expire() -> None:
     now[0] = 10.5
     expert_sets.get(base_model_id=MODEL, user_id=None)
     assert len(calls) == 2
+
+
+def test_pinned_sets_remember_models_only_and_expire_or_clear() -> None:
+    now = [0.0]
+    asked: list[str] = []
+    pinned = ExpertSet(MODEL, specialist=ref("adp_a", 1))
+
+    def resolve(model_id: str, user_id: str) -> ExpertSet | None:
+        asked.append(model_id)
+        return pinned if (model_id, user_id) == ("ft:a", "usr_a") else None
+
+    sets = CachedPinnedSets(resolve, ttl_seconds=10, clock=lambda: now[0])
+    assert sets.get(model_id="ft:a", user_id="usr_a") == pinned
+    assert sets.get(model_id="ft:a", user_id="usr_a") == pinned
+    # Another user's id, and an unknown one, are asked each time: never remembered.
+    assert sets.get(model_id="ft:a", user_id="usr_b") is None
+    assert sets.get(model_id="ft:a", user_id="usr_b") is None
+    assert asked == ["ft:a", "ft:a", "ft:a"]
+    now[0] = 10.5
+    sets.get(model_id="ft:a", user_id="usr_a")
+    sets.clear(None)
+    sets.get(model_id="ft:a", user_id="usr_a")
+    assert len(asked) == 5
 
 
 def test_routes_skip_modules_no_routed_expert_targets(lora_model: MultiLoraModel) -> None:

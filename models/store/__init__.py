@@ -1,6 +1,7 @@
 """The model store: the packaged GGUF base models, converted once to safetensors.
 
 ``prepare_models`` fills the store (slow, once: ``tailor models prepare``);
+``models.store.add`` adds an operator's own models beside them (``tailor models add``);
 ``load_prepared`` lists what it holds (fast, at every server start). A prepared
 model directory loads with plain ``AutoModelForCausalLM.from_pretrained(path)``
 and ``AutoTokenizer.from_pretrained(path)``.

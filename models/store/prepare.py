@@ -14,6 +14,13 @@ prepared but is not. Names that start with a dot are never models.
 
 ``torch`` and ``transformers`` are imported inside the conversion only:
 ``load_prepared`` runs at every server start and must stay fast.
+
+An operator's own model (``models.store.add``) enters the store by the same steps,
+which are this module's: the per-model lock (``exclusive_lock``), a GGUF's
+dequantisation (``dequantise_gguf``), the manifest written last (``seal_store_entry``)
+and the one rename (``move_into_place``). Its manifest says ``added`` and may carry
+the ``price`` it was added with; both are absent from manifests written before, and
+read as a packaged model's.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +103,10 @@ class PreparedModel:
     dtype: str
     size_bytes: int
     """Of the weights files on disk."""
+    added: bool = False
+    """Added by ``tailor models add`` (an operator's own model), not a packaged one."""
+    price: float | None = None
+    """The price per 1M tokens given when it was added; None: ``models.catalog``'s rule."""
 
 
 def prepare_models(
@@ -143,6 +154,11 @@ def load_prepared(store_dir: Path) -> list[PreparedModel]:
     return prepared
 
 
+def read_prepared(directory: Path) -> PreparedModel:
+    """The prepared model a store directory's manifest describes (sizes not checked)."""
+    return _read_manifest(directory).model
+
+
 @dataclass(frozen=True)
 class _Manifest:
     model: PreparedModel
@@ -156,7 +172,7 @@ def _prepare_one(
 ) -> PreparedModel:
     target = store_dir / model.id
     source = model.source()
-    with _exclusive_lock(store_dir / f".{model.id}.lock"):
+    with exclusive_lock(store_dir / f".{model.id}.lock"):
         # Checked under the lock: another process may have just finished it.
         reason = _why_not_current(target, model.id, source)
         if reason is None and not force:
@@ -166,11 +182,11 @@ def _prepare_one(
             progress(PreparationStep(model.id, 0, _STEPS, "converting again (forced)"))
         elif target.exists():
             progress(PreparationStep(model.id, 0, _STEPS, f"{reason}; converting again"))
-        _remove_leftovers(store_dir, model.id)
+        remove_leftovers(store_dir, model.id)
         work = Path(tempfile.mkdtemp(prefix=f".{model.id}.partial-", dir=store_dir))
         try:
             prepared = _convert(model, source, work, target, progress)
-            _move_into_place(work / "model", target)
+            move_into_place(work / "model", target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return prepared
@@ -214,50 +230,147 @@ def _convert(
 
     progress(PreparationStep(model.id, 0, _STEPS, f"locating GGUF ({source})..."))
     gguf = model.gguf_path(gguf_dir)
-    source_sha256 = _sha256_file(gguf)
+    source_sha256 = sha256_file(gguf)
 
     size = gguf.stat().st_size / _MB
     progress(PreparationStep(model.id, 1, _STEPS, f"dequantising GGUF ({size:.0f} MB)..."))
-    chat_template = _dequantise_and_save(model, gguf, out, progress)
-    shutil.rmtree(gguf_dir)  # an assembled GGUF is a few hundred MB of scratch
+    # A base model merely continues text; a chat template would invite callers to
+    # send it chat turns it was never tuned on.
+    template = ChatTemplateChoice(required=True) if model.instruct else NO_CHAT_TEMPLATE
 
-    progress(PreparationStep(model.id, 4, _STEPS, "hashing..."))
+    def expected_family(model_type: str) -> str | None:
+        if model_type.startswith(model.architecture):
+            return None
+        return f"the GGUF holds a {model_type} model, expected {model.architecture}"
+
+    chat_template = dequantise_gguf(
+        model.id, gguf, out, template=template, family_problem=expected_family, progress=progress
+    )
+    shutil.rmtree(gguf_dir)  # an assembled GGUF is a few hundred MB of scratch
+    return seal_store_entry(
+        out,
+        StoreEntry(
+            id=model.id,
+            architecture=model.architecture,
+            target=target,
+            source=source,
+            source_sha256=source_sha256,
+            chat_template=chat_template,
+        ),
+        progress=progress,
+        started=started,
+        dtype=_STORE_DTYPE,
+    )
+
+
+@dataclass(frozen=True)
+class StoreEntry:
+    """What a store entry's manifest says beyond what its files tell."""
+
+    id: str
+    architecture: str
+    target: Path
+    """Where the entry will live: ``<store>/<id>``."""
+    source: str
+    source_sha256: str
+    chat_template: str | None
+    context_length: int | None = None
+    """None: the config's ``max_position_embeddings``."""
+    added: bool = False
+    price: float | None = None
+
+
+def seal_store_entry(
+    out: Path,
+    entry: StoreEntry,
+    *,
+    progress: Progress,
+    started: float,
+    dtype: str | None = None,
+) -> PreparedModel:
+    """Hash the finished directory ``out``, count its parameters, write its manifest (last).
+
+    ``dtype``: the one dtype every weight must have (a conversion's), else whatever the
+    files hold (several: joined with ``+``).
+    """
+    progress(PreparationStep(entry.id, 4, _STEPS, "hashing..."))
     files = {
-        path.name: (path.stat().st_size, _sha256_file(path))
+        path.name: (path.stat().st_size, sha256_file(path))
         for path in sorted(out.iterdir())
         if path.is_file()
     }
     weights = sorted(name for name in files if name.endswith(".safetensors"))
     if not weights:
-        raise ModelStoreError(f"{model.id}: the conversion wrote no safetensors file")
+        raise ModelStoreError(f"{entry.id}: the store copy has no safetensors file")
     parameter_count, dtypes = _count_parameters(out / name for name in weights)
-    if dtypes != {_STORE_DTYPE}:
-        raise ModelStoreError(f"{model.id}: expected {_STORE_DTYPE} weights, found {dtypes}")
+    if dtype is not None and dtypes != {dtype}:
+        raise ModelStoreError(f"{entry.id}: expected {dtype} weights, found {dtypes}")
     config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    context_length = entry.context_length
+    if context_length is None:
+        context_length = int(config["max_position_embeddings"])
     prepared = PreparedModel(
-        id=model.id,
-        architecture=model.architecture,
-        path=target,
-        sha256=_combined_sha256([files[name][1] for name in weights]),
-        source=source,
-        source_sha256=source_sha256,
+        id=entry.id,
+        architecture=entry.architecture,
+        path=entry.target,
+        sha256=combined_sha256([files[name][1] for name in weights]),
+        source=entry.source,
+        source_sha256=entry.source_sha256,
         parameter_count=parameter_count,
-        context_length=int(config["max_position_embeddings"]),
-        chat_template=chat_template,
-        dtype=_STORE_DTYPE,
+        context_length=context_length,
+        chat_template=entry.chat_template,
+        dtype="+".join(sorted(dtypes)),
         size_bytes=sum(files[name][0] for name in weights),
+        added=entry.added,
+        price=entry.price,
     )
     _write_manifest(out, _Manifest(prepared, FORMAT_VERSION, files))
     seconds = time.perf_counter() - started
     ready = f"ready ({prepared.size_bytes / _MB:.0f} MB, {seconds:.1f} s)"
-    progress(PreparationStep(model.id, _STEPS, _STEPS, ready))
+    progress(PreparationStep(entry.id, _STEPS, _STEPS, ready))
     return prepared
 
 
-def _dequantise_and_save(
-    model: PackagedModel, gguf: Path, out: Path, progress: Progress
+@dataclass(frozen=True)
+class ChatTemplateChoice:
+    """The chat template a store copy's tokenizer gets.
+
+    ``keep_own``: the one the model came with (none if it has none; ``required``
+    refuses that); else ``text`` (None: no chat template, a model that only
+    continues text).
+    """
+
+    keep_own: bool = True
+    text: str | None = None
+    required: bool = False
+
+    def apply(self, model_id: str, tokenizer: Any) -> str | None:
+        """Set it on ``tokenizer``; the template it now has."""
+        if not self.keep_own:
+            tokenizer.chat_template = self.text
+        elif self.required and not tokenizer.chat_template:
+            raise ModelStoreError(f"{model_id}: an instruct model, but it has no chat template")
+        template = tokenizer.chat_template
+        return template if isinstance(template, str) else None
+
+
+NO_CHAT_TEMPLATE = ChatTemplateChoice(keep_own=False)
+
+
+def dequantise_gguf(
+    model_id: str,
+    gguf: Path,
+    out: Path,
+    *,
+    template: ChatTemplateChoice,
+    family_problem: Callable[[str], str | None],
+    progress: Progress,
 ) -> str | None:
-    """Write a plain transformers checkpoint of ``gguf`` into ``out``; its chat template."""
+    """Write a plain transformers checkpoint of ``gguf`` into ``out``; its chat template.
+
+    ``family_problem(model_type)`` says why the dequantised model is not what was
+    expected (None: it is), checked before anything is written.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -268,51 +381,50 @@ def _dequantise_and_save(
     tokenizer = AutoTokenizer.from_pretrained(
         gguf.parent, gguf_file=gguf.name, local_files_only=True
     )
-    model_type = str(lm.config.model_type)
-    if not model_type.startswith(model.architecture):
-        raise ModelStoreError(
-            f"{model.id}: the GGUF holds a {model_type} model, expected {model.architecture}"
-        )
+    problem = family_problem(str(lm.config.model_type))
+    if problem is not None:
+        raise ModelStoreError(f"{model_id}: {problem}")
     # The weights are dequantised in memory, but the model still carries the
     # GGUF quantizer, which refuses save_pretrained, and a quantization_config
     # that would make every later load look for the GGUF file.
     cast(Any, lm).hf_quantizer = None  # not declared on PreTrainedModel's type
     if hasattr(lm.config, "quantization_config"):
         del lm.config.quantization_config
-    if not model.instruct:
-        # A base model merely continues text; a chat template would invite
-        # callers to send it chat turns it was never tuned on.
-        tokenizer.chat_template = None
-    elif not tokenizer.chat_template:
-        raise ModelStoreError(f"{model.id}: an instruct model, but its GGUF has no chat template")
+    chat_template = template.apply(model_id, tokenizer)
 
-    progress(PreparationStep(model.id, 2, _STEPS, "writing safetensors..."))
+    progress(PreparationStep(model_id, 2, _STEPS, "writing safetensors..."))
     lm.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    # safetensors creates its file owner-only (0600); a server running as
-    # another user than `tailor models prepare` must still read the weights.
-    mode = (out / "config.json").stat().st_mode & 0o777
-    for path in out.iterdir():
-        path.chmod(mode)
+    share_like_config(out)
 
     # Catches a transformers release that saves something the plain loader
     # reads differently (quantization leftovers, renamed or dropped tensors).
     progress(
-        PreparationStep(model.id, 3, _STEPS, "checking the saved copy loads without the GGUF...")
+        PreparationStep(model_id, 3, _STEPS, "checking the saved copy loads without the GGUF...")
     )
     reloaded = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
     reloaded_tokenizer = AutoTokenizer.from_pretrained(out, local_files_only=True)
     ids = tokenizer(_CHECK_TEXT, return_tensors="pt").input_ids
     if not torch.equal(ids, reloaded_tokenizer(_CHECK_TEXT, return_tensors="pt").input_ids):
-        raise ModelStoreError(f"{model.id}: the saved tokenizer encodes text differently")
+        raise ModelStoreError(f"{model_id}: the saved tokenizer encodes text differently")
     with torch.inference_mode():  # from_pretrained returns models in eval mode
         expected = lm(ids).logits
         actual = reloaded(ids).logits
     if not torch.allclose(expected, actual, rtol=1e-4, atol=1e-4):
         difference = (expected - actual).abs().max().item()
-        raise ModelStoreError(f"{model.id}: the saved copy's logits differ by {difference:g}")
-    template = tokenizer.chat_template
-    return template if isinstance(template, str) else None
+        raise ModelStoreError(f"{model_id}: the saved copy's logits differ by {difference:g}")
+    return chat_template
+
+
+def share_like_config(out: Path) -> None:
+    """Give every file of ``out`` the mode of its ``config.json``.
+
+    safetensors creates its file owner-only (0600); a server running as another user
+    than the command that wrote the store must still read the weights.
+    """
+    mode = (out / "config.json").stat().st_mode & 0o777
+    for path in out.iterdir():
+        path.chmod(mode)
 
 
 def _count_parameters(paths: Iterable[Path]) -> tuple[int, set[str]]:
@@ -335,13 +447,13 @@ def _count_parameters(paths: Iterable[Path]) -> tuple[int, set[str]]:
     return count, dtypes
 
 
-def _combined_sha256(digests: list[str]) -> str:
+def combined_sha256(digests: list[str]) -> str:
     if len(digests) == 1:
         return digests[0]
     return hashlib.sha256("\n".join(sorted(digests)).encode("ascii")).hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as file:
         while block := file.read(4 * 1024 * 1024):
@@ -363,6 +475,8 @@ def _write_manifest(directory: Path, manifest: _Manifest) -> None:
         "parameter_count": model.parameter_count,
         "context_length": model.context_length,
         "chat_template": model.chat_template,
+        "added": model.added,
+        "price": model.price,
         "files": {
             name: {"size": size, "sha256": sha256}
             for name, (size, sha256) in sorted(manifest.files.items())
@@ -385,6 +499,12 @@ def _read_manifest(directory: Path) -> _Manifest:
         chat_template = document["chat_template"]
         if chat_template is not None and not isinstance(chat_template, str):
             raise TypeError("chat_template must be a string or null")
+        # Both absent from the manifests of stores written before models could be added.
+        price = document.get("price")
+        if price is not None and (
+            isinstance(price, bool) or not isinstance(price, int | float) or price < 0
+        ):
+            raise TypeError(f"price must be a non-negative number or null, got {price!r}")
         model = PreparedModel(
             id=_typed(document["id"], str),
             architecture=_typed(document["architecture"], str),
@@ -397,6 +517,8 @@ def _read_manifest(directory: Path) -> _Manifest:
             chat_template=chat_template,
             dtype=_typed(document["dtype"], str),
             size_bytes=_typed(document["size_bytes"], int),
+            added=_typed(document.get("added", False), bool),
+            price=None if price is None else float(price),
         )
         files = {
             _typed(name, str): (_typed(entry["size"], int), _typed(entry["sha256"], str))
@@ -414,7 +536,7 @@ def _typed(value: object, kind: type[_T]) -> _T:
     return value
 
 
-def _move_into_place(new: Path, target: Path) -> None:
+def move_into_place(new: Path, target: Path) -> None:
     _fsync_tree(new)
     stale = None
     if target.exists() or target.is_symlink():
@@ -429,7 +551,7 @@ def _move_into_place(new: Path, target: Path) -> None:
         _remove(stale)
 
 
-def _remove_leftovers(store_dir: Path, model_id: str) -> None:
+def remove_leftovers(store_dir: Path, model_id: str) -> None:
     # Only ever called under the model's lock, so no live conversion owns these.
     for pattern in (f".{model_id}.partial-*", f".{model_id}.old-*"):
         for leftover in store_dir.glob(pattern):
@@ -459,7 +581,7 @@ def _fsync(path: Path) -> None:
 
 
 @contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
+def exclusive_lock(path: Path) -> Iterator[None]:
     # flock, so that `tailor models prepare` and a starting server (or two
     # replicas sharing a data dir) never convert the same model at once; the
     # kernel drops the lock if the process dies.

@@ -1,7 +1,8 @@
 """Admission and preparation: from an OpenAI-style request to the engine work it asks for.
 
 Checks what Tailor serves (models loaded, one choice, a known model), routes the request
-to a base model with the caller's routing preferences, tokenizes it the way the
+to a base model with the caller's routing preferences (a fine-tuned model's id,
+``ft:...``, forces its base model and pins that specialist version), tokenizes it the way the
 fine-tune worker trains (``models.chat_format``), fits it to the model's context,
 fills the sampling the request leaves out from the model's defaults, and resolves the
 caller's experts on the chosen model. Nothing here starts work or holds a resource:
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from adapters.expert_sets import ExpertSet
+from adapters.fine_tuned_models import looks_fine_tuned
 from models import chat_format
 from router import BudgetNotMet, ExpertEvidence, NoRoute, RouteRequest, RoutingDecision
 from serving.auth import Principal
@@ -68,6 +70,9 @@ class PreparedCompletion:
     experts: ExpertSet
     request: GenerationRequest
     logged_request: dict[str, Any]
+    # The ``model`` the response names: the base model that answered, or the
+    # fine-tuned model (ft:...) the request named.
+    answered_as: str
 
 
 def prepare(
@@ -93,6 +98,11 @@ def prepare(
             503, "the models are still loading", code="not_ready", headers={"Retry-After": "5"}
         )
     requested = None if body.model == "auto" else body.model
+    # A fine-tuned model (ft:...) is its base model with that specialist version pinned:
+    # the base model is forced, the caller's current experts are not asked.
+    pinned = _pinned_experts(runtime, body, user_id) if looks_fine_tuned(body.model) else None
+    if pinned is not None:
+        requested = pinned.base_model_id
     if requested is not None and requested not in runtime.models:
         raise ApiError(404, f"the model {body.model!r} does not exist", code="model_not_found")
     if isinstance(body, ChatCompletionCreate):
@@ -138,7 +148,7 @@ def prepare(
         params = sampling(body, defaults, max_tokens)
     except ValueError as exc:
         raise ApiError(400, str(exc), code="invalid_sampling") from None
-    experts = runtime.expert_sets.get(
+    experts = pinned or runtime.expert_sets.get(
         base_model_id=served.model_id, user_id=user_id, personalize=body.personalize
     )
     response_id = new_id("chatcmpl" if endpoint == "chat.completions" else "cmpl")
@@ -166,7 +176,26 @@ def prepare(
             answer_lead=prompt.answer_lead,
         ),
         logged_request=logged,
+        answered_as=body.model if pinned is not None else served.model_id,
     )
+
+
+def _pinned_experts(
+    runtime: ModelRuntime, body: ChatCompletionCreate | CompletionCreate, user_id: str
+) -> ExpertSet:
+    """The experts a fine-tuned model id pins; a 404 for an id that names none of the
+    caller's (another user's included)."""
+    if not body.personalize:
+        raise ApiError(
+            400,
+            "personalize: false asks for the bare base model, and a fine-tuned model is "
+            "not one; name its base model instead",
+            code="unsupported_parameter",
+        )
+    pinned = runtime.pinned_sets.get(model_id=body.model, user_id=user_id)
+    if pinned is None:
+        raise ApiError(404, f"the model {body.model!r} does not exist", code="model_not_found")
+    return pinned
 
 
 def _chat_prompt(served: ServedModel, body: ChatCompletionCreate) -> Prompt:

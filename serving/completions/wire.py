@@ -45,7 +45,7 @@ def _envelope(prepared: PreparedCompletion, kind: str, choice: dict[str, Any]) -
         "id": prepared.response_id,
         "object": kind,
         "created": prepared.created,
-        "model": prepared.model.model_id,
+        "model": prepared.answered_as,
         "choices": [choice],
     }
 

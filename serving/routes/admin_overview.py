@@ -1,4 +1,4 @@
-"""``GET /admin/overview``: the dashboard's live chart points; ``GET /admin/models``."""
+"""``GET /admin/overview``: the dashboard's live chart points."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from serving.deps import AdminDep, MetricsHistoryDep, SessionDep
-from serving.routes.models import model_entries
-from serving.schemas import ListPublic, ModelPublic, OverviewPublic
+from serving.deps import AdminDep, MetricsHistoryDep
+from serving.schemas import OverviewPublic
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -26,9 +25,3 @@ def overview(
         now=time.time(),
         points=history.points_since(since),
     )
-
-
-@router.get("/models")
-def list_base_models(_admin: AdminDep, session: SessionDep) -> ListPublic[ModelPublic]:
-    """The base models (no ``auto``): what a job or an upload can name."""
-    return ListPublic(data=model_entries(session))

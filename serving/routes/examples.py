@@ -26,7 +26,7 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 JSON_LINES_TYPES = ("application/jsonl", "application/x-ndjson", "application/jsonlines")
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     where = ".".join(str(p) for p in error.get("loc", ()))
     return f"{where}: {error['msg']}" if where else str(error["msg"])
@@ -77,7 +77,7 @@ def _parse(raw: bytes, content_type: str) -> list[Example]:
         try:
             examples.append(Example.model_validate(item))
         except ValidationError as exc:
-            raise ApiError(422, f"{where}: {_first_error(exc)}", code="invalid_example") from None
+            raise ApiError(422, f"{where}: {first_error(exc)}", code="invalid_example") from None
     return examples
 
 

