@@ -5,11 +5,13 @@ engine, against the same requests one by one through HF ``generate``, in one run
         [--random-weights] [--device cpu|cuda] [--dtype float32|bfloat16]
         [--requests 64] [--prompt-len 64] [--max-tokens 128] [--adapters 0,64,64g]
         [--rank 16] [--sequential 8] [--hf-static] [--no-cuda-graphs]
-        [--kernels auto|torch|triton] [--rounds 1] [--json OUT]
+        [--kernels auto|torch|triton] [--rounds 1] [--temperature 0] [--top-p 1]
+        [--json OUT]
 
 No HTTP: this measures the engine alone. Every request generates exactly
 ``--max-tokens`` tokens (end-of-sequence is ignored), from random prompt
-tokens, greedy. With ``--adapters N`` the requests use N distinct random
+tokens, greedy unless ``--temperature`` says otherwise (the baselines stay
+greedy). With ``--adapters N`` the requests use N distinct random
 rank-r LoRA adapters (all 7 modules) through the multi-LoRA slot pool; the
 sequential baseline then runs peft with each request's adapter. The
 sequential figure is measured on the first ``--sequential`` requests and is
@@ -148,7 +150,9 @@ def run_engine(
         slots=slots,
     )
     engine.start()
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=0)
+    params = SamplingParams(
+        max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=0
+    )
 
     def experts(index: int) -> ExpertSet | None:
         if not adapters:
@@ -296,6 +300,8 @@ def main() -> None:
     parser.add_argument("--no-cuda-graphs", action="store_true", help="decode eagerly on CUDA")
     parser.add_argument("--kernels", choices=("auto", "torch", "triton"), default="auto")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     from transformers import AutoTokenizer
