@@ -15,9 +15,17 @@ must be finite, as the request log (JSONB on PostgreSQL) cannot hold
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import MISSING, AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    MISSING,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from serving.request_text import RequestBody
 from serving.routing_schemas import (
@@ -62,6 +70,35 @@ class ChatMessage(RequestBody):
         return "".join(part.text for part in self.content)
 
 
+class JsonSchemaFormat(RequestBody):
+    """OpenAI's ``response_format.json_schema``: the schema the output must match."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = Field(default=None, max_length=MAX_STOP_CHARACTERS * 16)
+    # Named json_schema's "schema" on the wire; a BaseModel attribute of that name
+    # would shadow pydantic's own.
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    # The schema is always followed exactly; strict asks for nothing more.
+    strict: bool | None = None
+
+
+class ResponseFormat(RequestBody):
+    """OpenAI's ``response_format``: free text, any JSON object, or JSON matching a schema."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is given exactly when type is json_schema")
+        return self
+
+
 class SamplingFields(RequestBody):
     # Undeclared fields are kept for serving.completions.parameters to judge.
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
@@ -95,6 +132,8 @@ class SamplingFields(RequestBody):
         validation_alias=AliasChoices("cost_weight", "lambda"),
     )
     latency_slo_seconds: float | None = Field(default=None, gt=0.0, le=MAX_LATENCY_SLO_SECONDS)
+    # JSON output by constrained decoding (serving.engine.constraints); None or text: free text.
+    response_format: ResponseFormat | None = None
 
     @field_validator("stop")
     @classmethod

@@ -23,7 +23,6 @@ ASKING = {
     "tool_choice": "auto",
     "functions": [{"name": "f"}],
     "function_call": "auto",
-    "response_format": {"type": "json_object"},
     "logit_bias": {"50256": -100},
     "presence_penalty": 0.5,
     "frequency_penalty": -0.5,
@@ -40,7 +39,6 @@ ASKING = {
 NOTHING_ASKED = {
     "tools": [],
     "tool_choice": "none",
-    "response_format": {"type": "text"},
     "logit_bias": {},
     "presence_penalty": 0,
     "frequency_penalty": 0.0,

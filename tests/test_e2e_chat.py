@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,7 +83,6 @@ def test_fields_tailor_cannot_honour_are_refused_by_name(server: RunningServer) 
     messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hi."}]
     refused: list[tuple[str, dict[str, Any]]] = [
         ("tools", {"tools": [{"type": "function", "function": {"name": "f"}}]}),
-        ("response_format", {"response_format": {"type": "json_object"}}),
         ("top_k", {"extra_body": {"top_k": 40}}),
     ]
     for name, kwargs in refused:
@@ -100,6 +100,72 @@ def test_fields_tailor_cannot_honour_are_refused_by_name(server: RunningServer) 
         stream_options=None,
     )
     assert answer.choices[0].message.content is not None
+
+
+CITY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 40},
+        "country": {"type": "string", "maxLength": 40},
+        "population_millions": {"type": "number", "minimum": 0, "maximum": 100},
+    },
+    "required": ["city", "country", "population_millions"],
+    "additionalProperties": False,
+}
+
+
+def test_json_output_through_the_openai_client(server: RunningServer) -> None:
+    _, key = new_user(server, "json-output")
+    client = OpenAI(base_url=f"{server.url}/v1", api_key=key)
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "Describe the capital of France as JSON."}
+    ]
+    # Both packaged models, greedy and sampled: whatever the model would have
+    # said, the answer is JSON matching the schema.
+    for model, temperature in ((SMOL, 0.0), ("gemma-3-270m", 0.8)):
+        answer = client.chat.completions.create(
+            model=model,
+            messages=messages,
+            max_tokens=120,
+            temperature=temperature,
+            seed=3,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "city", "schema": CITY_SCHEMA, "strict": True},
+            },
+        )
+        choice = answer.choices[0]
+        assert choice.finish_reason == "stop", choice
+        value = json.loads(choice.message.content or "")
+        assert set(value) == {"city", "country", "population_millions"}, value
+        assert isinstance(value["city"], str) and isinstance(value["country"], str)
+        assert 0 <= value["population_millions"] <= 100
+
+    anything = client.chat.completions.create(
+        model=SMOL,
+        messages=[{"role": "user", "content": "Give me a JSON object about Paris."}],
+        max_tokens=120,
+        temperature=0,
+        response_format={"type": "json_object"},
+    )
+    text = anything.choices[0].message.content or ""
+    if anything.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(text), dict), text
+    else:  # cut by max_tokens: still the start of an object
+        assert text.startswith("{"), text
+
+    # A schema the grammar engine cannot compile is the caller's to fix.
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(
+            model=SMOL,
+            messages=messages,
+            max_tokens=8,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "bad", "schema": {"type": "no-such-type"}},
+            },
+        )
+    assert error.value.code == "invalid_response_format" and "no-such-type" in str(error.value)
 
 
 def test_log_probabilities_through_the_openai_client(server: RunningServer) -> None:

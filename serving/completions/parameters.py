@@ -12,7 +12,7 @@ every field of a chat or text completion is one of:
   ``stream_options``, whose usage the stream's last chunk always carries;
 - not supported (``NOT_SUPPORTED``): refused with 400 naming the field, unless
   its value asks for nothing (``tools: []``, ``tool_choice: "none"``,
-  ``presence_penalty: 0``, ``response_format: {"type": "text"}``...);
+  ``presence_penalty: 0``...);
 - unknown: any other name, refused with 400 (a misspelt ``temprature`` would
   otherwise be a silent default).
 
@@ -44,10 +44,6 @@ def _absent(value: Any) -> bool:
     return value is None or value is False or value == 0 or value == [] or value == {}
 
 
-def _text_format(value: Any) -> bool:
-    return value is None or (isinstance(value, Mapping) and value.get("type") == "text")
-
-
 def _text_only(value: Any) -> bool:
     return value is None or value == ["text"]
 
@@ -66,11 +62,6 @@ NOT_SUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tool_choice": (_no_tool, "Tailor's models do not call tools"),
     "functions": (_absent, "Tailor's models do not call functions"),
     "function_call": (_no_tool, "Tailor's models do not call functions"),
-    "response_format": (
-        _text_format,
-        "only plain text is generated: JSON output (json_object, json_schema) "
-        "needs constrained decoding, which is not built yet",
-    ),
     "logit_bias": (_absent, "logit bias is not applied"),
     "presence_penalty": (_absent, "penalties are not applied"),
     "frequency_penalty": (_absent, "penalties are not applied"),

@@ -25,6 +25,7 @@ from models import chat_format
 from router import BudgetNotMet, ExpertEvidence, NoRoute, RouteRequest, RoutingDecision
 from serving.auth import Principal
 from serving.completions.parameters import UnsupportedParameter, check_parameters
+from serving.engine.constraints import ConstraintFailed, json_grammar
 from serving.engine.requests import GenerationRequest
 from serving.engine.sampling import SamplingParams
 from serving.errors import ApiError
@@ -91,6 +92,7 @@ def prepare(
         check_parameters(body.model_extra or {})
     except UnsupportedParameter as exc:
         raise ApiError(400, str(exc), code="unsupported_parameter") from None
+    grammar = response_grammar(body)
     if runtime.load_error is not None:
         raise ApiError(503, "the models failed to load; see the server log", code="not_ready")
     if not runtime.loaded.is_set():
@@ -145,7 +147,7 @@ def prepare(
             code="context_length_exceeded",
         )
     try:
-        params = sampling(body, defaults, max_tokens)
+        params = sampling(body, defaults, max_tokens, grammar)
     except ValueError as exc:
         raise ApiError(400, str(exc), code="invalid_sampling") from None
     experts = pinned or runtime.expert_sets.get(
@@ -268,8 +270,28 @@ def _expert_evidence(
     return tuple(found)
 
 
+def response_grammar(body: ChatCompletionCreate | CompletionCreate) -> str | None:
+    """The grammar ``response_format`` asks the output to follow; None: free text.
+
+    A JSON schema that cannot be compiled is the caller's to fix: a 400 naming
+    what is wrong, before any model is asked.
+    """
+    requested = body.response_format
+    if requested is None or requested.type == "text":
+        return None
+    schema = requested.json_schema.schema_ if requested.json_schema is not None else None
+    try:
+        # json_schema without a schema is any JSON object, as json_object is.
+        return json_grammar(schema)
+    except ConstraintFailed as exc:
+        raise ApiError(400, f"response_format: {exc}", code="invalid_response_format") from None
+
+
 def sampling(
-    body: ChatCompletionCreate | CompletionCreate, defaults: GenerationDefaults, max_tokens: int
+    body: ChatCompletionCreate | CompletionCreate,
+    defaults: GenerationDefaults,
+    max_tokens: int,
+    grammar: str | None = None,
 ) -> SamplingParams:
     """The request's sampling; what it leaves out, the model's defaults."""
     stop = body.stop_sequences
@@ -280,6 +302,7 @@ def sampling(
         stop=defaults.stop if stop is None else stop,
         seed=body.seed,
         logprobs=body.logprobs_asked,
+        grammar=grammar,
     )
 
 
@@ -298,4 +321,9 @@ def _logged_params(body: SamplingFields, params: SamplingParams) -> dict[str, An
         "strict_budget": body.strict_budget,
         "cost_weight": body.cost_weight,
         "latency_slo_seconds": body.latency_slo_seconds,
+        "response_format": (
+            None
+            if body.response_format is None
+            else body.response_format.model_dump(by_alias=True, exclude_none=True)
+        ),
     }

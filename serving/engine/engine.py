@@ -51,6 +51,7 @@ import torch
 
 from adapters.device.slot_cache import AdapterSlotCache
 from serving.engine.config import EngineConfig, EngineStats
+from serving.engine.constraints import ConstraintFailed, GrammarVocabulary
 from serving.engine.detokenize import Decoder
 from serving.engine.errors import (
     EngineOverloaded,
@@ -136,6 +137,9 @@ class Engine:
         )
         self._scheduler = Scheduler(
             model_id=model_id, config=self.config, stats=self.stats, ends=self._outputs, slots=slots
+        )
+        self._grammar = GrammarVocabulary(
+            tokenizer, vocab_size=self._runner.vocab_size, eos_token_ids=eos_token_ids
         )
 
     # Lifecycle ----------------------------------------------------------------
@@ -255,16 +259,25 @@ class Engine:
         handle = admission.handle
         request = handle.request
         try:
+            constraint = (
+                None
+                if request.params.grammar is None
+                else self._grammar.matcher(request.params.grammar)
+            )
             state = self._runner.new_row(
                 request_id=request.request_id,
                 prompt_ids=request.prompt_ids,
                 params=request.params,
                 lease=admission.lease,
                 adapted=request.experts is not None,
+                constraint=constraint,
             )
-        except InvalidSampling as exc:
+        except (InvalidSampling, ConstraintFailed) as exc:
             release_lease(admission.lease, handle)
-            self._outputs.fail(handle, exc)
+            self._outputs.fail(
+                handle,
+                exc if isinstance(exc, InvalidSampling) else RequestFailed(str(exc)),
+            )
             return None
         return _Row(handle, state)
 

@@ -27,6 +27,7 @@ fails, gets a ``RequestFailed`` in place of its token, so it fails alone.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from typing import Any, Protocol
 import torch
 
 from adapters.device.slot_cache import SlotLease
+from serving.engine.constraints import ConstraintFailed, Matcher
 from serving.engine.cuda_graphs import (
     DecodeGraphs,
     GraphCaptureFailed,
@@ -85,6 +87,8 @@ class RowState:
     pending_token: int = -1  # sampled, not yet fed to the model
     prefilled: int = 0  # prompt tokens in the cache (less than the prompt while chunked)
     cache_row: int = -1  # its row of the KV cache, from its prefill on
+    # The grammar its output follows (a JSON response format); None: free text.
+    constraint: Matcher | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,7 @@ class ModelRunner:
         params: SamplingParams,
         lease: SlotLease | None,
         adapted: bool,
+        constraint: Matcher | None = None,
     ) -> RowState:
         """A row for a new request; ``InvalidSampling`` when its seed cannot seed a sampler."""
         try:
@@ -199,6 +204,7 @@ class ModelRunner:
             lease=lease,
             adapted=adapted,
             kv_length=len(prompt_ids),
+            constraint=constraint,
         )
 
     # Forwards ---------------------------------------------------------------------
@@ -494,8 +500,13 @@ class ModelRunner:
             greedy[at] if finite[at] else _non_finite(row)
             for row, at in zip(rows, logits.at, strict=True)
         ]
+        for i, row in enumerate(rows):
+            if row.constraint is not None and finite[logits.at[i]]:
+                tokens[i] = self._sample_constrained(row, logits.select([i]))
         sampling = [
-            i for i, row in enumerate(rows) if finite[logits.at[i]] and not row.params.greedy
+            i
+            for i, row in enumerate(rows)
+            if finite[logits.at[i]] and not row.params.greedy and row.constraint is None
         ]
         if not sampling:
             return tokens
@@ -514,6 +525,34 @@ class ModelRunner:
         for i, token in zip(sampling, drawn, strict=True):
             tokens[i] = token
         return tokens
+
+    @staticmethod
+    def _sample_constrained(row: RowState, logits: torch.Tensor) -> int | RequestFailed:
+        """A constrained row's token among those its grammar allows; the matcher moves past it.
+
+        Row by row: constrained requests are few beside free text, and each
+        row's failure stays its own.
+        """
+        assert row.constraint is not None
+        try:
+            allowed = row.constraint.allowed().to(logits.device)
+            scores = logits.float().masked_fill(~allowed, -math.inf)
+            if row.params.greedy:
+                token = int(scores.argmax())
+            else:
+                token = sample_rows(scores, [row.params], [_draw(row)])[0]
+            row.constraint.accept(token)
+        except ConstraintFailed as exc:
+            logger.warning("the response format of %s failed: %s", row.request_id, exc)
+            failed = RequestFailed(f"the output could not follow the response format: {exc}")
+            failed.__cause__ = exc
+            return failed
+        except Exception as exc:
+            logger.exception("sampling a constrained token of %s failed", row.request_id)
+            failed = RequestFailed("generating this request's next token failed")
+            failed.__cause__ = exc
+            return failed
+        return token
 
     @staticmethod
     def _sample_one(row: RowState, logits: torch.Tensor, uniform: float) -> int | RequestFailed:

@@ -37,6 +37,8 @@ class SamplingParams:
     # Return each generated token's log-probability and this many of the most
     # likely alternatives (0-20); None: none.
     logprobs: int | None = None
+    # The grammar the output must follow (serving.engine.constraints); None: free text.
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -61,6 +63,8 @@ class SamplingParams:
             or not 0 <= self.logprobs <= MAX_TOP_LOGPROBS
         ):
             raise ValueError(f"logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}")
+        if self.grammar is not None and (not isinstance(self.grammar, str) or not self.grammar):
+            raise ValueError("grammar must be a non-empty string")
 
     @property
     def greedy(self) -> bool:
