@@ -32,7 +32,10 @@ run: models
 # only one module starts Ray. `loadgroup` would not do: with pytest 9.2 it groups
 # nothing (pytest-xdist issue 1386). tests/conftest.py orders the heavy modules
 # first and gives each worker its share of the cores.
-test: models browser lint typecheck
+test:
+	@# The set-up steps side by side: the model store's conversion and the
+	@# linters each keep one core busy for a minute or more.
+	@$(MAKE) --no-print-directory -j2 models browser lint typecheck
 	TAILOR_TEST_MODEL_STORE=$(CURDIR)/var/models $(BIN)/pytest -n 2 --dist loadfile \
 		--no-loadscope-reorder --durations=25
 

@@ -163,6 +163,8 @@ def test_every_supported_family_has_a_tiny_model_here() -> None:
     assert sorted(FAMILIES) == sorted(SUPPORTED_MODEL_TYPES)
 
 
+# Each family builds, stores, checks and serves a model: `make test`, not `make check`.
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
 def test_a_family_added_with_the_cli_answers_a_chat_with_a_users_adapter(
     model_type: str, tmp_path: Path
