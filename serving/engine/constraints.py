@@ -72,16 +72,20 @@ class Matcher:
 
     _matcher: Any  # llguidance.LLMatcher
     vocab_size: int
+    # The row's mask, 32 tokens a word, filled in place at every step.
+    _bitmask: torch.Tensor | None = None
 
     def allowed(self) -> torch.Tensor:
         """The tokens that may come next, ``[vocab]`` booleans (at least one is true)."""
-        from llguidance.torch import allocate_token_bitmask, fill_next_token_bitmask
+        from llguidance.torch import fill_next_token_bitmask
 
-        bitmask = allocate_token_bitmask(1, self.vocab_size)
-        fill_next_token_bitmask(self._matcher, bitmask, 0)
+        if self._bitmask is None:
+            self._bitmask = torch.full((1, (self.vocab_size + 31) // 32), -1, dtype=torch.int32)
+        fill_next_token_bitmask(self._matcher, self._bitmask, 0)
         self._check()
         bits = torch.arange(32, dtype=torch.int32)
-        allowed = ((bitmask[0].unsqueeze(1) >> bits) & 1).flatten()[: self.vocab_size].bool()
+        words = self._bitmask[0].unsqueeze(1)
+        allowed = ((words >> bits) & 1).flatten()[: self.vocab_size].bool()
         if not bool(allowed.any()):
             raise ConstraintFailed("the response format allows no next token")
         return allowed
