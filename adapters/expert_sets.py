@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 
@@ -73,6 +73,33 @@ class ExpertSet:
         ]
 
 
+class _TimedSets:
+    """Expert sets by key, each kept ``ttl_seconds`` at most; thread-safe."""
+
+    def __init__(self, ttl_seconds: float, clock: Callable[[], float]) -> None:
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._entries: dict[Hashable, tuple[float, ExpertSet]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, resolve: Callable[[], ExpertSet | None]) -> ExpertSet | None:
+        """The kept set of ``key``, else ``resolve()``'s, kept unless it is None."""
+        now = self._clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] > now:
+                return entry[1]
+        resolved = resolve()
+        if resolved is not None:
+            with self._lock:
+                self._entries[key] = (now + self._ttl, resolved)
+        return resolved
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
 class CachedExpertSets:
     """A replica's memory of resolved expert sets, so a request costs no SQL read.
 
@@ -88,29 +115,21 @@ class CachedExpertSets:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._resolve = resolve
-        self._ttl = ttl_seconds
-        self._clock = clock
-        self._entries: dict[tuple[str, str | None, bool], tuple[float, ExpertSet]] = {}
-        self._lock = threading.Lock()
+        self._sets = _TimedSets(ttl_seconds, clock)
 
     def get(
         self, *, base_model_id: str, user_id: str | None, personalize: bool = True
     ) -> ExpertSet:
-        key = (base_model_id, user_id, personalize)
-        now = self._clock()
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and entry[0] > now:
-                return entry[1]
-        resolved = self._resolve(base_model_id, user_id, personalize)
-        with self._lock:
-            self._entries[key] = (now + self._ttl, resolved)
-        return resolved
+        found = self._sets.get(
+            (base_model_id, user_id, personalize),
+            lambda: self._resolve(base_model_id, user_id, personalize),
+        )
+        assert found is not None  # resolve always gives a set (maybe empty)
+        return found
 
     def clear(self, _event: object = None) -> None:
         """Forget every resolved set (usable directly as an invalidation handler)."""
-        with self._lock:
-            self._entries.clear()
+        self._sets.clear()
 
 
 class CachedPinnedSets:
@@ -129,25 +148,11 @@ class CachedPinnedSets:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._resolve = resolve
-        self._ttl = ttl_seconds
-        self._clock = clock
-        self._entries: dict[tuple[str, str], tuple[float, ExpertSet]] = {}
-        self._lock = threading.Lock()
+        self._sets = _TimedSets(ttl_seconds, clock)
 
     def get(self, *, model_id: str, user_id: str) -> ExpertSet | None:
-        key = (model_id, user_id)
-        now = self._clock()
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and entry[0] > now:
-                return entry[1]
-        resolved = self._resolve(model_id, user_id)
-        if resolved is not None:
-            with self._lock:
-                self._entries[key] = (now + self._ttl, resolved)
-        return resolved
+        return self._sets.get((model_id, user_id), lambda: self._resolve(model_id, user_id))
 
     def clear(self, _event: object = None) -> None:
         """Forget every pinned set (usable directly as an invalidation handler)."""
-        with self._lock:
-            self._entries.clear()
+        self._sets.clear()
