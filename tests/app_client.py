@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi.testclient import TestClient
 
@@ -69,3 +70,15 @@ def bearer(key: str) -> dict[str, str]:
 
 
 ADMIN = bearer(ADMIN_KEY)
+
+
+def new_user(client: TestClient, name: str) -> tuple[str, dict[str, str]]:
+    """A new user made through the admin API: its id and its key's headers."""
+    response = client.post("/admin/users", json={"name": name}, headers=ADMIN)
+    assert response.status_code == 201, response.text
+    return response.json()["id"], bearer(response.json()["api_key"])
+
+
+def services(client: TestClient) -> Any:
+    """The app's services, for looking behind the API in a test."""
+    return client.app.state.services  # type: ignore[attr-defined]

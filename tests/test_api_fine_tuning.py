@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from finetune.queue import JobQueue
 from storage.repositories import JobRepository
 from storage.tables import AdapterKind, Decider, FineTuneJob, TrainingFile
-from tests.app_client import ADMIN, DEPLOYMENTS, app_client, bearer
+from tests.app_client import ADMIN, DEPLOYMENTS, app_client, new_user, services
 from tests.test_api_adapters import weights
 
 MODEL = "smollm2-135m-instruct"
@@ -32,15 +32,6 @@ MODEL = "smollm2-135m-instruct"
 def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
     with app_client(request.param, tmp_path) as test_client:
         yield test_client
-
-
-def services(client: TestClient) -> Any:
-    return client.app.state.services  # type: ignore[attr-defined]
-
-
-def new_user(client: TestClient, name: str) -> tuple[str, dict[str, str]]:
-    body = client.post("/admin/users", json={"name": name}, headers=ADMIN).json()
-    return body["id"], bearer(body["api_key"])
 
 
 def conversation(i: int) -> dict[str, Any]:

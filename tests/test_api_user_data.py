@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from storage.repositories import ExampleRepository, ResponseRepository
-from tests.app_client import ADMIN, DEPLOYMENTS, app_client, bearer
+from tests.app_client import ADMIN, DEPLOYMENTS, app_client, new_user, services
 
 CHAT = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}]
 
@@ -20,15 +20,6 @@ CHAT = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hel
 def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
     with app_client(request.param, tmp_path) as test_client:
         yield test_client
-
-
-def services(client: TestClient) -> Any:
-    return client.app.state.services  # type: ignore[attr-defined]
-
-
-def new_user(client: TestClient, name: str) -> tuple[str, dict[str, str]]:
-    body = client.post("/admin/users", json={"name": name}, headers=ADMIN).json()
-    return body["id"], bearer(body["api_key"])
 
 
 def logged_response(client: TestClient, user_id: str, response_id: str) -> None:

@@ -40,7 +40,7 @@ from serving import cli
 from serving.runtime import ModelRuntime
 from storage.tables import Adapter, BaseModelRow
 from tests.adapter_factory import random_lora
-from tests.app_client import ADMIN, DEPLOYMENTS, app_client, bearer
+from tests.app_client import ADMIN, DEPLOYMENTS, app_client, bearer, new_user
 from tests.server import prepared_model_store, run_tailor, running_server
 from tests.tiny_models import FAMILIES, build_tiny_model, write_config
 
@@ -90,12 +90,6 @@ def serving(client: TestClient) -> Iterator[ModelRuntime]:
         yield runtime
     finally:
         runtime.stop()
-
-
-def new_user(client: TestClient, name: str) -> tuple[str, dict[str, str]]:
-    response = client.post("/admin/users", json={"name": name}, headers=ADMIN)
-    assert response.status_code == 201, response.text
-    return response.json()["id"], bearer(response.json()["api_key"])
 
 
 def upload_adapter(
